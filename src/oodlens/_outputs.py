@@ -1,0 +1,242 @@
+"""The :class:`Outputs` container: what a classifier produced on one dataset."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Outputs"]
+
+_FORMAT_VERSION = 1
+_CHUNK_ROWS = 65536
+
+
+def _count_bad_rows(name: str, array: np.ndarray) -> tuple[int, int]:
+    """Count rows holding NaN/inf, in chunks so a memory-mapped array is never copied whole."""
+    bad, first = 0, -1
+    for start in range(0, array.shape[0], _CHUNK_ROWS):
+        chunk = np.asarray(array[start : start + _CHUNK_ROWS])
+        rows = ~np.isfinite(chunk)
+        if rows.ndim > 1:
+            rows = rows.any(axis=tuple(range(1, rows.ndim)))
+        n = int(rows.sum())
+        if n and first < 0:
+            first = start + int(np.argmax(rows))
+        bad += n
+    return bad, first
+
+
+def _as_float(name: str, value: Any, ndim: int) -> np.ndarray:
+    array = value if isinstance(value, np.ndarray) else np.asarray(value)
+    if array.ndim != ndim:
+        raise ValueError(
+            f"Outputs.{name} must be a {ndim}-D array, got shape {array.shape}."
+            + (" Reshape it to (N, C)." if name == "logits" and array.ndim == 1 else "")
+        )
+    if array.dtype.kind not in "fiub":
+        raise TypeError(f"Outputs.{name} must hold real numbers, got dtype {array.dtype}.")
+    if array.dtype.kind != "f":
+        array = array.astype(np.float64)
+    bad, first = _count_bad_rows(name, array)
+    if bad:
+        raise ValueError(
+            f"Outputs.{name} has {bad} row(s) with NaN or inf values (first at row {first}). "
+            "Drop or fix those samples before building Outputs; a NaN usually means the "
+            "model diverged or an input image was corrupt."
+        )
+    return array
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """A classifier's outputs on one dataset: everything a scorer may need.
+
+    The backbone runs once per (model, checkpoint, dataset, transform); these arrays are
+    cached and every scorer works on them.
+
+    Args:
+        logits: (N, C) float array of pre-softmax class scores.
+        labels: (N,) integer class labels, or ``None`` when unknown (e.g. noise).
+            ``-1`` marks an unknown label inside a labelled set.
+        features: (N, D) penultimate features (the head's input), optional.
+        head_weight: (C, D) weight of the final linear classifier, optional.
+        head_bias: (C,) bias of the final linear classifier, optional.
+        class_names: names of the C classes, optional.
+
+    Arrays are validated on construction (shapes agree, real dtype, no NaN/inf) and never
+    copied when already floating point, so memory-mapped arrays stay memory-mapped.
+
+    Example:
+        >>> import numpy as np
+        >>> out = Outputs(logits=np.array([[2.0, -1.0], [0.1, 0.3]]), labels=np.array([0, 1]))
+        >>> out.n_samples, out.n_classes
+        (2, 2)
+    """
+
+    logits: np.ndarray
+    labels: np.ndarray | None = None
+    features: np.ndarray | None = None
+    head_weight: np.ndarray | None = None
+    head_bias: np.ndarray | None = None
+    class_names: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        logits = _as_float("logits", self.logits, 2)
+        n, c = logits.shape
+        if n == 0 or c == 0:
+            raise ValueError(
+                f"Outputs.logits is empty (shape {logits.shape}); at least one sample and one "
+                "class are needed."
+            )
+        object.__setattr__(self, "logits", logits)
+        if self.labels is not None:
+            labels = np.asarray(self.labels)
+            if labels.shape != (n,):
+                raise ValueError(
+                    f"Outputs.labels must have shape ({n},) to match logits, got {labels.shape}."
+                )
+            if labels.dtype.kind not in "iu":
+                if labels.dtype.kind == "f" and np.all(np.isfinite(labels)):
+                    if not np.array_equal(labels, np.round(labels)):
+                        raise TypeError("Outputs.labels must be integers, got fractional values.")
+                    labels = labels.astype(np.int64)
+                else:
+                    raise TypeError(f"Outputs.labels must be integers, got dtype {labels.dtype}.")
+            if labels.size and labels.min() < -1:
+                raise ValueError(
+                    "Outputs.labels must be >= 0, or -1 for an unknown label; "
+                    f"got minimum {labels.min()}."
+                )
+            object.__setattr__(self, "labels", labels.astype(np.int64, copy=False))
+        if self.features is not None:
+            features = _as_float("features", self.features, 2)
+            if features.shape[0] != n:
+                raise ValueError(
+                    f"Outputs.features has {features.shape[0]} rows but logits has {n}; "
+                    "both must describe the same samples."
+                )
+            object.__setattr__(self, "features", features)
+        if (self.head_weight is None) != (self.head_bias is None):
+            raise ValueError(
+                "Outputs.head_weight and Outputs.head_bias must be given together "
+                "(a head without bias: pass head_bias=np.zeros(C))."
+            )
+        if self.head_weight is not None:
+            weight = _as_float("head_weight", self.head_weight, 2)
+            bias = _as_float("head_bias", self.head_bias, 1)
+            if weight.shape[0] != c or bias.shape != (c,):
+                raise ValueError(
+                    f"The head must map D features to C={c} logits: head_weight must be (C, D) "
+                    f"and head_bias (C,), got {weight.shape} and {bias.shape}."
+                )
+            if self.features is not None and weight.shape[1] != self.features.shape[1]:
+                raise ValueError(
+                    f"head_weight expects {weight.shape[1]} features but features has "
+                    f"{self.features.shape[1]} columns."
+                )
+            object.__setattr__(self, "head_weight", weight)
+            object.__setattr__(self, "head_bias", bias)
+        if self.class_names is not None:
+            names = tuple(str(x) for x in self.class_names)
+            if len(names) != c:
+                raise ValueError(f"Outputs.class_names has {len(names)} names for {c} classes.")
+            object.__setattr__(self, "class_names", names)
+
+    @property
+    def n_samples(self) -> int:
+        """Number of samples N."""
+        return int(self.logits.shape[0])
+
+    @property
+    def n_classes(self) -> int:
+        """Number of classes C (logit columns)."""
+        return int(self.logits.shape[1])
+
+    @property
+    def predictions(self) -> np.ndarray:
+        """(N,) predicted class (argmax of the logits)."""
+        return np.argmax(self.logits, axis=1)
+
+    @property
+    def has_head(self) -> bool:
+        """Whether the classifier head (weight and bias) is present."""
+        return self.head_weight is not None
+
+    def correct(self) -> np.ndarray:
+        """(N,) bool: prediction equals label. Raises if labels are missing."""
+        if self.labels is None or np.any(self.labels < 0):
+            raise ValueError(
+                "These Outputs have no (or unknown) labels, so correctness is undefined; "
+                "pass labels=... when building them."
+            )
+        return self.predictions == self.labels
+
+    def subset(self, index: np.ndarray | slice) -> Outputs:
+        """Rows selected by an index array, boolean mask or slice (head kept as is)."""
+        return Outputs(
+            logits=np.asarray(self.logits[index]),
+            labels=None if self.labels is None else self.labels[index],
+            features=None if self.features is None else np.asarray(self.features[index]),
+            head_weight=self.head_weight,
+            head_bias=self.head_bias,
+            class_names=self.class_names,
+        )
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write to an uncompressed ``.npz`` file (no pickle), atomically.
+
+        The file is written to a temporary name and renamed, so a crash never leaves a
+        half-written file under ``path``. Returns the path written.
+        """
+        path = Path(path)
+        if path.suffix != ".npz":
+            path = path.with_name(path.name + ".npz")
+        arrays: dict[str, np.ndarray] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None or f.name == "class_names":
+                continue
+            arrays[f.name] = np.asarray(value)
+        meta = {"format_version": _FORMAT_VERSION, "class_names": self.class_names}
+        arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Outputs:
+        """Read a file written by :meth:`save`; raises ``ValueError`` on a corrupt file."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"No Outputs file at {str(path)!r}.")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files}
+        except Exception as exc:  # zipfile/ValueError/OSError: all mean the same to the user
+            raise ValueError(
+                f"{str(path)!r} is not a readable oodlens Outputs file ({exc}); delete it and "
+                "extract again."
+            ) from exc
+        if "logits" not in arrays or "__meta__" not in arrays:
+            raise ValueError(f"{str(path)!r} is not an oodlens Outputs file (no logits/meta).")
+        meta = json.loads(arrays.pop("__meta__").tobytes().decode())
+        if meta.get("format_version") != _FORMAT_VERSION:
+            raise ValueError(
+                f"{str(path)!r} has Outputs format {meta.get('format_version')}, this oodlens "
+                f"reads {_FORMAT_VERSION}; extract again."
+            )
+        names = meta.get("class_names")
+        return cls(**arrays, class_names=None if names is None else tuple(names))

@@ -1,0 +1,110 @@
+"""The :class:`Scorer` interface (scikit-learn contract) shared by all OOD scorers."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ._errors import MissingOutputsError, NotFittedError
+from ._outputs import Outputs
+
+__all__ = ["Scorer", "REQUIREMENTS"]
+
+#: What a scorer may require from :class:`Outputs`, and the fields each name stands for.
+REQUIREMENTS: dict[str, tuple[str, ...]] = {
+    "logits": ("logits",),
+    "features": ("features",),
+    "head": ("head_weight", "head_bias"),
+    "labels": ("labels",),
+}
+
+
+def check_requirements(owner: str, requires: frozenset[str], outputs: Outputs) -> None:
+    """Raise :class:`MissingOutputsError` if ``outputs`` lacks a field in ``requires``."""
+    if not isinstance(outputs, Outputs):
+        raise TypeError(
+            f"{owner} expects oodlens.Outputs, got {type(outputs).__name__}; wrap arrays as "
+            "oodlens.Outputs(logits=..., features=..., labels=...)."
+        )
+    for req in sorted(requires):
+        missing = [f for f in REQUIREMENTS[req] if getattr(outputs, f) is None]
+        if missing:
+            raise MissingOutputsError(
+                f"{owner} requires {req!r}, but these Outputs have no {' / '.join(missing)}. "
+                "Extract outputs with oodlens.extract_outputs (which records features and the "
+                f"head) or pass {', '.join(f'{m}=...' for m in missing)} to oodlens.Outputs."
+            )
+
+
+class Scorer:
+    """Base class of OOD scorers: **higher score = more in-distribution**.
+
+    Follows the scikit-learn contract: ``__init__`` stores hyperparameters verbatim and does
+    nothing else; :meth:`fit` learns from the outputs of the training set and sets attributes
+    whose names end with an underscore; :meth:`score` returns a (N,) float64 array.
+    Subclasses implement ``_fit`` and ``_score``; the public methods add the checks.
+
+    Class attributes:
+        name: registry name (e.g. ``"msp"``).
+        requires: what the scorer reads from :class:`Outputs`: a subset of ``"logits"``,
+            ``"features"``, ``"head"`` and ``"labels"``. ``fit`` and ``score`` check it; labels
+            are required only when fitting.
+        description: one line for ``oodlens scorers``.
+    """
+
+    name: ClassVar[str] = ""
+    requires: ClassVar[frozenset[str]] = frozenset({"logits"})
+    description: ClassVar[str] = ""
+
+    def fit(self, train: Outputs) -> Scorer:
+        """Fit on the classifier's outputs on its (in-distribution) training data.
+
+        Never fit on OOD data. Returns ``self``.
+        """
+        check_requirements(f"Scorer {self.name!r}", self.requires, train)
+        self._fit(train)
+        self.n_classes_ = train.n_classes
+        return self
+
+    def score(self, outputs: Outputs) -> np.ndarray:
+        """Score samples: (N,) float64, higher = more in-distribution."""
+        if "n_classes_" not in vars(self):
+            raise NotFittedError(
+                f"This {type(self).__name__} instance is not fitted yet. Call 'fit' with "
+                "appropriate arguments before using this scorer."
+            )
+        check_requirements(f"Scorer {self.name!r}", self.requires - {"labels"}, outputs)
+        if outputs.n_classes != self.n_classes_:
+            raise ValueError(
+                f"Scorer {self.name!r} was fitted on {self.n_classes_} classes but these "
+                f"Outputs have {outputs.n_classes} logit columns; use outputs of the same model."
+            )
+        scores = np.asarray(self._score(outputs), dtype=np.float64)
+        if scores.shape != (outputs.n_samples,):
+            raise RuntimeError(
+                f"Scorer {self.name!r} returned shape {scores.shape}, expected "
+                f"({outputs.n_samples},); this is a bug in the scorer."
+            )
+        return scores
+
+    def _fit(self, train: Outputs) -> None:
+        """Learn fitted state (attributes ending in ``_``). Default: nothing to learn."""
+
+    def _score(self, outputs: Outputs) -> np.ndarray:
+        raise NotImplementedError
+
+    @classmethod
+    def param_names(cls) -> list[str]:
+        """The hyperparameters accepted by ``__init__``."""
+        sig = inspect.signature(cls.__init__)
+        return [p for p in sig.parameters if p != "self"]
+
+    def get_params(self) -> dict[str, Any]:
+        """Hyperparameters as passed to ``__init__``."""
+        return {p: getattr(self, p) for p in self.param_names()}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"

@@ -1,0 +1,79 @@
+r"""Pure functions for OOD scores. Every function maps arrays to a (N,) float64 score where
+**higher means more in-distribution**.
+
+These are usable without any scorer object; the classes in :mod:`oodlens.scorers` are thin
+wrappers that add fitting, validation and the registry.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import logsumexp as _logsumexp
+
+__all__ = ["msp", "energy", "max_logit"]
+
+
+def _check_logits(logits: np.ndarray) -> np.ndarray:
+    logits = np.asarray(logits, dtype=np.float64)
+    if logits.ndim != 2:
+        raise ValueError(f"logits must be a 2-D (N, C) array, got shape {logits.shape}.")
+    return logits
+
+
+def _check_temperature(temperature: float) -> float:
+    if not np.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}.")
+    return float(temperature)
+
+
+def msp(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    r"""Maximum softmax probability (Hendrycks & Gimpel, ICLR 2017).
+
+    .. math:: s(x) = \max_c \frac{\exp(z_c / T)}{\sum_k \exp(z_k / T)}
+
+    Computed as :math:`\exp(\max_c z_c/T - \operatorname{logsumexp}(z/T))`, stable for any
+    logit magnitude. Paper: https://arxiv.org/abs/1610.02136
+
+    Args:
+        logits: (N, C) logits.
+        temperature: softmax temperature T > 0 (1.0 = plain softmax; ODIN uses 1000).
+
+    Returns:
+        (N,) scores in (1/C, 1].
+    """
+    z = _check_logits(logits) / _check_temperature(temperature)
+    return np.exp(z.max(axis=1) - _logsumexp(z, axis=1))
+
+
+def energy(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    r"""Negative free energy (Liu et al., NeurIPS 2020).
+
+    .. math:: s(x) = -E(x; T) = T \cdot \log \sum_c \exp(z_c / T)
+
+    Paper: https://arxiv.org/abs/2010.03759
+
+    Args:
+        logits: (N, C) logits.
+        temperature: T > 0 (the paper uses 1).
+
+    Returns:
+        (N,) scores; higher = lower energy = more in-distribution.
+    """
+    t = _check_temperature(temperature)
+    return t * _logsumexp(_check_logits(logits) / t, axis=1)
+
+
+def max_logit(logits: np.ndarray) -> np.ndarray:
+    r"""Maximum logit (Hendrycks et al., ICML 2022, "Scaling OOD detection").
+
+    .. math:: s(x) = \max_c z_c
+
+    Paper: https://arxiv.org/abs/1911.11132
+
+    Args:
+        logits: (N, C) logits.
+
+    Returns:
+        (N,) scores.
+    """
+    return _check_logits(logits).max(axis=1)

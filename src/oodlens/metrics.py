@@ -1,0 +1,304 @@
+r"""Metrics for OOD detection and selective classification, on numpy arrays.
+
+Sign convention (fixed across oodlens): **a higher score means more in-distribution**, and a
+sample is *accepted* when ``score >= threshold``. Unless a metric's name says otherwise,
+in-distribution (ID) samples are the positive class.
+
+OOD detection (:func:`ood_metrics`):
+
+* ``auroc`` -- area under the ROC curve of ID (positive) vs OOD; the probability that a random
+  ID sample outscores a random OOD one, ties counting one half.
+* ``aupr_in`` -- average precision with ID positive:
+  :math:`\sum_n (R_n - R_{n-1}) P_n` over the distinct thresholds (scikit-learn's definition).
+* ``aupr_out`` -- average precision with OOD positive, ranking by the negated score.
+* ``fpr95`` -- the ODIN / energy-paper definition: the fraction of OOD samples **accepted** at
+  the threshold that accepts (at least) 95% of ID samples. ``threshold95`` is that threshold:
+  the :math:`\lceil 0.95 N_{ID} \rceil`-th largest ID score.
+* ``fpr95_ood_recall`` -- the OpenOOD / pytorch-ood convention, OOD as positive: the fraction of
+  ID samples **rejected** at the threshold that rejects (at least) 95% of OOD samples.
+
+The two FPR@95 conventions are different numbers; tables from OpenOOD are comparable with
+``fpr95_ood_recall``, tables from the ODIN and energy papers with ``fpr95``.
+
+Selective classification on ID data (:func:`selective_metrics`), with misclassification as
+the event: samples are accepted from the highest score down; at coverage :math:`c` the risk
+is the error rate among the accepted. Samples with tied scores are accepted together, so the
+risk-coverage curve has one point per distinct score.
+
+* ``aurc`` -- :math:`\sum_j (c_j - c_{j-1})\, r_j`, the area under the risk-coverage step
+  curve (without ties: :math:`\frac1N \sum_{k=1}^N r(k/N)`; Geifman et al., ICLR 2019).
+* ``eaurc`` -- ``aurc`` minus the AURC of the ideal ranking (all correct samples first),
+  computed exactly for the finite sample rather than by the continuous approximation
+  :math:`\hat r + (1-\hat r)\ln(1-\hat r)`.
+* ``risk@c`` -- risk at the smallest achievable coverage >= c.
+* ``coverage@risk<r>`` -- the largest coverage whose risk is <= r (0.0 when none).
+
+Rejection at an operating threshold (:func:`rejection_report`): see its docstring.
+
+Degenerate inputs have defined results: constant scores give ``auroc = 0.5``; empty inputs,
+non-finite scores, mismatched shapes raise ``ValueError``. Rates whose denominator is zero
+(e.g. the share of errors rejected when there are no errors) are ``nan`` by definition and
+documented as such, never a made-up number.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = [
+    "auroc",
+    "average_precision",
+    "ood_metrics",
+    "risk_coverage_curve",
+    "selective_metrics",
+    "rejection_report",
+    "threshold_at_acceptance",
+]
+
+_EPS = 1e-9
+
+
+def _scores(name: str, x: np.ndarray, allow_empty: bool = False) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array of scores, got shape {x.shape}.")
+    if x.dtype.kind not in "fiub":
+        raise TypeError(f"{name} must be numeric, got dtype {x.dtype}.")
+    x = x.astype(np.float64, copy=False)
+    if x.size == 0 and not allow_empty:
+        raise ValueError(f"{name} is empty; at least one score is needed.")
+    bad = ~np.isfinite(x)
+    if bad.any():
+        raise ValueError(
+            f"{name} has {int(bad.sum())} NaN or inf value(s) (first at index "
+            f"{int(np.argmax(bad))}); a scorer must return finite scores."
+        )
+    return x
+
+
+def _bools(name: str, x: np.ndarray, n: int) -> np.ndarray:
+    x = np.asarray(x)
+    if x.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},) to match the scores, got {x.shape}.")
+    if x.dtype != bool:
+        if not np.isin(x, (0, 1)).all():
+            raise ValueError(f"{name} must be boolean (or 0/1), got other values.")
+        x = x.astype(bool)
+    return x
+
+
+def _fraction(name: str, value: float) -> float:
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"{name} must be in (0, 1], got {value!r}.")
+    return float(value)
+
+
+def auroc(pos_scores: np.ndarray, neg_scores: np.ndarray) -> float:
+    """Area under the ROC curve with ``pos_scores`` as the positive class.
+
+    Computed from mid-ranks (the Mann-Whitney U statistic), so ties count one half, which
+    equals the trapezoidal area of scikit-learn's ``roc_auc_score``.
+    """
+    pos = _scores("pos_scores", pos_scores)
+    neg = _scores("neg_scores", neg_scores)
+    allv = np.concatenate([pos, neg])
+    order = np.argsort(allv, kind="mergesort")
+    sorted_v = allv[order]
+    # mid-ranks of tied groups (1-based)
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_v)) + 1]
+    ends = np.r_[starts[1:], sorted_v.size]
+    mid = (starts + ends + 1) / 2.0
+    ranks = np.empty_like(allv)
+    ranks[order] = np.repeat(mid, ends - starts)
+    n_pos, n_neg = pos.size, neg.size
+    u = ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def average_precision(pos_scores: np.ndarray, neg_scores: np.ndarray) -> float:
+    r"""Average precision :math:`\sum_n (R_n - R_{n-1}) P_n` with ``pos_scores`` positive.
+
+    Thresholds are the distinct scores, high to low; tied samples enter together.
+    """
+    pos = _scores("pos_scores", pos_scores)
+    neg = _scores("neg_scores", neg_scores)
+    s = np.concatenate([pos, neg])
+    y = np.concatenate([np.ones(pos.size), np.zeros(neg.size)])
+    order = np.argsort(-s, kind="mergesort")
+    s, y = s[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), s.size - 1]  # last index of each tie group
+    tp = np.cumsum(y)[last]
+    fp = (last + 1) - tp
+    precision = tp / (tp + fp)
+    recall = tp / pos.size
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def threshold_at_acceptance(scores: np.ndarray, acceptance: float = 0.95) -> float:
+    r"""The highest threshold that accepts (``score >= t``) at least ``acceptance`` of ``scores``.
+
+    It is the :math:`\lceil a N \rceil`-th largest score. With ties at the threshold more than
+    ``acceptance`` may be accepted.
+    """
+    s = _scores("scores", scores)
+    a = _fraction("acceptance", acceptance)
+    k = max(1, math.ceil(a * s.size - _EPS))
+    return float(np.sort(s)[::-1][k - 1])
+
+
+def ood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray) -> dict[str, float]:
+    """OOD-detection metrics of ID vs OOD scores (higher = more ID).
+
+    Args:
+        id_scores: (N_id,) scores of in-distribution samples.
+        ood_scores: (N_ood,) scores of out-of-distribution samples.
+
+    Returns:
+        ``auroc``, ``aupr_in``, ``aupr_out``, ``fpr95``, ``fpr95_ood_recall`` and
+        ``threshold95`` as floats; see the module docstring for the definitions.
+
+    Example:
+        >>> m = ood_metrics(np.array([3.0, 2.0, 1.0]), np.array([0.0, 1.5]))
+        >>> round(m["auroc"], 4)
+        0.8333
+    """
+    ind = _scores("id_scores", id_scores)
+    ood = _scores("ood_scores", ood_scores)
+    t95 = threshold_at_acceptance(ind, 0.95)
+    k = max(1, math.ceil(0.95 * ood.size - _EPS))
+    t_ood = float(np.sort(ood)[k - 1])  # rejects (score <= t) at least 95% of OOD
+    return {
+        "auroc": auroc(ind, ood),
+        "aupr_in": average_precision(ind, ood),
+        "aupr_out": average_precision(-ood, -ind),
+        "fpr95": float(np.mean(ood >= t95)),
+        "fpr95_ood_recall": float(np.mean(ind <= t_ood)),
+        "threshold95": t95,
+    }
+
+
+def risk_coverage_curve(
+    id_scores: np.ndarray, id_correct: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The risk-coverage curve of selective classification.
+
+    Samples are accepted from the highest score down; tied scores enter together.
+
+    Args:
+        id_scores: (N,) confidence scores of ID samples.
+        id_correct: (N,) bool, whether each prediction is correct.
+
+    Returns:
+        ``(coverage, risk, thresholds)``, each of shape (K,) for the K distinct scores in
+        decreasing order: accepting ``score >= thresholds[j]`` covers ``coverage[j]`` of the
+        samples with error rate ``risk[j]``.
+    """
+    s = _scores("id_scores", id_scores)
+    correct = _bools("id_correct", id_correct, s.size)
+    order = np.argsort(-s, kind="mergesort")
+    s_sorted, err = s[order], ~correct[order]
+    last = np.r_[np.flatnonzero(np.diff(s_sorted)), s.size - 1]
+    accepted = last + 1
+    errors = np.cumsum(err)[last]
+    return accepted / s.size, errors / accepted, s_sorted[last]
+
+
+def _aurc(coverage: np.ndarray, risk: np.ndarray) -> float:
+    return float(np.sum(np.diff(np.r_[0.0, coverage]) * risk))
+
+
+def selective_metrics(
+    id_scores: np.ndarray,
+    id_correct: np.ndarray,
+    coverages: Sequence[float] = (0.8, 0.9, 0.95),
+    risks: Sequence[float] = (0.01, 0.05, 0.1),
+) -> dict[str, float]:
+    """Selective-classification metrics with misclassification as the event.
+
+    Args:
+        id_scores: (N,) scores of ID test samples (higher = more confident).
+        id_correct: (N,) bool, prediction correct.
+        coverages: coverages at which to report ``risk@<c>``.
+        risks: risks at which to report ``coverage@risk<r>``.
+
+    Returns:
+        ``accuracy``, ``aurc``, ``eaurc``, ``risk@<c>`` for each coverage and
+        ``coverage@risk<r>`` for each risk (see the module docstring).
+    """
+    coverage, risk, _ = risk_coverage_curve(id_scores, id_correct)
+    correct = np.asarray(id_correct, dtype=bool)
+    n, n_err = correct.size, int((~correct).sum())
+    k = np.arange(1, n + 1)
+    ideal_risk = np.maximum(0, k - (n - n_err)) / k  # all correct samples accepted first
+    aurc = _aurc(coverage, risk)
+    out: dict[str, float] = {
+        "accuracy": float(correct.mean()),
+        "aurc": aurc,
+        "eaurc": aurc - float(ideal_risk.mean()),
+    }
+    for c in coverages:
+        c = _fraction("coverage", c)
+        j = int(np.searchsorted(coverage, c - _EPS, side="left"))
+        out[f"risk@{c:g}"] = float(risk[min(j, risk.size - 1)])
+    for r in risks:
+        ok = risk <= r + _EPS
+        out[f"coverage@risk{r:g}"] = float(coverage[ok].max()) if ok.any() else 0.0
+    return out
+
+
+def rejection_report(
+    id_scores: np.ndarray,
+    id_correct: np.ndarray,
+    ood_scores: np.ndarray | None = None,
+    threshold: float | None = None,
+    id_acceptance: float = 0.95,
+) -> dict[str, float]:
+    """What a deployed threshold rejects: ID errors, correct ID, OOD.
+
+    A sample is accepted when ``score >= threshold``.
+
+    Args:
+        id_scores: (N_id,) scores of ID test samples.
+        id_correct: (N_id,) bool, whether each ID prediction is correct.
+        ood_scores: (N_ood,) scores of OOD samples, optional.
+        threshold: a fixed score threshold (e.g. the origin's density 0.04). ``None`` uses the
+            threshold that accepts ``id_acceptance`` of the ID samples.
+        id_acceptance: share of ID to accept when ``threshold`` is ``None`` (default 0.95).
+
+    Returns:
+        ``threshold``; ``id_accepted`` (share of ID accepted); ``id_errors_rejected`` (share of
+        ID errors rejected; ``nan`` if there are no errors); ``id_correct_rejected`` (share of
+        correct ID rejected; ``nan`` if none is correct); ``error_rate_accepted`` (error rate
+        among accepted ID; ``nan`` if none accepted); and, with ``ood_scores``,
+        ``ood_rejected`` (share of OOD rejected) and ``open_set_risk`` = (accepted ID errors +
+        accepted OOD) / (accepted ID + accepted OOD) (``nan`` if nothing is accepted).
+    """
+    ind = _scores("id_scores", id_scores)
+    correct = _bools("id_correct", id_correct, ind.size)
+    if threshold is None:
+        t = threshold_at_acceptance(ind, _fraction("id_acceptance", id_acceptance))
+    else:
+        if not np.isfinite(threshold):
+            raise ValueError(f"threshold must be finite, got {threshold!r}.")
+        t = float(threshold)
+    acc = ind >= t
+    n_err, n_cor = int((~correct).sum()), int(correct.sum())
+    acc_err = int((acc & ~correct).sum())
+    nan = float("nan")
+    out = {
+        "threshold": t,
+        "id_accepted": float(acc.mean()),
+        "id_errors_rejected": (n_err - acc_err) / n_err if n_err else nan,
+        "id_correct_rejected": float((~acc & correct).sum()) / n_cor if n_cor else nan,
+        "error_rate_accepted": acc_err / int(acc.sum()) if acc.any() else nan,
+    }
+    if ood_scores is not None:
+        ood = _scores("ood_scores", ood_scores)
+        ood_acc = int((ood >= t).sum())
+        n_acc = int(acc.sum()) + ood_acc
+        out["ood_rejected"] = 1.0 - ood_acc / ood.size
+        out["open_set_risk"] = (acc_err + ood_acc) / n_acc if n_acc else nan
+    return out

@@ -1,0 +1,55 @@
+"""One contract suite for every registered scorer, built-in or from a plugin."""
+
+from __future__ import annotations
+
+import pytest
+
+import oodlens
+from oodlens.testing import check_scorer
+
+#: Extra configurations to check beyond the defaults, by scorer name.
+EXTRA_PARAMS: dict[str, list[dict]] = {
+    "msp": [{"temperature": 1000.0}],
+    "energy": [{"temperature": 2.0}],
+}
+
+CASES = [(name, {}) for name in oodlens.list_scorers()] + [
+    (name, params)
+    for name, configs in EXTRA_PARAMS.items()
+    if name in oodlens.list_scorers()
+    for params in configs
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    CASES,
+    ids=[f"{n}-{'-'.join(map(str, p.values())) or 'default'}" for n, p in CASES],
+)
+def test_scorer_contract(name, params):
+    check_scorer(name, params)
+
+
+def test_builtin_scorers_are_listed():
+    assert {"msp", "energy", "max_logit"} <= set(oodlens.list_scorers())
+    assert oodlens.list_scorers("max_*") == ["max_logit"]
+
+
+def test_check_scorer_catches_a_broken_scorer():
+    class Backwards(oodlens.Scorer):
+        name = "backwards_test"
+
+        def _score(self, outputs):
+            return -outputs.logits.max(axis=1)  # wrong sign: higher = more OOD
+
+    class Plugin:
+        @oodlens.hookimpl
+        def register_scorers(self, register):
+            register(Backwards)
+
+    name = oodlens.register_plugin(Plugin(), name="backwards-plugin")
+    try:
+        with pytest.raises(AssertionError, match="ID should score higher than OOD"):
+            check_scorer("backwards_test")
+    finally:
+        oodlens.unregister_plugin(name)
