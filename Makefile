@@ -32,7 +32,7 @@ test: lint
 	$(PY) -m pytest
 
 demo: setup
-	$(VENV)/bin/oodlens bench
+	$(VENV)/bin/oodlens scorers
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info
