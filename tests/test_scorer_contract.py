@@ -11,6 +11,16 @@ from oodlens.testing import check_scorer
 EXTRA_PARAMS: dict[str, list[dict]] = {
     "msp": [{"temperature": 1000.0}],
     "energy": [{"temperature": 2.0}],
+    "logit_kde": [
+        {"method": "exact"},
+        {"bandwidth": "silverman"},
+        {"bandwidth": "cv"},
+        {"bandwidth": 0.5},
+        {"mode": "class_conditional"},
+        {"mode": "class_conditional", "method": "exact"},
+        {"mode": "class_conditional", "top_k": 2},
+        {"mode": "class_conditional", "top_k": 2, "method": "exact", "bandwidth": "cv"},
+    ],
 }
 
 CASES = [(name, {}) for name in oodlens.list_scorers()] + [

@@ -11,7 +11,8 @@ from .hookspecs import hookimpl
 
 @hookimpl
 def register_scorers(register: Callable[..., Any]) -> None:
+    from ._logit_kde import LogitKDE
     from .scorers import MSP, Energy, MaxLogit
 
-    for cls in (MSP, Energy, MaxLogit):
+    for cls in (MSP, Energy, MaxLogit, LogitKDE):
         register(cls)

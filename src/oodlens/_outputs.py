@@ -10,17 +10,18 @@ from typing import Any
 
 import numpy as np
 
+from ._arrays import iter_row_chunks, rows_per_chunk
+
 __all__ = ["Outputs"]
 
 _FORMAT_VERSION = 1
-_CHUNK_ROWS = 65536
 
 
 def _count_bad_rows(name: str, array: np.ndarray) -> tuple[int, int]:
-    """Count rows holding NaN/inf, in chunks so a memory-mapped array is never copied whole."""
+    """Count rows holding NaN/inf, in chunks so a memory-mapped array is never loaded whole."""
     bad, first = 0, -1
-    for start in range(0, array.shape[0], _CHUNK_ROWS):
-        chunk = np.asarray(array[start : start + _CHUNK_ROWS])
+    n_cols = int(np.prod(array.shape[1:], dtype=np.int64)) if array.ndim > 1 else 1
+    for start, chunk in iter_row_chunks(array, rows_per_chunk(n_cols)):
         rows = ~np.isfinite(chunk)
         if rows.ndim > 1:
             rows = rows.any(axis=tuple(range(1, rows.ndim)))

@@ -1,0 +1,218 @@
+r"""Gaussian kernel density estimation: exact sums and binned (grid) evaluation.
+
+Pure numerical code, no registry. Conventions follow ``scipy.stats.gaussian_kde``: the
+kernel covariance is :math:`H = f^2 \hat\Sigma` with :math:`\hat\Sigma` the sample covariance
+(``ddof=1``) and :math:`f` the bandwidth factor (Scott: :math:`n^{-1/(d+4)}`; Silverman:
+:math:`(n(d+2)/4)^{-1/(d+4)}`).
+
+The grid method bins the data linearly onto a regular grid that extends ``CUT`` bandwidths
+beyond the data, convolves the bin weights with the Gaussian kernel (truncated at ``CUT``
+bandwidths) by FFT, and evaluates by (multi)linear interpolation. Points beyond the grid are
+more than ``CUT`` bandwidths from every training point; their density (below
+:math:`e^{-CUT^2/2} \approx 1.3 \cdot 10^{-14}` of a single kernel's peak) is reported as 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.linalg import cholesky, solve_triangular
+from scipy.ndimage import map_coordinates
+from scipy.signal import fftconvolve
+
+__all__ = [
+    "CUT",
+    "bandwidth_factor",
+    "exact_kde",
+    "Exact1D",
+    "Grid1D",
+    "ExactND",
+    "GridND",
+]
+
+CUT = 8.0
+_MAX_1D_POINTS = 1 << 20
+_MAX_ND_CELLS = 1 << 22
+_BLOCK = 1 << 22
+
+
+def bandwidth_factor(rule: str, n: int, d: int) -> float:
+    """scipy's bandwidth factor for ``rule`` in {"scott", "silverman"}."""
+    if rule == "scott":
+        return float(n ** (-1.0 / (d + 4)))
+    if rule == "silverman":
+        return float((n * (d + 2) / 4.0) ** (-1.0 / (d + 4)))
+    raise ValueError(f"Unknown bandwidth rule {rule!r}; valid: 'scott', 'silverman'.")
+
+
+def exact_kde(train: np.ndarray, points: np.ndarray, cov: np.ndarray) -> np.ndarray:
+    r"""Exact Gaussian KDE :math:`\frac1n \sum_i \mathcal N(x; t_i, H)`.
+
+    Args:
+        train: (n, d) training points.
+        points: (m, d) evaluation points.
+        cov: (d, d) kernel covariance H (positive definite).
+
+    Returns:
+        (m,) densities, summed in blocks so memory stays bounded.
+    """
+    train = np.asarray(train, dtype=np.float64)
+    points = np.asarray(points, dtype=np.float64)
+    n, d = train.shape
+    chol = cholesky(np.atleast_2d(cov), lower=True)
+    zt = solve_triangular(chol, train.T, lower=True).T
+    zp = solve_triangular(chol, points.T, lower=True).T
+    norm = n * (2 * math.pi) ** (d / 2) * float(np.prod(np.diag(chol)))
+    out = np.empty(points.shape[0])
+    block = max(1, _BLOCK // max(1, n * d))
+    for s in range(0, points.shape[0], block):
+        diff = zp[s : s + block, None, :] - zt[None, :, :]
+        out[s : s + block] = np.exp(-0.5 * np.einsum("bnd,bnd->bn", diff, diff)).sum(axis=1)
+    return out / norm
+
+
+class Exact1D:
+    """G independent 1-D KDEs, evaluated by direct sums (the reference).
+
+    Args:
+        data: list of G 1-D arrays, the training values of each group.
+        bandwidths: (G,) kernel standard deviations.
+    """
+
+    def __init__(self, data: list[np.ndarray], bandwidths: np.ndarray) -> None:
+        self.data = [np.asarray(x, dtype=np.float64) for x in data]
+        self.bandwidths = np.asarray(bandwidths, dtype=np.float64)
+
+    def evaluate(self, values: np.ndarray, groups: np.ndarray) -> np.ndarray:
+        """Density of each value under its group's KDE: (m,) for (m,) values and groups."""
+        out = np.zeros(values.shape[0])
+        for g in np.unique(groups):
+            sel = groups == g
+            h = self.bandwidths[g]
+            out[sel] = exact_kde(self.data[g][:, None], values[sel, None], np.array([[h * h]]))
+        return out
+
+
+class Grid1D:
+    """G independent 1-D binned KDEs stored on one flat array, filled by streaming.
+
+    Build with the range and bandwidth of each group, feed the training values with
+    :meth:`add` (any number of chunks), then :meth:`finish` with the group sizes.
+
+    Args:
+        lo, hi: (G,) smallest and largest training value of each group.
+        bandwidths: (G,) kernel standard deviations (> 0).
+        resolution: grid points per bandwidth (32 gives ~1e-4 of the peak density error).
+    """
+
+    def __init__(
+        self, lo: np.ndarray, hi: np.ndarray, bandwidths: np.ndarray, resolution: int = 32
+    ) -> None:
+        h = np.asarray(bandwidths, dtype=np.float64)
+        self.bandwidths = h
+        self.start = np.asarray(lo, dtype=np.float64) - CUT * h
+        span = np.asarray(hi, dtype=np.float64) + CUT * h - self.start
+        points = np.ceil(span / (h / resolution)).astype(np.int64) + 1
+        self.points = np.clip(points, 2, _MAX_1D_POINTS)
+        self.delta = span / (self.points - 1)
+        self.offsets = np.concatenate([[0], np.cumsum(self.points)])
+        self.grid = np.zeros(int(self.offsets[-1]))
+
+    def _locate(self, values: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, ...]:
+        p = (values - self.start[groups]) / self.delta[groups]
+        last = self.points[groups] - 1
+        inside = (p >= 0) & (p <= last)
+        i0 = np.clip(np.floor(p), 0, last - 1).astype(np.int64)
+        frac = p - i0
+        return self.offsets[groups] + i0, frac, inside
+
+    def add(self, values: np.ndarray, groups: np.ndarray) -> None:
+        """Bin training values (1-D) of the given groups (same shape, int)."""
+        flat, frac, _ = self._locate(np.asarray(values, dtype=np.float64).ravel(), groups.ravel())
+        size = self.grid.size
+        self.grid += np.bincount(flat, 1.0 - frac, minlength=size)
+        self.grid += np.bincount(flat + 1, frac, minlength=size)
+
+    def finish(self, counts: np.ndarray) -> Grid1D:
+        """Turn bin weights into densities; ``counts`` is (G,) training values per group."""
+        for g in range(self.points.size):
+            seg = slice(self.offsets[g], self.offsets[g + 1])
+            lags = min(
+                int(self.points[g]) - 1, int(math.ceil(CUT * self.bandwidths[g] / self.delta[g]))
+            )
+            x = np.arange(-lags, lags + 1) * (self.delta[g] / self.bandwidths[g])
+            kernel = np.exp(-0.5 * x * x) / (
+                math.sqrt(2 * math.pi) * self.bandwidths[g] * counts[g]
+            )
+            self.grid[seg] = np.maximum(fftconvolve(self.grid[seg], kernel, mode="same"), 0.0)
+        return self
+
+    def evaluate(self, values: np.ndarray, groups: np.ndarray) -> np.ndarray:
+        """Density of each value under its group's KDE (0 beyond the grid)."""
+        flat, frac, inside = self._locate(np.asarray(values, dtype=np.float64), groups)
+        out = self.grid[flat] * (1.0 - frac) + self.grid[flat + 1] * frac
+        return np.where(inside, out, 0.0)
+
+
+class ExactND:
+    """One d-dimensional KDE with kernel covariance ``cov``, by direct sums."""
+
+    def __init__(self, data: np.ndarray, cov: np.ndarray) -> None:
+        self.data = np.asarray(data, dtype=np.float64)
+        self.cov = np.asarray(cov, dtype=np.float64)
+
+    def evaluate(self, points: np.ndarray) -> np.ndarray:
+        """(m,) densities at (m, d) points."""
+        return exact_kde(self.data, points, self.cov)
+
+
+class GridND:
+    """One d-dimensional binned KDE (d >= 1) in whitened coordinates.
+
+    The data are whitened by the kernel covariance's Cholesky factor, so the kernel is a
+    standard normal there; the grid has ``resolution`` points per bandwidth unless that would
+    exceed 4M cells, in which case it is coarsened evenly (for d = 3 and wide data the error
+    then grows to about 1% of the peak density).
+    """
+
+    def __init__(self, data: np.ndarray, cov: np.ndarray, resolution: int = 32) -> None:
+        data = np.asarray(data, dtype=np.float64)
+        n, d = data.shape
+        self.chol = cholesky(np.atleast_2d(cov), lower=True)
+        z = solve_triangular(self.chol, data.T, lower=True).T
+        self.lo = z.min(axis=0) - CUT
+        span = z.max(axis=0) + CUT - self.lo
+        delta = 1.0 / resolution
+        shape = np.ceil(span / delta).astype(np.int64) + 1
+        if np.prod(shape.astype(float)) > _MAX_ND_CELLS:
+            delta *= (np.prod(shape.astype(float)) / _MAX_ND_CELLS) ** (1.0 / d)
+            shape = np.ceil(span / delta).astype(np.int64) + 1
+        self.delta = delta
+        self.shape = tuple(int(s) for s in shape)
+        p = (z - self.lo) / delta
+        i0 = np.minimum(np.floor(p).astype(np.int64), shape - 2)
+        frac = p - i0
+        grid = np.zeros(int(np.prod(shape)))
+        for corner in np.ndindex(*(2,) * d):
+            c = np.asarray(corner)
+            w = np.prod(np.where(c == 1, frac, 1.0 - frac), axis=1)
+            grid += np.bincount(
+                np.ravel_multi_index((i0 + c).T, self.shape), w, minlength=grid.size
+            )
+        grid = grid.reshape(self.shape)
+        for axis in range(d):
+            lags = min(self.shape[axis] - 1, int(math.ceil(CUT / delta)))
+            x = np.arange(-lags, lags + 1) * delta
+            k = np.exp(-0.5 * x * x).reshape([-1 if a == axis else 1 for a in range(d)])
+            grid = fftconvolve(grid, k, mode="same", axes=axis)
+        norm = n * (2 * math.pi) ** (d / 2) * float(np.prod(np.diag(self.chol)))
+        self.grid = np.maximum(grid / norm, 0.0)
+
+    def evaluate(self, points: np.ndarray) -> np.ndarray:
+        """(m,) densities at (m, d) points (0 beyond the grid)."""
+        z = solve_triangular(self.chol, np.asarray(points, dtype=np.float64).T, lower=True)
+        p = (z - self.lo[:, None]) / self.delta
+        inside = np.all((p >= 0) & (p <= np.asarray(self.shape)[:, None] - 1), axis=0)
+        out = map_coordinates(self.grid, p, order=1, mode="nearest")
+        return np.where(inside, out, 0.0)
