@@ -32,7 +32,7 @@ test: lint
 	$(PY) -m pytest
 
 demo: setup
-	$(VENV)/bin/oodlens scorers
+	$(VENV)/bin/oodlens bench --out runs/demo
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info

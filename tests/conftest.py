@@ -24,3 +24,31 @@ def test_outputs():
 @pytest.fixture
 def ood_outputs():
     return synthetic_outputs(150, seed=2, kind="ood")
+
+
+#: Training settings for the tests' digits model: small and quick, still well above chance.
+DIGITS_TRAIN = {"epochs": 6, "hflip": False}
+
+
+@pytest.fixture(scope="session")
+def digits_train():
+    return dict(DIGITS_TRAIN)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    """One cache for the session: the digits model is trained once and reused."""
+    return tmp_path_factory.mktemp("oodlens-cache")
+
+
+@pytest.fixture(scope="session")
+def digits_result(cache_dir):
+    """The demo benchmark on digits (0-4 ID, 5-9 near OOD, noise far OOD), built-in scorers."""
+    from oodlens import run_benchmark
+
+    return run_benchmark(
+        cache_dir=str(cache_dir),
+        train=DIGITS_TRAIN,
+        scorers=("msp", "energy", "max_logit", "logit_kde", "logit_kde:mode=class_conditional"),
+        progress=False,
+    )

@@ -41,3 +41,118 @@ def test_bad_command(args):
     r = run(*args)
     assert r.returncode == 2
     assert "usage: oodlens" in r.stderr
+
+
+def _folder(root, n=12, seed=0):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for k in range(2):
+        d = root / f"class{k}"
+        d.mkdir(parents=True)
+        for i in range(n):
+            img = np.zeros((20, 20, 3), np.uint8)
+            img[..., k] = 200
+            img += rng.integers(0, 40, img.shape, dtype=np.uint8)
+            Image.fromarray(img).save(d / f"{i}.png")
+    return root
+
+
+@pytest.mark.slow
+def test_bench_default_demo_prints_table(cache_dir, tmp_path):
+    out = tmp_path / "report"
+    r = run(
+        "bench",
+        "--cache-dir",
+        str(cache_dir),
+        "--epochs",
+        "6",
+        "--scorers",
+        "msp",
+        "logit_kde",
+        "-q",
+        "--out",
+        str(out),
+    )
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("| backbone | scorer | ood | auroc | fpr95")
+    body = [line for line in lines if line.startswith("| resnet18")]
+    assert len(body) == 2 * 5  # two scorers x (2 sets + near + far + mean)
+    assert "higher score = more in-distribution" in r.stdout
+    assert {p.name for p in out.iterdir()} >= {
+        "results.json",
+        "results.md",
+        "results.csv",
+        "results.tex",
+        "roc.png",
+    }
+
+
+@pytest.mark.slow
+def test_train_then_bench_on_folders_with_checkpoint(tmp_path, cache_dir):
+    idf, oodf = _folder(tmp_path / "id"), _folder(tmp_path / "ood", seed=3)
+    ckpt = tmp_path / "m.safetensors"
+    r = run(
+        "train",
+        "--model",
+        "resnet18",
+        "--data",
+        str(idf),
+        "--out",
+        str(ckpt),
+        "--epochs",
+        "1",
+        "-q",
+    )
+    assert r.returncode == 0, r.stderr
+    assert "saved" in r.stdout and ckpt.exists()
+    r = run(
+        "bench",
+        "--id",
+        str(idf),
+        "--ood",
+        f"far={oodf}",
+        "--model",
+        "resnet18",
+        "--checkpoint",
+        str(ckpt),
+        "--cache-dir",
+        str(cache_dir),
+        "--scorers",
+        "msp",
+        "energy",
+        "-q",
+    )
+    assert r.returncode == 0, r.stderr
+    rows = [
+        line.split("|")[3].strip()
+        for line in r.stdout.splitlines()
+        if line.startswith("| resnet18")
+    ]
+    assert rows == ["ood", "far", "ood", "far"]  # the OOD set is named after its folder
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("bench", "--model", "resnet1", "--scorers", "msp"), "Unknown timm model 'resnet1'"),
+        (("bench", "--ood", "nonsense"), "--ood 'nonsense': write NAME=SPEC"),
+        (("bench", "--ood", "middle:x=noise:uniform"), "group 'middle' is not one of"),
+        (("bench", "--format", "xml"), "--format ['xml'] is not valid"),
+        (("bench", "--scorers", "mps"), "Unknown scorer 'mps'"),
+        (("bench", "--id", "/no/such/dir"), "does not exist"),
+        (("bench", "--config", "/no/such.yaml"), "does not exist"),
+    ],
+)
+def test_bench_bad_arguments(args, message, tmp_path):
+    r = run(*args, "--cache-dir", str(tmp_path))
+    assert r.returncode == 2
+    assert message in r.stderr, r.stderr
+
+
+def test_datasets_command():
+    r = run("datasets")
+    assert r.returncode == 0
+    assert all(k in r.stdout for k in ("digits", "noise", "torchvision", "PATH"))

@@ -119,7 +119,7 @@ def test_streaming_chunks_give_the_same_fit(monkeypatch):
     train = Outputs(logits=realistic_logits("heavy_tailed", 2000, 9))
     test = Outputs(logits=realistic_logits("heavy_tailed", 300, 10))
     whole = kde().fit(train).score(test)
-    monkeypatch.setattr(mod, "rows_per_chunk", lambda c: 37)  # many ragged chunks
+    monkeypatch.setattr(mod, "rows_per_chunk", lambda c, target=0: 37)  # many ragged chunks
     chunked = kde().fit(train).score(test)
     np.testing.assert_allclose(chunked, whole, rtol=1e-9, atol=1e-15)
 
@@ -206,3 +206,29 @@ def test_plot_writes_png(tmp_path, mode):
     s = kde(mode=mode).fit(out)
     path = plot_logit_kde(s, out, tmp_path / "kde.png", threshold=0.04)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("shape", [(5000, 1), (5000, 4)])
+@pytest.mark.parametrize(
+    "params", [{}, {"method": "exact"}, {"mode": "class_conditional", "top_k": 1}]
+)
+def test_fit_and_score_leave_inputs_untouched(shape, params):
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=shape)
+    labels = rng.integers(0, shape[1], shape[0])
+    z_copy = z.copy()
+    s = kde(**params).fit(Outputs(logits=z, labels=labels))
+    s.score(Outputs(logits=z))
+    np.testing.assert_array_equal(z, z_copy)
+
+
+def test_multi_block_binning_equals_single_block():
+    from oodlens import _kde
+
+    x = np.random.default_rng(0).normal(size=(1000, 4))
+    lo, hi, h = x.min(0), x.max(0), np.full(4, 0.3)
+    one = _kde.Grid1D(lo, hi, h)
+    one.add_columns(x)
+    many = _kde.Grid1D(lo, hi, h)
+    many.add_columns(x, max_values=1000)  # one column per block
+    np.testing.assert_array_equal(one.grid, many.grid)

@@ -168,7 +168,7 @@ def test_cli_lists_entry_point_plugins_and_failures(installed_plugins):
     result = _run(installed_plugins, str(exe), "scorers")
     assert result.returncode == 0, result.stderr
     row = next(line for line in result.stdout.splitlines() if line.startswith("top2_gap"))
-    assert "oodlens-test-plugin" in row and "logits" in row
+    assert "oodlens-test-plugin" in row and "logits" in row and "gap between the two largest" in row
     result = _run(installed_plugins, str(exe), "plugins")
     assert result.returncode == 0
     assert "oodlens-test-plugin:test_plugin" in result.stdout

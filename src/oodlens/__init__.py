@@ -24,20 +24,51 @@ from .metrics import ood_metrics, rejection_report, risk_coverage_curve, selecti
 
 __version__ = "0.1.0"
 
+# Heavy parts (torch, timm) load on first use, so `import oodlens` stays light.
+_LAZY = {
+    "run_benchmark": "benchmark",
+    "BenchmarkConfig": "benchmark",
+    "OODSet": "benchmark",
+    "load_config": "benchmark",
+    "load_dataset": "datasets",
+    "list_datasets": "datasets",
+    "create_backbone": "backbones",
+    "extract_outputs": "backbones",
+    "train_model": "train",
+    "TrainConfig": "train",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'oodlens' has no attribute {name!r}")
+
+
 __all__ = [
+    "BenchmarkConfig",
     "Explainer",
     "MissingOutputsError",
     "NotFittedError",
+    "OODSet",
     "Outputs",
     "PluginError",
     "PluginLoadWarning",
     "Scorer",
     "UnknownNameError",
     "__version__",
+    "TrainConfig",
+    "create_backbone",
     "create_scorer",
+    "extract_outputs",
     "functional",
     "hookimpl",
+    "list_datasets",
     "list_scorers",
+    "load_config",
+    "load_dataset",
     "metrics",
     "ood_metrics",
     "plugin_report",
@@ -45,6 +76,8 @@ __all__ = [
     "rejection_report",
     "reload_plugins",
     "risk_coverage_curve",
+    "run_benchmark",
     "selective_metrics",
+    "train_model",
     "unregister_plugin",
 ]

@@ -16,3 +16,24 @@ def register_scorers(register: Callable[..., Any]) -> None:
 
     for cls in (MSP, Energy, MaxLogit, LogitKDE):
         register(cls)
+
+
+@hookimpl
+def register_datasets(register: Callable[..., Any]) -> None:
+    from . import datasets as d
+
+    register(
+        "digits",
+        d.load_digits_source,
+        "scikit-learn 8x8 digits, e.g. digits:0-4 (embedded, offline)",
+    )
+    register(
+        "noise",
+        d.load_noise_source,
+        "synthetic far-OOD noise: noise:gaussian or noise:uniform, n=, size=, seed=",
+    )
+    register(
+        "torchvision",
+        d.load_torchvision_source,
+        "a torchvision dataset by name, e.g. torchvision:CIFAR10 (downloads)",
+    )

@@ -127,12 +127,37 @@ class Grid1D:
         frac = p - i0
         return self.offsets[groups] + i0, frac, inside
 
+    def _bin(self, flat: np.ndarray, frac: np.ndarray, lo: int = 0, hi: int | None = None) -> None:
+        # linear binning into grid[lo:hi]: weight 1-f at node i0, f at node i0+1 (i0 + 1 stays
+        # inside its group's segment); ``flat`` is relative to ``lo``
+        seg = self.grid[lo:hi]
+        seg += np.bincount(flat, 1.0 - frac, minlength=seg.size)
+        seg[1:] += np.bincount(flat, frac, minlength=seg.size)[:-1]
+
     def add(self, values: np.ndarray, groups: np.ndarray) -> None:
         """Bin training values (1-D) of the given groups (same shape, int)."""
         flat, frac, _ = self._locate(np.asarray(values, dtype=np.float64).ravel(), groups.ravel())
-        size = self.grid.size
-        self.grid += np.bincount(flat, 1.0 - frac, minlength=size)
-        self.grid += np.bincount(flat + 1, frac, minlength=size)
+        self._bin(flat, frac)
+
+    def add_columns(self, block: np.ndarray, max_values: int = 1 << 21) -> None:
+        """Bin a (rows, G) block whose column j holds values of group j (marginal mode).
+
+        Works on a few columns at a time, transposed, so each group's bins are contiguous and
+        the temporaries stay small whatever the block size. The values must lie within the
+        ``lo``/``hi`` the grid was built with.
+        """
+        block = np.asarray(block)
+        rows, groups = block.shape
+        step = max(1, max_values // max(1, rows))
+        for j0 in range(0, groups, step):
+            j1 = min(groups, j0 + step)
+            p = np.array(block[:, j0:j1].T, dtype=np.float64, order="C")  # a copy, never a view
+            p -= self.start[j0:j1, None]
+            p /= self.delta[j0:j1, None]
+            i0 = np.minimum(p.astype(np.int64), (self.points[j0:j1] - 2)[:, None])
+            p -= i0
+            i0 += (self.offsets[j0:j1] - self.offsets[j0])[:, None]
+            self._bin(i0.ravel(), p.ravel(), int(self.offsets[j0]), int(self.offsets[j1]))
 
     def finish(self, counts: np.ndarray) -> Grid1D:
         """Turn bin weights into densities; ``counts`` is (G,) training values per group."""

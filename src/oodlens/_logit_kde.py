@@ -239,14 +239,15 @@ class LogitKDE(Scorer):
             ]
         )
         h = factors * std
-        groups = np.arange(c)
         if self.method == "exact":
             data = np.concatenate(keep)
             self.kde_ = _kde.Exact1D([data[:, j] for j in range(c)], h)
         else:
             grid = _kde.Grid1D(lo, hi, h, self.grid_resolution)
-            for _, chunk in iter_row_chunks(logits, rows):
-                grid.add(chunk, np.broadcast_to(groups, chunk.shape))
+            # tall blocks: binning a block costs O(values + grid size), and add_columns keeps
+            # its temporaries small, so fewer, larger reads are cheaper at fixed memory
+            for _, chunk in iter_row_chunks(logits, rows_per_chunk(c, 1 << 24)):
+                grid.add_columns(chunk)
             self.kde_ = grid.finish(np.full(c, n))
         self.bandwidth_factors_ = factors
         self.bandwidths_ = h

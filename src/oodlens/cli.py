@@ -43,6 +43,130 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_datasets(args: argparse.Namespace) -> int:
+    entries = _registry.list_entries("dataset")
+    rows = [(e.name, e.distribution, e.description) for e in entries]
+    rows.append(
+        ("PATH", "oodlens", "an image folder (ImageFolder layout, or a flat folder of images)")
+    )
+    print(_table(("kind", "distribution", "description"), rows))
+    print("\nAppend @train or @test for a deterministic split, e.g. digits:0-4@test.")
+    return 0
+
+
+_GROUPS = ("near", "far", "covariate", "other")
+
+
+def _parse_ood(text: str):
+    """``[GROUP:]NAME=SPEC`` or ``GROUP=SPEC`` (name from the spec)."""
+    from pathlib import Path
+
+    from .benchmark import OODSet
+
+    lhs, sep, spec = text.partition("=")
+    if not sep or not spec or not lhs:
+        raise ValueError(
+            f"--ood {text!r}: write NAME=SPEC, GROUP=SPEC or GROUP:NAME=SPEC (GROUP: {', '.join(_GROUPS)})."
+        )
+    if lhs in _GROUPS:
+        base = spec.rsplit("@", 1)[0].rstrip("/")
+        return OODSet(Path(base).name if ("/" in base or Path(base).exists()) else base, spec, lhs)
+    group, colon, name = lhs.partition(":")
+    if colon:
+        if group not in _GROUPS:
+            raise ValueError(f"--ood {text!r}: group {group!r} is not one of {', '.join(_GROUPS)}.")
+        return OODSet(name, spec, group)
+    return OODSet(lhs, spec, "far")
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from . import report
+    from .benchmark import BenchmarkConfig, load_config, run_benchmark
+
+    cfg = load_config(args.config) if args.config else BenchmarkConfig()
+    changes: dict = {}
+    if args.model:
+        changes["models"] = tuple(args.model)
+    if args.checkpoint:
+        changes["checkpoints"] = tuple(args.checkpoint)
+    if args.id:
+        changes["id"] = args.id
+    if args.ood:
+        changes["ood"] = tuple(_parse_ood(o) for o in args.ood)
+    for opt, field_name in (("scorers", "scorers"), ("seeds", "seeds")):
+        if getattr(args, opt):
+            changes[field_name] = tuple(getattr(args, opt))
+    for opt in ("device", "batch_size", "img_size", "cache_dir", "threshold"):
+        if getattr(args, opt) is not None:
+            changes[opt] = getattr(args, opt)
+    if args.no_cache:
+        changes["use_cache"] = False
+    if args.skip_corrupt:
+        changes["skip_corrupt"] = True
+    if args.pretrained:
+        changes["pretrained"] = True
+    if args.epochs is not None:
+        changes["train"] = {**dict(cfg.train), "epochs": args.epochs}
+    cfg = dataclasses.replace(cfg, **changes)
+    formats = [f for spec in (args.format or ["md,csv,json,tex"]) for f in spec.split(",") if f]
+    bad = set(formats) - set(report.FORMATS)
+    if bad:
+        raise ValueError(f"--format {sorted(bad)} is not valid; use {', '.join(report.FORMATS)}.")
+    result = run_benchmark(cfg, progress=not args.quiet)
+    summary = result.summary()
+    print(
+        report.to_markdown(
+            summary,
+            columns=(
+                "auroc",
+                "fpr95",
+                "aupr_in",
+                "aupr_out",
+                "id_accuracy",
+                "aurc",
+                "ood_rejected",
+            ),
+        )
+    )
+    t = result.timings
+    print(
+        f"train {t['train']:.1f}s, extract {t['extract']:.1f}s ({result.info['cache_hits']} cached, "
+        f"{result.info['cache_misses']} extracted), fit {t['fit']:.2f}s, score {t['score']:.2f}s. "
+        "Values in %; best per column in bold; higher score = more in-distribution."
+    )
+    if args.out:
+        out = result.save(args.out, formats=formats, plots=not args.no_plots)
+        print(f"wrote {out}/ (results.json, tables, plots)")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import TrainConfig, train_model
+
+    cfg = TrainConfig(
+        model=args.model,
+        data=args.data,
+        img_size=args.img_size,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        seed=args.seed,
+        pretrained=args.pretrained,
+        hflip=not args.no_hflip,
+    )
+    path, summary = train_model(
+        cfg, args.out, device=args.device, num_workers=args.num_workers, progress=not args.quiet
+    )
+    print(
+        f"saved {path}: test accuracy {summary['test_accuracy']:.4f} on {summary['n_test']} images "
+        f"({summary['n_train']} training images, {summary['train_seconds']:.0f}s on {summary['device']})"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``oodlens`` command."""
     parser = argparse.ArgumentParser(
@@ -54,16 +178,93 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_scorers)
     p = sub.add_parser("plugins", help="list installed plugins and load failures")
     p.set_defaults(func=_cmd_plugins)
+    p = sub.add_parser("datasets", help="list dataset kinds usable as specs")
+    p.set_defaults(func=_cmd_datasets)
+
+    p = sub.add_parser(
+        "bench",
+        help="run a benchmark (no arguments: the embedded digits demo)",
+        description="Fit every scorer on ID train outputs, score ID test and OOD sets, print the table.",
+    )
+    p.add_argument("--config", help="YAML or TOML benchmark config (options below override it)")
+    p.add_argument("--model", action="append", help="timm model name (repeatable)")
+    p.add_argument(
+        "--checkpoint", action="append", help="checkpoint per --model (.safetensors or state dict)"
+    )
+    p.add_argument("--id", help="ID dataset spec, e.g. digits:0-4 or a folder (@train/@test split)")
+    p.add_argument(
+        "--ood",
+        action="append",
+        metavar="[GROUP:]NAME=SPEC",
+        help="OOD set (repeatable); GROUP near/far/covariate/other, e.g. far=path/to/folder",
+    )
+    p.add_argument(
+        "--scorers",
+        nargs="+",
+        metavar="SCORER",
+        help="scorers, e.g. msp 'logit_kde:mode=class_conditional' (default: all installed)",
+    )
+    p.add_argument("--seeds", nargs="+", type=int, help="training seeds (models trained here)")
+    p.add_argument("--epochs", type=int, help="training epochs (models trained here)")
+    p.add_argument(
+        "--pretrained", action="store_true", help="use timm pretrained weights (needs the internet)"
+    )
+    p.add_argument("--device", help="cpu, cuda, mps or auto")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--img-size", type=int)
+    p.add_argument("--threshold", type=float, help="extra fixed operating threshold (e.g. 0.04)")
+    p.add_argument(
+        "--format", action="append", help="table formats for --out: md,csv,json,tex (default all)"
+    )
+    p.add_argument("--out", help="write tables, plots and results.json to this folder")
+    p.add_argument("--no-plots", action="store_true", help="skip the figures in --out")
+    p.add_argument(
+        "--cache-dir", help="cache folder (default $OODLENS_CACHE_DIR or ~/.cache/oodlens)"
+    )
+    p.add_argument("--no-cache", action="store_true", help="extract again and store nothing")
+    p.add_argument(
+        "--skip-corrupt",
+        action="store_true",
+        help="skip unreadable images (listed in results.json)",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("train", help="train or fine-tune a timm model on a dataset spec")
+    p.add_argument("--model", default="resnet18")
+    p.add_argument(
+        "--data",
+        default="digits:0-4",
+        help="ID dataset spec; its @train split is used, @test is evaluated",
+    )
+    p.add_argument("--out", required=True, help="checkpoint file to write (.safetensors)")
+    p.add_argument("--img-size", type=int, default=32)
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--pretrained", action="store_true", help="start from timm pretrained weights (internet)"
+    )
+    p.add_argument("--no-hflip", action="store_true", help="no horizontal flips (e.g. for digits)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=_cmd_train)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
+    import logging
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="oodlens: %(levelname)s: %(message)s")
     try:
         return int(args.func(args))
-    except (ValueError, KeyError, TypeError, FileNotFoundError) as exc:
+    except (ValueError, KeyError, TypeError, FileNotFoundError, RuntimeError) as exc:
         print(f"oodlens: error: {exc}", file=sys.stderr)
         return 2
 

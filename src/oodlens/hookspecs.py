@@ -50,7 +50,9 @@ def register_datasets(register: Callable[..., Any]) -> None:
     """Register dataset kinds, addressed by spec strings such as ``"digits:0-4"``.
 
     :param register: call ``register(name, loader, description)``: ``name`` is the spec
-        prefix before the first ``:``; ``loader(spec: str, **options)`` returns an
+        prefix before the first ``:``; ``loader(spec, arg, options, split)`` gets the whole
+        spec string, its positional argument, its ``key=value`` options (a dict of strings)
+        and the split (``"all"``, ``"train"`` or ``"test"``), and returns an
         :class:`oodlens.datasets.DatasetSource`.
     :returns: nothing; the return value is ignored.
     """

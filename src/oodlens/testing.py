@@ -27,33 +27,39 @@ def synthetic_outputs(
     The class means form a simplex equiangular tight frame (the geometry trained networks
     converge to, "neural collapse") of norm 6 in a random ``dim``-D subspace; the head's
     weights are the normalised means, so a sample's own-class logit is about 6 and the others
-    about -6/(C-1), each with unit noise, as for a well-trained classifier.
+    about -6/(C-1), as for a well-trained classifier. ID features vary mostly inside a
+    low-dimensional subspace (unit noise in 2C directions, 0.2 elsewhere), as real
+    penultimate features do.
 
     Args:
         n: number of samples.
-        n_classes: number of classes C (<= dim).
+        n_classes: number of classes C (2C <= dim).
         dim: feature dimension D.
         seed: seed of the samples (the model itself is always the same).
-        kind: ``"id"`` draws features around the class means; ``"ood"`` draws small
-            features near the origin, between the clusters, where a sensible scorer is less
-            confident than on ID data.
+        kind: ``"id"`` draws features around the class means; ``"ood"`` draws isotropic
+            features near the origin, between the clusters and off the ID subspace, where a
+            sensible scorer is less confident than on ID data.
     """
     if kind not in ("id", "ood"):
         raise ValueError(f"kind must be 'id' or 'ood', got {kind!r}.")
-    if not 2 <= n_classes <= dim:
-        raise ValueError(f"need 2 <= n_classes <= dim, got n_classes={n_classes}, dim={dim}.")
+    if not 2 <= n_classes <= dim // 2:
+        raise ValueError(f"need 2 <= n_classes <= dim/2, got n_classes={n_classes}, dim={dim}.")
     rng = np.random.default_rng(seed)
     model = np.random.default_rng(1234)
-    basis, _ = np.linalg.qr(model.normal(size=(dim, n_classes)))
+    basis, _ = np.linalg.qr(model.normal(size=(dim, 2 * n_classes)))
     etf = np.sqrt(n_classes / (n_classes - 1)) * (np.eye(n_classes) - 1.0 / n_classes)
-    means = 6.0 * (basis @ etf).T
+    means = 6.0 * (basis[:, :n_classes] @ etf).T
     weight = means / np.linalg.norm(means, axis=1, keepdims=True)
     bias = model.normal(size=n_classes) * 0.1
     labels = rng.integers(0, n_classes, size=n)
     if kind == "id":
-        features = means[labels] + rng.normal(size=(n, dim))
+        features = (
+            means[labels]
+            + rng.normal(size=(n, 2 * n_classes)) @ basis.T
+            + 0.2 * rng.normal(size=(n, dim))
+        )
     else:
-        features = 0.3 * rng.normal(size=(n, dim))
+        features = 0.7 * rng.normal(size=(n, dim))
     return Outputs(
         logits=features @ weight.T + bias,
         labels=labels,

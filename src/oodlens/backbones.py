@@ -1,0 +1,395 @@
+"""timm backbones: creation, safe checkpoint loading, preprocessing, and one-pass extraction."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._outputs import Outputs
+from .datasets import CorruptImageError, DatasetSource
+
+__all__ = [
+    "ModelConfig",
+    "create_backbone",
+    "load_checkpoint",
+    "save_checkpoint",
+    "build_transform",
+    "extract_outputs",
+    "ExtractionReport",
+    "resolve_device",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What is needed to rebuild a trained model (stored inside oodlens checkpoints)."""
+
+    model: str  #: timm model name
+    num_classes: int  #: number of output classes
+    class_names: tuple[str, ...] = ()  #: class names, index = label
+    img_size: int | None = None  #: input size the model was trained at (None: timm default)
+    extra: dict[str, Any] = field(
+        default_factory=dict
+    )  #: training details (spec, epochs, seed, ...)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/"auto" picks cuda, then mps, then cpu; an unavailable device is an error."""
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device {str(device)!r} was asked for but CUDA is not available here; use --device cpu."
+        )
+    if dev.type == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise ValueError(
+            f"device {str(device)!r} was asked for but MPS is not available here; use --device cpu."
+        )
+    return dev
+
+
+def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    if not path.exists():
+        raise FileNotFoundError(f"Checkpoint {str(path)!r} does not exist.")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path))
+            with safe_open(str(path), framework="pt") as fh:
+                meta = fh.metadata() or {}
+        except Exception as exc:
+            raise ValueError(
+                f"Checkpoint {str(path)!r} is not a readable safetensors file ({exc})."
+            ) from exc
+        config = json.loads(meta["oodlens_config"]) if "oodlens_config" in meta else None
+        return state, config
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(
+            f"Checkpoint {str(path)!r} could not be loaded safely with torch.load(weights_only=True) ({exc}). "
+            "oodlens never unpickles arbitrary objects: save a plain state_dict or a .safetensors file."
+        ) from exc
+    config = None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        config = obj.get("oodlens_config")
+        config = json.loads(config) if isinstance(config, str) else config
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(
+            f"Checkpoint {str(path)!r} does not hold a state_dict (a mapping of names to tensors)."
+        )
+    return obj, config
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+) -> tuple[dict[str, torch.Tensor], ModelConfig | None]:
+    """Read a checkpoint safely: ``.safetensors`` or ``torch.load(weights_only=True)``.
+
+    Returns the state dict and, for checkpoints written by ``oodlens train``, its config.
+    """
+    state, config = _read_checkpoint(Path(path))
+    if config is None:
+        return state, None
+    config["class_names"] = tuple(config.get("class_names", ()))
+    return state, ModelConfig(**config)
+
+
+def save_checkpoint(model: nn.Module, config: ModelConfig, path: str | os.PathLike[str]) -> Path:
+    """Write ``model``'s weights and ``config`` as ``.safetensors`` (atomic rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file(state, str(tmp), metadata={"oodlens_config": json.dumps(asdict(config))})
+    os.replace(tmp, path)
+    return path
+
+
+def create_backbone(
+    name: str,
+    num_classes: int | None = None,
+    pretrained: bool = False,
+    checkpoint: str | os.PathLike[str] | None = None,
+    img_size: int | None = None,
+) -> tuple[nn.Module, ModelConfig]:
+    """Create a timm model, optionally with weights from a local checkpoint.
+
+    Args:
+        name: any ``timm.list_models()`` name, e.g. ``"resnet18"``.
+        num_classes: output classes; taken from the checkpoint when omitted.
+        pretrained: timm's pretrained weights (needs the internet).
+        checkpoint: a ``.safetensors`` file or a ``torch.save`` state dict.
+        img_size: input size (also from an oodlens checkpoint when omitted).
+
+    Raises:
+        ValueError: unknown model name, or a checkpoint that does not fit the model (its
+            number of classes or its keys), naming what differs.
+    """
+    import timm
+
+    if not timm.is_model(name):
+        import difflib
+
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        raise ValueError(
+            f"Unknown timm model {name!r}."
+            + (f" Did you mean: {', '.join(close)}?" if close else " See timm.list_models().")
+        )
+    state, config = (None, None) if checkpoint is None else load_checkpoint(checkpoint)
+    if config is not None and config.model != name:
+        raise ValueError(
+            f"Checkpoint {str(checkpoint)!r} was trained as {config.model!r}, not {name!r}; pass --model {config.model}."
+        )
+    if num_classes is None:
+        num_classes = (
+            config.num_classes
+            if config is not None
+            else _head_classes(state)
+            if state is not None
+            else None
+        )
+    if num_classes is None:
+        raise ValueError("num_classes is needed when there is no checkpoint to take it from.")
+    if img_size is None and config is not None:
+        img_size = config.img_size
+    kwargs: dict[str, Any] = {
+        "pretrained": pretrained and checkpoint is None,
+        "num_classes": num_classes,
+    }
+    model = timm.create_model(name, **kwargs)
+    if state is not None:
+        _load_state(model, state, checkpoint, num_classes)
+    if config is None:
+        config = ModelConfig(model=name, num_classes=num_classes, img_size=img_size)
+    elif img_size != config.img_size:
+        config = ModelConfig(
+            config.model, config.num_classes, config.class_names, img_size, config.extra
+        )
+    if config.class_names and len(config.class_names) != num_classes:
+        raise ValueError(
+            f"Checkpoint config lists {len(config.class_names)} class names for {num_classes} classes."
+        )
+    model.eval()
+    return model, config
+
+
+def _head_classes(state: dict[str, torch.Tensor]) -> int | None:
+    for key in (
+        "fc.weight",
+        "head.weight",
+        "head.fc.weight",
+        "classifier.weight",
+        "last_linear.weight",
+    ):
+        if key in state and state[key].ndim == 2:
+            return int(state[key].shape[0])
+    return None
+
+
+def _load_state(
+    model: nn.Module, state: dict[str, torch.Tensor], checkpoint: Any, num_classes: int
+) -> None:
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shape = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or unexpected or shape:
+        ck = _head_classes(state)
+        parts = []
+        if ck is not None and ck != num_classes:
+            parts.append(
+                f"it has {ck} classes but the model was built with {num_classes} (omit num_classes to take the checkpoint's)"
+            )
+        if shape:
+            parts.append(
+                "shape mismatch for "
+                + ", ".join(
+                    f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in shape[:3]
+                )
+            )
+        if missing:
+            parts.append(f"{len(missing)} missing key(s) such as {missing[:3]}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s) such as {unexpected[:3]}")
+        raise ValueError(
+            f"Checkpoint {str(checkpoint)!r} does not fit this model: "
+            + "; ".join(parts)
+            + ". Is it from another architecture?"
+        )
+    model.load_state_dict(state)
+
+
+def build_transform(
+    model: nn.Module, img_size: int | None = None
+) -> tuple[Callable[[Any], torch.Tensor], dict[str, Any]]:
+    """Eval preprocessing from the model's timm data config; ``img_size`` overrides the size
+    (with crop_pct 1.0, so small images are resized, not cropped). Returns (transform, config)."""
+    from timm.data import create_transform, resolve_data_config
+
+    cfg = resolve_data_config({}, model=model)
+    if img_size is not None:
+        cfg["input_size"] = (cfg["input_size"][0], img_size, img_size)
+        cfg["crop_pct"] = 1.0
+    return create_transform(**cfg, is_training=False), cfg
+
+
+def get_head(model: nn.Module) -> nn.Linear | None:
+    """The final linear classifier (timm's ``get_classifier``) when it is an ``nn.Linear``."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    return head if isinstance(head, nn.Linear) else None
+
+
+def forward_all(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, penultimate features) from one forward pass of a timm model."""
+    feats = model.forward_head(model.forward_features(x), pre_logits=True)
+    head = model.get_classifier()
+    logits = head(feats)
+    if logits.ndim > 2:
+        logits = logits.flatten(1)
+    return logits, feats.flatten(1)
+
+
+class _TorchDataset(torch.utils.data.Dataset):
+    def __init__(
+        self,
+        source: DatasetSource,
+        transform: Callable[[Any], torch.Tensor],
+        shape: tuple[int, ...],
+    ) -> None:
+        self.source, self.transform, self.shape = source, transform, shape
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, bool, str, str]:
+        try:
+            return self.transform(self.source.loader(i)), int(self.source.labels[i]), True, "", ""
+        except CorruptImageError as exc:
+            return (
+                torch.zeros(self.shape),
+                int(self.source.labels[i]),
+                False,
+                self.source.ids[i],
+                str(exc),
+            )
+
+
+@dataclass
+class ExtractionReport:
+    """What extraction skipped: corrupt files, by path (only with ``skip_corrupt=True``)."""
+
+    corrupt: list[str] = field(default_factory=list)
+
+
+def extract_outputs(
+    model: nn.Module,
+    source: DatasetSource,
+    transform: Callable[[Any], torch.Tensor],
+    input_size: tuple[int, int, int],
+    device: str | torch.device = "cpu",
+    batch_size: int = 128,
+    num_workers: int = 0,
+    skip_corrupt: bool = False,
+    progress: bool = True,
+    report: ExtractionReport | None = None,
+) -> Outputs:
+    """Run ``model`` once over ``source``: logits, penultimate features, labels and head.
+
+    One forward pass per batch under ``torch.inference_mode()``; the model's train/eval mode
+    is restored afterwards.
+
+    Args:
+        model: a timm model (``forward_features`` / ``forward_head`` / ``get_classifier``).
+        source: the dataset.
+        transform: PIL image -> (C, H, W) tensor.
+        input_size: (C, H, W) of the transformed images (for placeholder rows).
+        device: where to run (a parameter, never assumed).
+        batch_size, num_workers: DataLoader settings.
+        skip_corrupt: drop unreadable images (listed in ``report``) instead of raising.
+        progress: show a tqdm progress bar on stderr.
+        report: filled with the skipped files.
+
+    Raises:
+        CorruptImageError: unreadable images and ``skip_corrupt=False``; the message lists them.
+    """
+    from tqdm.auto import tqdm
+
+    device = torch.device(device)
+    loader = torch.utils.data.DataLoader(
+        _TorchDataset(source, transform, input_size),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        shuffle=False,
+    )
+    was_training = model.training
+    model.eval().to(device)
+    logits, feats, labels, bad, messages = [], [], [], [], []
+    try:
+        with torch.inference_mode():
+            for x, y, ok, path, err in tqdm(
+                loader, desc=f"extract {source.spec}", disable=not progress, leave=False
+            ):
+                failed = [i for i, good in enumerate(ok.tolist()) if not good]
+                bad.extend(path[i] for i in failed)
+                messages.extend(err[i] for i in failed)
+                keep = ok.bool()
+                if not keep.any():
+                    continue
+                z, f = forward_all(model, x[keep].to(device, non_blocking=True))
+                logits.append(z.float().cpu().numpy())
+                feats.append(f.float().cpu().numpy())
+                labels.append(y[keep].numpy())
+    finally:
+        model.train(was_training)
+    if bad:
+        if not skip_corrupt:
+            shown = "\n  ".join(messages[:10])
+            raise CorruptImageError(
+                f"{len(bad)} unreadable image(s) in {source.spec!r}:\n  {shown}"
+                + (f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else "")
+                + "\nRemove or replace them, or allow skipping them (--skip-corrupt / skip_corrupt=True)."
+            )
+        log.warning("Skipped %d unreadable image(s) in %s: %s", len(bad), source.spec, messages[:5])
+        if report is not None:
+            report.corrupt.extend(bad)
+    if not logits:
+        raise ValueError(f"No readable images in {source.spec!r}.")
+    head = get_head(model)
+    return Outputs(
+        logits=np.concatenate(logits),
+        labels=np.concatenate(labels),
+        features=np.concatenate(feats),
+        head_weight=None if head is None else head.weight.detach().float().cpu().numpy(),
+        head_bias=None
+        if head is None
+        else (
+            head.bias.detach().float().cpu().numpy()
+            if head.bias is not None
+            else np.zeros(head.out_features, np.float32)
+        ),
+        class_names=None,
+    )

@@ -1,0 +1,438 @@
+"""The benchmark harness: extract once, cache, fit every scorer on ID train, score ID test and
+every OOD set, and report tidy tables."""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ._cache import OutputsCache, default_cache_dir, file_sha256
+from ._outputs import Outputs
+from ._registry import create_scorer, list_scorers
+from .metrics import ood_metrics, rejection_report, selective_metrics
+
+__all__ = [
+    "OODSet",
+    "BenchmarkConfig",
+    "BenchmarkResult",
+    "run_benchmark",
+    "load_config",
+    "parse_scorer_spec",
+    "METRICS",
+]
+
+log = logging.getLogger(__name__)
+
+#: Table columns, and whether higher is better (for bold-facing the best value).
+METRICS: dict[str, bool] = {
+    "auroc": True,
+    "aupr_in": True,
+    "aupr_out": True,
+    "fpr95": False,
+    "fpr95_ood_recall": False,
+    "id_accuracy": True,
+    "aurc": False,
+    "eaurc": False,
+    "id_errors_rejected": True,
+    "id_correct_rejected": False,
+    "ood_rejected": True,
+    "error_rate_accepted": False,
+    "open_set_risk": False,
+}
+GROUPS = ("near", "far", "covariate", "other")
+
+
+@dataclass(frozen=True)
+class OODSet:
+    """One OOD dataset of a benchmark."""
+
+    name: str  #: row label in the tables
+    spec: str  #: dataset spec (see oodlens.datasets)
+    group: str = "far"  #: "near", "far", "covariate" (reported, not averaged) or "other"
+
+    def __post_init__(self) -> None:
+        if self.group not in GROUPS:
+            raise ValueError(f"OOD set {self.name!r}: group {self.group!r} is not one of {GROUPS}.")
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """Everything a benchmark run depends on; loadable from YAML or TOML (:func:`load_config`).
+
+    The defaults are the embedded demo: resnet18 at 32 px trained from scratch on digits 0-4,
+    OOD = digits 5-9 (near) and Gaussian noise (far), every installed scorer.
+    """
+
+    id: str = "digits:0-4"  #: ID dataset spec: ``@train`` fits the scorers, ``@test`` is scored
+    ood: tuple[OODSet, ...] = (
+        OODSet("digits5-9", "digits:5-9", "near"),
+        OODSet("noise", "noise:gaussian,n=500,size=32", "far"),
+    )  #: OOD sets, never used for fitting
+    models: tuple[str, ...] = ("resnet18",)  #: timm model names
+    checkpoints: tuple[
+        str, ...
+    ] = ()  #: one checkpoint per model; empty: train here (or pretrained)
+    pretrained: bool = False  #: use timm's pretrained weights with their own head (internet)
+    seeds: tuple[int, ...] = (0,)  #: training seeds (models trained here only)
+    train: Mapping[str, Any] = field(
+        default_factory=lambda: {"epochs": 10, "hflip": False}
+    )  #: TrainConfig overrides
+    scorers: tuple[str, ...] = ()  #: "name" or "name:key=value,..."; empty: every installed scorer
+    img_size: int | None = 32  #: input size (None: the model's default)
+    device: str = "cpu"  #: "cpu", "cuda", "mps" or "auto"
+    batch_size: int = 256  #: extraction batch size
+    num_workers: int = 0  #: DataLoader workers
+    cache_dir: str | None = None  #: default: $OODLENS_CACHE_DIR or ~/.cache/oodlens
+    use_cache: bool = True  #: False: extract (and train) again, store nothing
+    threshold: float | None = None  #: an extra fixed operating threshold (e.g. density 0.04)
+    id_acceptance: float = 0.95  #: operating threshold: accept this share of ID test
+    skip_corrupt: bool = False  #: skip unreadable images (listed in results) instead of failing
+
+    def __post_init__(self) -> None:
+        ood = tuple(o if isinstance(o, OODSet) else OODSet(**o) for o in self.ood)
+        object.__setattr__(self, "ood", ood)
+        for name in ("models", "checkpoints", "seeds", "scorers"):
+            value = getattr(self, name)
+            object.__setattr__(
+                self, name, (value,) if isinstance(value, str | int) else tuple(value)
+            )
+        if not self.models:
+            raise ValueError("BenchmarkConfig.models is empty; name at least one timm model.")
+        if self.checkpoints and len(self.checkpoints) != len(self.models):
+            raise ValueError(
+                f"Give one checkpoint per model: {len(self.models)} model(s), {len(self.checkpoints)} checkpoint(s)."
+            )
+        if not self.ood:
+            raise ValueError("BenchmarkConfig.ood is empty; add at least one OOD set.")
+        names = [o.name for o in self.ood]
+        if len(set(names)) != len(names) or {"near", "far", "mean"} & set(names):
+            raise ValueError(
+                f"OOD set names must be unique and not 'near', 'far' or 'mean': {names}."
+            )
+        if not self.seeds:
+            raise ValueError("BenchmarkConfig.seeds is empty.")
+        from .train import TrainConfig
+
+        unknown = set(self.train) - {f.name for f in dataclasses.fields(TrainConfig)}
+        if unknown:
+            raise ValueError(
+                f"Unknown training option(s) {sorted(unknown)}; valid: {[f.name for f in dataclasses.fields(TrainConfig)]}."
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["train"] = dict(self.train)
+        return d
+
+
+def load_config(path: str | os.PathLike[str]) -> BenchmarkConfig:
+    """Read a :class:`BenchmarkConfig` from ``.yaml``/``.yml`` or ``.toml``."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"Config file {str(path)!r} does not exist.")
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    elif path.suffix == ".toml":
+        import tomllib
+
+        data = tomllib.loads(text)
+    else:
+        raise ValueError(f"Config {str(path)!r}: use a .yaml, .yml or .toml file.")
+    if not isinstance(data, dict):
+        raise ValueError(f"Config {str(path)!r} must hold a mapping of options.")
+    data = data.get("benchmark", data)
+    valid = {f.name for f in dataclasses.fields(BenchmarkConfig)}
+    unknown = set(data) - valid
+    if unknown:
+        raise ValueError(
+            f"Config {str(path)!r}: unknown option(s) {sorted(unknown)}; valid: {sorted(valid)}."
+        )
+    return BenchmarkConfig(**data)
+
+
+def parse_scorer_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"logit_kde:mode=class_conditional,top_k=2"`` -> ("logit_kde", {...}); values are
+    Python literals where they parse (numbers, True/False/None), strings otherwise."""
+    name, _, rest = spec.partition(":")
+    params: dict[str, Any] = {}
+    for token in (t for t in rest.split(",") if t):
+        if "=" not in token:
+            raise ValueError(f"Scorer spec {spec!r}: expected key=value, got {token!r}.")
+        k, v = (s.strip() for s in token.split("=", 1))
+        try:
+            params[k] = ast.literal_eval(v)
+        except (ValueError, SyntaxError):
+            params[k] = v
+    return name.strip(), params
+
+
+@dataclass
+class RunScores:
+    """Scores of one (backbone, seed) run, kept for plots."""
+
+    backbone: str
+    seed: int
+    id_correct: np.ndarray
+    scores: dict[str, dict[str, np.ndarray]]  #: scorer -> {"id": ..., ood name: ...}
+
+
+@dataclass
+class BenchmarkResult:
+    """What :func:`run_benchmark` returns."""
+
+    config: BenchmarkConfig
+    table: pd.DataFrame  #: one row per (backbone, seed, scorer, ood), plus near/far/mean rows
+    runs: list[RunScores]
+    timings: dict[str, float]
+    info: dict[str, Any]
+
+    def summary(self) -> pd.DataFrame:
+        """Mean and std over seeds per (backbone, scorer, ood): columns ``metric`` and ``metric_std``."""
+        keys = ["backbone", "scorer", "ood", "group"]
+        cols = [m for m in METRICS if m in self.table]
+        g = self.table.groupby(keys, sort=False, dropna=False)[cols]
+        mean = g.mean()
+        std = g.std(ddof=1).fillna(0.0).add_suffix("_std")
+        out = pd.concat([mean, std], axis=1).reset_index()
+        out.insert(4, "n_seeds", g.size().to_numpy())
+        return out
+
+    def save(
+        self,
+        out_dir: str | os.PathLike[str],
+        formats: Sequence[str] = ("md", "csv", "json", "tex"),
+        plots: bool = True,
+    ) -> Path:
+        """Write tables, plots and ``results.json`` (config, versions, table) to ``out_dir``."""
+        from . import report
+
+        return report.write_report(self, Path(out_dir), formats=formats, plots=plots)
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for dist in (
+        "oodlens",
+        "torch",
+        "torchvision",
+        "timm",
+        "captum",
+        "numpy",
+        "scipy",
+        "scikit-learn",
+        "pandas",
+        "pluggy",
+    ):
+        with contextlib.suppress(md.PackageNotFoundError):
+            out[dist] = md.version(dist)
+    return out
+
+
+def _trained_checkpoint(
+    model: str, cfg: BenchmarkConfig, seed: int, cache: OutputsCache, device: str, progress: bool
+) -> tuple[str, dict[str, Any]]:
+    from .train import TrainConfig, train_model
+
+    tcfg = TrainConfig(
+        model=model, data=cfg.id, img_size=cfg.img_size or 224, seed=seed, **dict(cfg.train)
+    )
+    key = hashlib.sha256(
+        json.dumps(dataclasses.asdict(tcfg), sort_keys=True, default=str).encode()
+    ).hexdigest()[:24]
+    path = cache.directory / "checkpoints" / f"{model}-{key}.safetensors"
+    if cache.enabled and path.exists():
+        log.info("using cached trained checkpoint %s", path)
+        return str(path), {"cached": True}
+    if not cache.enabled:
+        path = (
+            Path(os.environ.get("TMPDIR", "/tmp"))
+            / f"oodlens-{model}-{key}-{os.getpid()}.safetensors"
+        )
+    _, summary = train_model(tcfg, path, device=device, progress=progress)
+    return str(path), summary
+
+
+def run_benchmark(
+    config: BenchmarkConfig | None = None, progress: bool = True, **overrides: Any
+) -> BenchmarkResult:
+    """Run a benchmark; ``overrides`` replace fields of ``config`` (default: the digits demo).
+
+    For every backbone (and training seed): the backbone runs once over ID train, ID test and
+    each OOD set (outputs cached on disk); every scorer is fitted on ID train outputs only,
+    scores ID test and every OOD set; metrics go into a tidy table.
+
+    Example:
+        >>> result = run_benchmark(scorers=("msp", "energy"))  # doctest: +SKIP
+        >>> result.table.query("ood == 'near'")[["scorer", "auroc", "fpr95"]]  # doctest: +SKIP
+    """
+    import torch
+
+    from .backbones import build_transform, create_backbone, extract_outputs, resolve_device
+    from .datasets import load_dataset, split_spec
+
+    cfg = dataclasses.replace(config or BenchmarkConfig(), **overrides)
+    device = resolve_device(cfg.device)
+    cache = OutputsCache(cfg.cache_dir or default_cache_dir(), enabled=cfg.use_cache)
+    scorer_specs = list(cfg.scorers) or list_scorers()
+    for spec in scorer_specs:  # fail fast on a bad name or parameter, before any work
+        name, params = parse_scorer_spec(spec)
+        create_scorer(name, **params)
+    timings: dict[str, float] = {"extract": 0.0, "train": 0.0, "fit": 0.0, "score": 0.0}
+    info: dict[str, Any] = {
+        "corrupt": {},
+        "train": {},
+        "cache_hits": 0,
+        "cache_misses": 0,
+        "versions": _versions(),
+    }
+    datasets = {"id_train": split_spec(cfg.id, "train"), "id_test": split_spec(cfg.id, "test")}
+    datasets.update({o.name: o.spec for o in cfg.ood})
+    sources = {k: load_dataset(v) for k, v in datasets.items()}
+    n_classes = len(sources["id_train"].classes)
+    rows: list[dict[str, Any]] = []
+    runs: list[RunScores] = []
+    for m_index, model_name in enumerate(cfg.models):
+        plan: list[tuple[int | None, str | None]]
+        if cfg.checkpoints:
+            plan = [(None, cfg.checkpoints[m_index])]
+        elif cfg.pretrained:
+            plan = [(None, None)]
+        else:
+            plan = []
+            for seed in cfg.seeds:
+                t0 = time.perf_counter()
+                ckpt, summary = _trained_checkpoint(
+                    model_name, cfg, seed, cache, str(device), progress
+                )
+                timings["train"] += time.perf_counter() - t0
+                info["train"][f"{model_name}/seed{seed}"] = summary
+                plan.append((seed, ckpt))
+        for seed, ckpt in plan:
+            if ckpt is None:
+                model, mcfg = create_backbone(model_name, pretrained=True, img_size=cfg.img_size)
+                if mcfg.num_classes != n_classes:
+                    raise ValueError(
+                        f"Pretrained {model_name!r} has {mcfg.num_classes} classes but the ID set {cfg.id!r} has {n_classes}; "
+                        "fine-tune it first (oodlens train --pretrained) and pass the checkpoint."
+                    )
+                weights_id = f"timm-pretrained:{model_name}"
+            else:
+                model, mcfg = create_backbone(model_name, checkpoint=ckpt, img_size=cfg.img_size)
+                weights_id = file_sha256(ckpt)
+                if mcfg.num_classes != n_classes:
+                    raise ValueError(
+                        f"Checkpoint {ckpt!r} has {mcfg.num_classes} classes but the ID set {cfg.id!r} has {n_classes}."
+                    )
+            transform, data_cfg = build_transform(model, mcfg.img_size)
+            outputs: dict[str, Outputs] = {}
+            for key, source in sources.items():
+                ckey = cache.key(
+                    {
+                        "model": model_name,
+                        "weights": weights_id,
+                        "data": source.fingerprint(),
+                        "transform": repr(transform),
+                        "skip_corrupt": cfg.skip_corrupt,
+                    }
+                )
+                cached = cache.get(ckey)
+                if cached is not None:
+                    info["cache_hits"] += 1
+                    outputs[key] = cached
+                    continue
+                info["cache_misses"] += 1
+                t0 = time.perf_counter()
+                from .backbones import ExtractionReport
+
+                rep = ExtractionReport()
+                with torch.inference_mode():
+                    out = extract_outputs(
+                        model,
+                        source,
+                        transform,
+                        tuple(data_cfg["input_size"]),
+                        device=device,
+                        batch_size=cfg.batch_size,
+                        num_workers=cfg.num_workers,
+                        skip_corrupt=cfg.skip_corrupt,
+                        progress=progress,
+                        report=rep,
+                    )
+                timings["extract"] += time.perf_counter() - t0
+                if rep.corrupt:
+                    info["corrupt"][source.spec] = rep.corrupt
+                cache.put(ckey, out)
+                outputs[key] = out
+            backbone = model_name
+            run_seed = -1 if seed is None else seed
+            id_correct = outputs["id_test"].correct()
+            run = RunScores(backbone, run_seed, id_correct, {})
+            for spec in scorer_specs:
+                name, params = parse_scorer_spec(spec)
+                t0 = time.perf_counter()
+                scorer = create_scorer(name, **params).fit(outputs["id_train"])
+                timings["fit"] += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                s_id = scorer.score(outputs["id_test"])
+                s_ood = {o.name: scorer.score(outputs[o.name]) for o in cfg.ood}
+                timings["score"] += time.perf_counter() - t0
+                run.scores[spec] = {"id": s_id, **s_ood}
+                sel = selective_metrics(s_id, id_correct)
+                base = {"backbone": backbone, "seed": run_seed, "scorer": spec}
+                per_set = []
+                for o in cfg.ood:
+                    row = {**base, "ood": o.name, "group": o.group}
+                    row.update(ood_metrics(s_id, s_ood[o.name]))
+                    row["id_accuracy"] = sel["accuracy"]
+                    row["aurc"], row["eaurc"] = sel["aurc"], sel["eaurc"]
+                    rej = rejection_report(
+                        s_id, id_correct, s_ood[o.name], id_acceptance=cfg.id_acceptance
+                    )
+                    row.update({k: v for k, v in rej.items() if k != "threshold"})
+                    if cfg.threshold is not None:
+                        fixed = rejection_report(
+                            s_id, id_correct, s_ood[o.name], threshold=cfg.threshold
+                        )
+                        row.update({f"{k}@fixed": v for k, v in fixed.items()})
+                    per_set.append(row)
+                rows.extend(per_set)
+                rows.extend(_aggregate_rows(per_set, base))
+            runs.append(run)
+    table = pd.DataFrame(rows)
+    return BenchmarkResult(cfg, table, runs, timings, info)
+
+
+def _aggregate_rows(per_set: list[dict[str, Any]], base: dict[str, Any]) -> list[dict[str, Any]]:
+    """near / far / mean rows: the unweighted mean of the per-set metrics (OpenOOD's way)."""
+    out = []
+    numeric = [k for k, v in per_set[0].items() if isinstance(v, float) and k not in base]
+    for label, members in (
+        ("near", [r for r in per_set if r["group"] == "near"]),
+        ("far", [r for r in per_set if r["group"] == "far"]),
+        ("mean", [r for r in per_set if r["group"] in ("near", "far")]),
+    ):
+        if not members or (label == "mean" and len({r["group"] for r in members}) < 2):
+            continue
+        row = {**base, "ood": label, "group": "aggregate"}
+        row.update({k: float(np.mean([r[k] for r in members])) for k in numeric})
+        out.append(row)
+    return out

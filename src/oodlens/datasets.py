@@ -1,0 +1,366 @@
+"""Datasets addressed by spec strings a user can type.
+
+Grammar: ``KIND:ARG,key=value,...[@SPLIT]`` or a folder path ``PATH[@SPLIT]``.
+
+* ``digits[:CLASSES]`` -- scikit-learn's embedded 8x8 digits (always offline), e.g.
+  ``digits:0-4`` or ``digits:1,3,5``; labels are re-indexed 0..k-1 in the given order.
+* ``noise:gaussian`` / ``noise:uniform`` -- synthetic far-OOD images, options ``n`` (500),
+  ``size`` (32), ``seed`` (0).
+* ``torchvision:NAME`` -- a torchvision dataset (downloaded; needs the internet), option
+  ``root``.
+* a folder path -- torchvision ``ImageFolder`` layout (one sub-folder per class), or a flat
+  folder of images (one class named after the folder).
+
+``@train`` / ``@test`` pick a deterministic split: a folder's own ``train/`` and ``test/``
+sub-folders when present, otherwise a stable 80/20 split by a hash of each sample's id (file
+path, or index for built-in sets); torchvision sets use their official split. ``@all`` (the
+default) takes everything.
+
+New kinds come from plugins through the ``register_datasets`` hook.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+__all__ = [
+    "DatasetSource",
+    "CorruptImageError",
+    "load_dataset",
+    "list_datasets",
+    "parse_spec",
+    "split_spec",
+]
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+SPLITS = ("all", "train", "test")
+
+
+class CorruptImageError(ValueError):
+    """An image file could not be read or decoded."""
+
+
+@dataclass
+class DatasetSource:
+    """A dataset resolved from a spec: samples as PIL images with integer labels.
+
+    Attributes:
+        spec: the spec string it came from (with split).
+        classes: class names, index = label.
+        ids: one stable id per sample (file path or index) -- the cache fingerprint.
+        loader: ``loader(i) -> PIL.Image`` (RGB); raises :class:`CorruptImageError`.
+        labels: (N,) int labels.
+        fingerprint_extra: anything else that changes the data (e.g. noise seed).
+    """
+
+    spec: str
+    classes: tuple[str, ...]
+    ids: list[str]
+    labels: np.ndarray
+    loader: Callable[[int], Image.Image] = field(repr=False)
+    fingerprint_extra: str = ""
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def fingerprint(self) -> str:
+        """Hash of the spec, sample ids, labels and (for files) sizes and mtimes."""
+        h = hashlib.sha256(self.spec.encode())
+        h.update(self.fingerprint_extra.encode())
+        for sid in self.ids:
+            h.update(sid.encode())
+            if os.path.isfile(sid):
+                st = os.stat(sid)
+                h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+        h.update(np.ascontiguousarray(self.labels, dtype=np.int64).tobytes())
+        return h.hexdigest()
+
+    def subset(self, index: Sequence[int], spec: str) -> DatasetSource:
+        index = list(index)
+        base = self.loader
+        return DatasetSource(
+            spec=spec,
+            classes=self.classes,
+            ids=[self.ids[i] for i in index],
+            labels=self.labels[index],
+            loader=lambda i: base(index[i]),
+            fingerprint_extra=self.fingerprint_extra,
+        )
+
+
+def parse_spec(spec: str) -> tuple[str, str, dict[str, str], str]:
+    """Split ``KIND:ARG,k=v@SPLIT`` into (kind, arg, options, split). A path has kind ''."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"A dataset spec must be a non-empty string, got {spec!r}.")
+    body, split = spec, "all"
+    if "@" in spec:
+        body, split = spec.rsplit("@", 1)
+        if split not in SPLITS:
+            raise ValueError(
+                f"Unknown split {split!r} in dataset spec {spec!r}; valid splits: {', '.join(SPLITS)}."
+            )
+    kind, rest = "", body
+    head = body.split(":", 1)[0]
+    if ":" in body and head and all(ch.isalnum() or ch in "_-" for ch in head) and len(head) > 1:
+        kind, rest = body.split(":", 1)
+    elif body in _simple_kinds():
+        kind, rest = body, ""
+    if not kind:
+        return "", body, {}, split
+    arg, options = "", {}
+    for token in (t for t in rest.split(",") if t):
+        if "=" in token:
+            k, v = token.split("=", 1)
+            options[k.strip()] = v.strip()
+        elif not arg:
+            arg = token.strip()
+        else:
+            raise ValueError(
+                f"Dataset spec {spec!r} has two positional arguments ({arg!r}, {token!r})."
+            )
+    return kind, arg, options, split
+
+
+def _simple_kinds() -> set[str]:
+    from ._registry import list_entries
+
+    return {e.name for e in list_entries("dataset")}
+
+
+def split_spec(spec: str, split: str) -> str:
+    """``spec`` with its split replaced by ``split``."""
+    base = spec.rsplit("@", 1)[0] if "@" in spec and spec.rsplit("@", 1)[1] in SPLITS else spec
+    return f"{base}@{split}"
+
+
+def _hash_split(source: DatasetSource, split: str, test_fraction: float = 0.2) -> DatasetSource:
+    if split == "all":
+        return source
+    keys = [int(hashlib.sha1(sid.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF for sid in source.ids]
+    pick = [i for i, k in enumerate(keys) if (k < test_fraction) == (split == "test")]
+    return source.subset(pick, f"{source.spec}@{split}")
+
+
+def _parse_classes(arg: str, valid: Sequence[int], spec: str) -> list[int]:
+    if not arg:
+        return list(valid)
+    out: list[int] = []
+    try:
+        for part in arg.replace(";", ",").split("+"):
+            if "-" in part:
+                a, b = part.split("-", 1)
+                out.extend(range(int(a), int(b) + 1))
+            else:
+                out.append(int(part))
+    except ValueError:
+        raise ValueError(
+            f"Cannot read classes {arg!r} in {spec!r}; write e.g. 'digits:0-4' or 'digits:1+3+5'."
+        ) from None
+    bad = [c for c in out if c not in valid]
+    if bad or not out:
+        raise ValueError(
+            f"Classes {bad or arg!r} in {spec!r} do not exist; valid: {min(valid)}-{max(valid)}."
+        )
+    return out
+
+
+def load_digits_source(spec: str, arg: str, options: dict[str, str], split: str) -> DatasetSource:
+    """scikit-learn's 8x8 digits as 8x8 RGB images (0-16 scaled to 0-255)."""
+    from sklearn.datasets import load_digits
+
+    if options:
+        raise ValueError(f"digits takes no options, got {sorted(options)} in {spec!r}.")
+    data = load_digits()
+    classes = _parse_classes(arg, range(10), spec)
+    index = [i for i, t in enumerate(data.target) if t in classes]
+    images = (data.images[index] * (255.0 / 16.0)).round().astype(np.uint8)
+    remap = {c: k for k, c in enumerate(classes)}
+    labels = np.array([remap[t] for t in data.target[index]], dtype=np.int64)
+
+    def loader(i: int) -> Image.Image:
+        return Image.fromarray(images[i], mode="L").convert("RGB")
+
+    source = DatasetSource(
+        spec=spec.rsplit("@", 1)[0],
+        classes=tuple(str(c) for c in classes),
+        ids=[f"digits#{i}" for i in index],
+        labels=labels,
+        loader=loader,
+    )
+    return _hash_split(source, split)
+
+
+def load_noise_source(spec: str, arg: str, options: dict[str, str], split: str) -> DatasetSource:
+    """Synthetic noise images: ``gaussian`` (mean 128, sd 64, clipped) or ``uniform``."""
+    if arg not in ("gaussian", "uniform"):
+        raise ValueError(
+            f"Unknown noise {arg!r} in {spec!r}; valid: gaussian, uniform (e.g. 'noise:gaussian,n=500')."
+        )
+    unknown = set(options) - {"n", "size", "seed"}
+    if unknown:
+        raise ValueError(f"Unknown option(s) {sorted(unknown)} in {spec!r}; valid: n, size, seed.")
+    try:
+        n, size, seed = (
+            int(options.get("n", 500)),
+            int(options.get("size", 32)),
+            int(options.get("seed", 0)),
+        )
+    except ValueError:
+        raise ValueError(f"Options n, size and seed must be integers in {spec!r}.") from None
+    if n <= 0 or size <= 0:
+        raise ValueError(f"n and size must be positive in {spec!r}.")
+
+    def loader(i: int) -> Image.Image:
+        rng = np.random.default_rng([seed, i])
+        if arg == "gaussian":
+            x = np.clip(rng.normal(128, 64, size=(size, size, 3)), 0, 255)
+        else:
+            x = rng.uniform(0, 256, size=(size, size, 3))
+        return Image.fromarray(x.astype(np.uint8), mode="RGB")
+
+    source = DatasetSource(
+        spec=spec.rsplit("@", 1)[0],
+        classes=("noise",),
+        ids=[f"noise-{arg}#{i}" for i in range(n)],
+        labels=np.zeros(n, dtype=np.int64),
+        loader=loader,
+        fingerprint_extra=f"{arg}:{size}:{seed}",
+    )
+    return _hash_split(source, split)
+
+
+def _open_image(path: str) -> Image.Image:
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except Exception as exc:  # PIL raises many types for broken files
+        raise CorruptImageError(f"{path}: {type(exc).__name__}: {exc}") from exc
+
+
+def load_folder_source(path: str, split: str, spec: str) -> DatasetSource:
+    """An ImageFolder-layout folder, or a flat folder of images (one class)."""
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(
+            f"Dataset folder {str(root)!r} does not exist (from spec {spec!r}). Give an existing "
+            "folder, or a registered kind such as 'digits:0-4' or 'noise:gaussian' (oodlens datasets)."
+        )
+    if not root.is_dir():
+        raise ValueError(f"Dataset spec {spec!r} points to a file, not a folder of images.")
+    if split != "all" and (root / split).is_dir():
+        root, split = root / split, "all"
+    is_img = lambda p: p.is_file() and p.suffix.lower() in IMG_EXTENSIONS  # noqa: E731
+    subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    class_dirs = [d for d in subdirs if any(is_img(p) for p in d.rglob("*"))]
+    if class_dirs:
+        classes = tuple(d.name for d in class_dirs)
+        files = [
+            (str(p), k) for k, d in enumerate(class_dirs) for p in sorted(d.rglob("*")) if is_img(p)
+        ]
+    else:
+        classes = (root.name,)
+        files = [(str(p), 0) for p in sorted(root.iterdir()) if is_img(p)]
+    if not files:
+        raise ValueError(
+            f"No images ({', '.join(IMG_EXTENSIONS)}) found in {str(root)!r}; expected one sub-folder "
+            "per class (ImageFolder layout) or image files directly in the folder."
+        )
+    paths = [f for f, _ in files]
+    source = DatasetSource(
+        spec=str(Path(path).expanduser()),
+        classes=classes,
+        ids=paths,
+        labels=np.array([k for _, k in files], dtype=np.int64),
+        loader=lambda i: _open_image(paths[i]),
+    )
+    return _hash_split(source, split)
+
+
+def load_torchvision_source(
+    spec: str, arg: str, options: dict[str, str], split: str
+) -> DatasetSource:
+    """A torchvision dataset by class name (downloads; needs the internet)."""
+    import torchvision.datasets as tvd
+
+    names = sorted(
+        n for n in dir(tvd) if not n.startswith("_") and isinstance(getattr(tvd, n), type)
+    )
+    if arg not in names:
+        import difflib
+
+        close = difflib.get_close_matches(arg, names, n=3)
+        raise ValueError(
+            f"Unknown torchvision dataset {arg!r}"
+            + (f"; did you mean {', '.join(close)}?" if close else f"; valid: {', '.join(names)}.")
+        )
+    from ._cache import default_cache_dir
+
+    root = options.get("root", str(default_cache_dir() / "torchvision"))
+    cls = getattr(tvd, arg)
+    kwargs: dict[str, Any] = {"root": root, "download": True}
+    if split != "all":
+        import inspect
+
+        params = inspect.signature(cls.__init__).parameters
+        if "train" in params:
+            kwargs["train"] = split == "train"
+        elif "split" in params:
+            kwargs["split"] = split
+    try:
+        ds = cls(**kwargs)
+    except Exception as exc:
+        raise RuntimeError(
+            f"Could not load torchvision dataset {arg!r} into {root!r} ({exc}); it needs the internet on first use."
+        ) from exc
+    targets = getattr(ds, "targets", None)
+    if targets is None:
+        targets = getattr(ds, "labels", None)
+    labels = np.asarray(
+        targets if targets is not None else [ds[i][1] for i in range(len(ds))], dtype=np.int64
+    )
+    classes = tuple(str(c) for c in getattr(ds, "classes", range(int(labels.max()) + 1)))
+
+    def loader(i: int) -> Image.Image:
+        img = ds[i][0]
+        return (
+            img.convert("RGB")
+            if isinstance(img, Image.Image)
+            else Image.fromarray(np.asarray(img)).convert("RGB")
+        )
+
+    return DatasetSource(
+        spec=spec,
+        classes=classes,
+        ids=[f"{arg}#{split}#{i}" for i in range(len(ds))],
+        labels=labels,
+        loader=loader,
+    )
+
+
+def list_datasets() -> list[str]:
+    """Registered dataset kinds (spec prefixes); a folder path is always accepted too."""
+    from ._registry import list_entries
+
+    return [e.name for e in list_entries("dataset")]
+
+
+def load_dataset(spec: str) -> DatasetSource:
+    """Resolve a spec string to a :class:`DatasetSource` (see the module docstring)."""
+    from ._registry import get_entry, list_entries
+
+    kind, arg, options, split = parse_spec(spec)
+    if not kind:
+        return load_folder_source(arg, split, spec)
+    names = [e.name for e in list_entries("dataset")]
+    if kind not in names and (Path(spec.rsplit("@", 1)[0]).exists() or len(kind) == 1):
+        return load_folder_source(spec.rsplit("@", 1)[0], split, spec)
+    entry = get_entry("dataset", kind)
+    return entry.obj(spec, arg, options, split)

@@ -1,0 +1,199 @@
+"""The oodlens-feature-scorers plugin: discovery through its installed metadata, each scorer
+against an independent computation, and parity with pytorch-ood."""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+
+import numpy as np
+import pytest
+from scipy.special import logsumexp
+from scipy.stats import spearmanr
+from sklearn.neighbors import NearestNeighbors
+
+import oodlens
+from oodlens._registry import list_entries
+from oodlens.testing import synthetic_outputs
+
+PLUGIN = "oodlens-feature-scorers"
+NAMES = ("knn", "mahalanobis", "react", "vim")
+
+
+@pytest.fixture(scope="module")
+def data():
+    train = synthetic_outputs(600, n_classes=4, dim=16, seed=0)
+    test = oodlens.Outputs(
+        logits=np.vstack(
+            [
+                synthetic_outputs(100, seed=1).logits,
+                synthetic_outputs(100, seed=2, kind="ood").logits,
+            ]
+        ),
+        features=np.vstack(
+            [
+                synthetic_outputs(100, seed=1).features,
+                synthetic_outputs(100, seed=2, kind="ood").features,
+            ]
+        ),
+        head_weight=train.head_weight,
+        head_bias=train.head_bias,
+    )
+    return train, test
+
+
+def test_discovered_through_installed_entry_point():
+    eps = [
+        ep for ep in entry_points(group="oodlens") if ep.dist is not None and ep.dist.name == PLUGIN
+    ]
+    assert [ep.value for ep in eps] == ["oodlens_feature_scorers"]
+    by_name = {e.name: e for e in list_entries("scorer")}
+    for name in NAMES:
+        assert by_name[name].distribution == PLUGIN
+        assert by_name[name].plugin == f"{PLUGIN}:feature_scorers"
+
+
+def test_mahalanobis_against_numpy(data):
+    train, test = data
+    f, y = train.features, train.labels
+    means = np.array([f[y == c].mean(0) for c in range(4)])
+    cov = sum((f[y == c] - means[c]).T @ (f[y == c] - means[c]) for c in range(4)) / len(f)
+    prec = np.linalg.inv(cov + 1e-6 * np.trace(cov) / 16 * np.eye(16))
+    expected = np.array([-min((x - m) @ prec @ (x - m) for m in means) for x in test.features])
+    got = oodlens.create_scorer("mahalanobis").fit(train).score(test)
+    np.testing.assert_allclose(got, expected, rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.parametrize("use_faiss", [False, True])
+def test_knn_against_sklearn(data, use_faiss):
+    train, test = data
+    norm = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    nn = NearestNeighbors(n_neighbors=7).fit(norm(train.features))
+    dist, _ = nn.kneighbors(norm(test.features))
+    got = oodlens.create_scorer("knn", k=7, use_faiss=use_faiss).fit(train).score(test)
+    np.testing.assert_allclose(got, -dist[:, -1], rtol=1e-5, atol=1e-5)
+
+
+def test_vim_step_by_step(data):
+    train, test = data
+    w, b, f = train.head_weight, train.head_bias, train.features
+    u = -np.linalg.pinv(w) @ b  # the new origin
+    x = f - u
+    eigval, eigvec = np.linalg.eigh(
+        np.cov(x.T, bias=True, aweights=None) + np.outer(x.mean(0), x.mean(0))
+    )
+    ns = eigvec[:, np.argsort(eigval)[: 16 - 8]]  # the 8 smallest directions: D - dim with dim=8
+    alpha = (f @ w.T + b).max(axis=1).mean() / np.linalg.norm(x @ ns, axis=1).mean()
+    vlogit = np.linalg.norm((test.features - u) @ ns, axis=1) * alpha
+    expected = logsumexp(test.features @ w.T + b, axis=1) - vlogit
+    got = oodlens.create_scorer("vim", dim=8).fit(train).score(test)
+    np.testing.assert_allclose(got, expected, rtol=1e-7, atol=1e-7)
+
+
+def test_react_by_hand(data):
+    train, test = data
+    tau = np.percentile(train.features, 80)
+    expected = logsumexp(
+        np.minimum(test.features, tau) @ train.head_weight.T + train.head_bias, axis=1
+    )
+    got = oodlens.create_scorer("react", percentile=80).fit(train).score(test)
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+
+
+def _rank_equal(ours, theirs):
+    assert (
+        np.corrcoef(ours, -theirs)[0, 1] > 1 - 1e-6 or spearmanr(ours, -theirs).statistic > 1 - 1e-9
+    )
+
+
+def test_parity_with_pytorch_ood(data):
+    torch = pytest.importorskip("torch")
+    pood = pytest.importorskip("pytorch_ood.detector")
+    train, test = data
+    z = torch.tensor(train.features, dtype=torch.float32)
+    y = torch.tensor(train.labels)
+    zt = torch.tensor(test.features, dtype=torch.float32)
+    w, b = (
+        torch.tensor(train.head_weight, dtype=torch.float32),
+        torch.tensor(train.head_bias, dtype=torch.float32),
+    )
+
+    theirs = pood.Mahalanobis(None).fit_features(z, y).predict_features(zt).numpy()
+    _rank_equal(oodlens.create_scorer("mahalanobis").fit(train).score(test), theirs)
+
+    theirs = pood.KNN(None, k=10).fit_features(z, y).predict_features(zt).numpy()
+    np.testing.assert_allclose(
+        oodlens.create_scorer("knn", k=10).fit(train).score(test), -theirs, atol=1e-5
+    )
+
+    theirs = pood.ViM(None, d=8, w=w, b=b).fit_features(z, y).predict_features(zt).numpy()
+    np.testing.assert_allclose(
+        oodlens.create_scorer("vim", dim=8).fit(train).score(test), -theirs, rtol=1e-4, atol=1e-4
+    )
+
+    react = pood.ReAct(backbone=lambda x: x, head=lambda f: f @ w.T + b, percentile=0.9)
+    react.fit_feature_maps(z, y)
+    theirs = react.predict_feature_maps(zt).numpy()
+    np.testing.assert_allclose(
+        oodlens.create_scorer("react").fit(train).score(test), -theirs, rtol=1e-5, atol=1e-5
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "drop", "missing"),
+    [
+        ("knn", "features", "features"),
+        ("mahalanobis", "features", "features"),
+        ("vim", "head", "head_weight"),
+        ("react", "head", "head_weight"),
+    ],
+)
+def test_missing_fields_are_named(data, name, drop, missing):
+    train, _ = data
+    kwargs = {
+        "logits": train.logits,
+        "labels": train.labels,
+        "features": train.features,
+        "head_weight": train.head_weight,
+        "head_bias": train.head_bias,
+    }
+    if drop == "features":
+        kwargs["features"] = None
+    else:
+        kwargs["head_weight"] = kwargs["head_bias"] = None
+    with pytest.raises(oodlens.MissingOutputsError, match=rf"requires '{drop}'.*no {missing}"):
+        oodlens.create_scorer(name).fit(oodlens.Outputs(**kwargs))
+
+
+def test_bad_inputs_and_params(data):
+    train, _ = data
+    labels = train.labels.copy()
+    labels[labels == 2] = 1
+    with pytest.raises(ValueError, match=r"class\(es\) \[2\] have no training rows"):
+        oodlens.create_scorer("mahalanobis").fit(
+            oodlens.Outputs(logits=train.logits, labels=labels, features=train.features)
+        )
+    few = train.subset(slice(0, 10))
+    with pytest.raises(ValueError, match=r"k=50 must be an integer in \[1, 10\]"):
+        oodlens.create_scorer("knn").fit(few)
+    with pytest.raises(ValueError, match=r"dim=16 must be an integer in \[1, 15\]"):
+        oodlens.create_scorer("vim", dim=16).fit(train)
+    with pytest.raises(ValueError, match="percentile=0"):
+        oodlens.create_scorer("react", percentile=0).fit(train)
+
+
+def test_singular_covariance_is_regularised(data):
+    train, test = data
+    feats = np.hstack([train.features, np.zeros((train.n_samples, 4))])  # dead units: singular
+    t = oodlens.Outputs(logits=train.logits, labels=train.labels, features=feats)
+    s = (
+        oodlens.create_scorer("mahalanobis")
+        .fit(t)
+        .score(
+            oodlens.Outputs(
+                logits=test.logits, features=np.hstack([test.features, np.zeros((200, 4))])
+            )
+        )
+    )
+    assert np.isfinite(s).all()
+    with pytest.raises(ValueError, match="covariance is singular"):
+        oodlens.create_scorer("mahalanobis", reg=0.0).fit(t)
