@@ -18,7 +18,6 @@ from ._registry import (
     unregister_plugin,
 )
 from ._scorer import Scorer
-from .explainers import Explainer
 from .hookspecs import hookimpl
 from .metrics import ood_metrics, rejection_report, risk_coverage_curve, selective_metrics
 
@@ -35,6 +34,12 @@ _LAZY = {
     "create_backbone": "backbones",
     "extract_outputs": "backbones",
     "train_model": "train",
+    "Explainer": "explainers",
+    "GradCAM": "explainers",
+    "attention_area": "explainers",
+    "attention_area_mass": "explainers",
+    "create_explainer": "explainers",
+    "list_explainers": "explainers",
     "TrainConfig": "train",
 }
 
@@ -50,6 +55,7 @@ def __getattr__(name: str):
 __all__ = [
     "BenchmarkConfig",
     "Explainer",
+    "GradCAM",
     "MissingOutputsError",
     "NotFittedError",
     "OODSet",
@@ -59,6 +65,9 @@ __all__ = [
     "Scorer",
     "UnknownNameError",
     "__version__",
+    "attention_area",
+    "attention_area_mass",
+    "create_explainer",
     "TrainConfig",
     "create_backbone",
     "create_scorer",
@@ -66,6 +75,7 @@ __all__ = [
     "functional",
     "hookimpl",
     "list_datasets",
+    "list_explainers",
     "list_scorers",
     "load_config",
     "load_dataset",

@@ -37,3 +37,10 @@ def register_datasets(register: Callable[..., Any]) -> None:
         d.load_torchvision_source,
         "a torchvision dataset by name, e.g. torchvision:CIFAR10 (downloads)",
     )
+
+
+@hookimpl
+def register_explainers(register: Callable[..., Any]) -> None:
+    from .explainers import GradCAM
+
+    register(GradCAM)

@@ -351,7 +351,10 @@ def extract_outputs(
     try:
         with torch.inference_mode():
             for x, y, ok, path, err in tqdm(
-                loader, desc=f"extract {source.spec}", disable=not progress, leave=False
+                loader,
+                desc=f"extract {source.spec}",
+                disable=None if progress else True,
+                leave=False,
             ):
                 failed = [i for i, good in enumerate(ok.tolist()) if not good]
                 bad.extend(path[i] for i in failed)

@@ -101,6 +101,10 @@ class BenchmarkConfig:
     threshold: float | None = None  #: an extra fixed operating threshold (e.g. density 0.04)
     id_acceptance: float = 0.95  #: operating threshold: accept this share of ID test
     skip_corrupt: bool = False  #: skip unreadable images (listed in results) instead of failing
+    attention: bool = False  #: also measure Grad-CAM attention areas (see oodlens.diagnose)
+    attention_scorer: str | None = None  #: whose threshold splits ID errors (default logit_kde)
+    attention_samples: int = 200  #: images explained per set (every ID error is kept)
+    attention_layer: str | None = None  #: Grad-CAM layer (default: automatic, see GradCAM)
 
     def __post_init__(self) -> None:
         ood = tuple(o if isinstance(o, OODSet) else OODSet(**o) for o in self.ood)
@@ -202,6 +206,8 @@ class BenchmarkResult:
     runs: list[RunScores]
     timings: dict[str, float]
     info: dict[str, Any]
+    attention: pd.DataFrame | None = None  #: attention-area summary per run and group
+    confident_errors: list[Any] = field(default_factory=list)  #: explanations, for figures
 
     def summary(self) -> pd.DataFrame:
         """Mean and std over seeds per (backbone, scorer, ood): columns ``metric`` and ``metric_std``."""
@@ -271,6 +277,59 @@ def _trained_checkpoint(
     return str(path), summary
 
 
+def cached_extract(
+    model: Any,
+    model_name: str,
+    weights_id: str,
+    source: Any,
+    transform: Any,
+    input_size: tuple[int, int, int],
+    cache: OutputsCache,
+    device: Any = "cpu",
+    batch_size: int = 256,
+    num_workers: int = 0,
+    skip_corrupt: bool = False,
+    progress: bool = True,
+) -> tuple[Outputs, bool, list[str]]:
+    """Outputs of ``model`` on ``source``, from the cache when an entry exists for the same
+    (model name, weights hash, dataset fingerprint, transform, extraction version).
+
+    Returns the outputs, whether it was a cache hit, and the skipped corrupt files.
+    """
+    import torch
+
+    from .backbones import ExtractionReport, extract_outputs
+
+    key = cache.key(
+        {
+            "model": model_name,
+            "weights": weights_id,
+            "data": source.fingerprint(),
+            "transform": repr(transform),
+            "skip_corrupt": skip_corrupt,
+        }
+    )
+    cached = cache.get(key)
+    if cached is not None:
+        return cached, True, []
+    rep = ExtractionReport()
+    with torch.inference_mode():
+        out = extract_outputs(
+            model,
+            source,
+            transform,
+            input_size,
+            device=device,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            skip_corrupt=skip_corrupt,
+            progress=progress,
+            report=rep,
+        )
+    cache.put(key, out)
+    return out, False, rep.corrupt
+
+
 def run_benchmark(
     config: BenchmarkConfig | None = None, progress: bool = True, **overrides: Any
 ) -> BenchmarkResult:
@@ -284,9 +343,8 @@ def run_benchmark(
         >>> result = run_benchmark(scorers=("msp", "energy"))  # doctest: +SKIP
         >>> result.table.query("ood == 'near'")[["scorer", "auroc", "fpr95"]]  # doctest: +SKIP
     """
-    import torch
 
-    from .backbones import build_transform, create_backbone, extract_outputs, resolve_device
+    from .backbones import build_transform, create_backbone, resolve_device
     from .datasets import load_dataset, split_spec
 
     cfg = dataclasses.replace(config or BenchmarkConfig(), **overrides)
@@ -310,6 +368,8 @@ def run_benchmark(
     n_classes = len(sources["id_train"].classes)
     rows: list[dict[str, Any]] = []
     runs: list[RunScores] = []
+    attention_tables: list[pd.DataFrame] = []
+    result_confident: list[Any] = []
     for m_index, model_name in enumerate(cfg.models):
         plan: list[tuple[int | None, str | None]]
         if cfg.checkpoints:
@@ -345,42 +405,26 @@ def run_benchmark(
             transform, data_cfg = build_transform(model, mcfg.img_size)
             outputs: dict[str, Outputs] = {}
             for key, source in sources.items():
-                ckey = cache.key(
-                    {
-                        "model": model_name,
-                        "weights": weights_id,
-                        "data": source.fingerprint(),
-                        "transform": repr(transform),
-                        "skip_corrupt": cfg.skip_corrupt,
-                    }
-                )
-                cached = cache.get(ckey)
-                if cached is not None:
-                    info["cache_hits"] += 1
-                    outputs[key] = cached
-                    continue
-                info["cache_misses"] += 1
                 t0 = time.perf_counter()
-                from .backbones import ExtractionReport
-
-                rep = ExtractionReport()
-                with torch.inference_mode():
-                    out = extract_outputs(
-                        model,
-                        source,
-                        transform,
-                        tuple(data_cfg["input_size"]),
-                        device=device,
-                        batch_size=cfg.batch_size,
-                        num_workers=cfg.num_workers,
-                        skip_corrupt=cfg.skip_corrupt,
-                        progress=progress,
-                        report=rep,
-                    )
-                timings["extract"] += time.perf_counter() - t0
-                if rep.corrupt:
-                    info["corrupt"][source.spec] = rep.corrupt
-                cache.put(ckey, out)
+                out, hit, corrupt = cached_extract(
+                    model,
+                    model_name,
+                    weights_id,
+                    source,
+                    transform,
+                    tuple(data_cfg["input_size"]),
+                    cache,
+                    device=device,
+                    batch_size=cfg.batch_size,
+                    num_workers=cfg.num_workers,
+                    skip_corrupt=cfg.skip_corrupt,
+                    progress=progress,
+                )
+                info["cache_hits" if hit else "cache_misses"] += 1
+                if not hit:
+                    timings["extract"] += time.perf_counter() - t0
+                if corrupt:
+                    info["corrupt"][source.spec] = corrupt
                 outputs[key] = out
             backbone = model_name
             run_seed = -1 if seed is None else seed
@@ -417,8 +461,55 @@ def run_benchmark(
                 rows.extend(per_set)
                 rows.extend(_aggregate_rows(per_set, base))
             runs.append(run)
+            if cfg.attention:
+                t0 = time.perf_counter()
+                att, confident = _attention(
+                    cfg, model, transform, sources, outputs, run, scorer_specs, mcfg, device
+                )
+                timings["attention"] = timings.get("attention", 0.0) + time.perf_counter() - t0
+                attention_tables.append(att.assign(backbone=backbone, seed=run_seed))
+                info.setdefault("mannwhitney", {})[f"{backbone}/seed{run_seed}"] = att.attrs[
+                    "mannwhitney"
+                ]
+                if confident is not None:
+                    result_confident.append(confident)
     table = pd.DataFrame(rows)
-    return BenchmarkResult(cfg, table, runs, timings, info)
+    attention = pd.concat(attention_tables, ignore_index=True) if attention_tables else None
+    return BenchmarkResult(cfg, table, runs, timings, info, attention, result_confident)
+
+
+def _attention(cfg, model, transform, sources, outputs, run, scorer_specs, mcfg, device):
+    from .diagnose import attention_analysis
+
+    name = cfg.attention_scorer or ("logit_kde" if "logit_kde" in scorer_specs else scorer_specs[0])
+    if name not in run.scores:
+        raise ValueError(
+            f"attention_scorer {name!r} is not among the benchmark's scorers {scorer_specs}."
+        )
+    scores = run.scores[name]
+    threshold = rejection_report(scores["id"], run.id_correct, id_acceptance=cfg.id_acceptance)[
+        "threshold"
+    ]
+    names = mcfg.class_names or sources["id_train"].classes
+    table, confident = attention_analysis(
+        model,
+        transform,
+        sources,
+        outputs,
+        scores["id"],
+        {o.name: scores[o.name] for o in cfg.ood},
+        threshold,
+        names,
+        max_per_set=cfg.attention_samples,
+        device=device,
+        layer=cfg.attention_layer,
+    )
+    table.attrs["mannwhitney"] = {
+        "scorer": name,
+        "threshold": threshold,
+        **table.attrs["mannwhitney"],
+    }
+    return table, confident
 
 
 def _aggregate_rows(per_set: list[dict[str, Any]], base: dict[str, Any]) -> list[dict[str, Any]]:

@@ -105,6 +105,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         changes["use_cache"] = False
     if args.skip_corrupt:
         changes["skip_corrupt"] = True
+    if args.attention:
+        changes["attention"] = True
+    if args.attention_layer:
+        changes["attention_layer"] = args.attention_layer
     if args.pretrained:
         changes["pretrained"] = True
     if args.epochs is not None:
@@ -139,6 +143,69 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.out:
         out = result.save(args.out, formats=formats, plots=not args.no_plots)
         print(f"wrote {out}/ (results.json, tables, plots)")
+    return 0
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from ._cache import OutputsCache, file_sha256
+    from .backbones import build_transform, create_backbone, extract_outputs, resolve_device
+    from .benchmark import cached_extract, parse_scorer_spec
+    from .datasets import files_source, load_dataset, split_spec
+    from .diagnose import explain_source, plot_explanations
+
+    device = resolve_device(args.device)
+    model, mcfg = create_backbone(
+        args.model, checkpoint=args.checkpoint, img_size=args.img_size, pretrained=args.pretrained
+    )
+    transform, data_cfg = build_transform(model, mcfg.img_size)
+    source = files_source(args.images)
+    names = mcfg.class_names or tuple(str(i) for i in range(mcfg.num_classes))
+    scorers = {}
+    if args.scorers:
+        train_spec = args.train or mcfg.extra.get("train", {}).get("data")
+        if not train_spec:
+            raise ValueError(
+                "Scorers are fitted on the model's training outputs: pass --train SPEC (the ID training data)."
+            )
+        from ._registry import create_scorer
+
+        weights = (
+            file_sha256(args.checkpoint) if args.checkpoint else f"timm-pretrained:{args.model}"
+        )
+        train_out, _, _ = cached_extract(
+            model,
+            args.model,
+            weights,
+            load_dataset(split_spec(train_spec, "train")),
+            transform,
+            tuple(data_cfg["input_size"]),
+            OutputsCache(args.cache_dir),
+            device=device,
+            progress=not args.quiet,
+        )
+        for spec in args.scorers:
+            name, params = parse_scorer_spec(spec)
+            scorers[spec] = create_scorer(name, **params).fit(train_out)
+    outputs = extract_outputs(
+        model, source, transform, tuple(data_cfg["input_size"]), device=device, progress=False
+    )
+    exp = explain_source(
+        model,
+        source,
+        transform,
+        names,
+        scorers=scorers,
+        outputs=outputs,
+        layer=args.layer,
+        device=device,
+    )
+    path = plot_explanations(exp, args.out, columns=args.columns)
+    for k, sid in enumerate(exp.ids):
+        vals = "  ".join(f"{n}={v[k]:.4g}" for n, v in exp.scores.items())
+        print(
+            f"{sid}: {names[exp.predictions[k]]} p={exp.softmax[k]:.3f}  {vals}  area@0.5={exp.area[k]:.2f}"
+        )
+    print(f"wrote {path}")
     return 0
 
 
@@ -229,6 +296,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser(
+        "explain", help="Grad-CAM overlays with predictions and scores, as a PNG grid"
+    )
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--model", required=True, help="timm model name")
+    p.add_argument("--checkpoint", help="checkpoint (.safetensors or state dict)")
+    p.add_argument("--pretrained", action="store_true", help="timm pretrained weights (internet)")
+    p.add_argument(
+        "--scorers",
+        nargs="*",
+        default=["msp", "logit_kde"],
+        help="scores to show (fitted on --train)",
+    )
+    p.add_argument(
+        "--train", help="ID training spec to fit the scorers (default: from the checkpoint)"
+    )
+    p.add_argument("--layer", help="Grad-CAM target layer (default: automatic)")
+    p.add_argument("--img-size", type=int)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--cache-dir", help="cache folder for the training outputs")
+    p.add_argument("--columns", type=int, default=6)
+    p.add_argument("--out", default="explain.png", help="PNG to write")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=_cmd_explain)
 
     p = sub.add_parser("train", help="train or fine-tune a timm model on a dataset spec")
     p.add_argument("--model", default="resnet18")

@@ -37,6 +37,7 @@ __all__ = [
     "load_dataset",
     "list_datasets",
     "parse_spec",
+    "files_source",
     "split_spec",
 ]
 
@@ -342,6 +343,35 @@ def load_torchvision_source(
         ids=[f"{arg}#{split}#{i}" for i in range(len(ds))],
         labels=labels,
         loader=loader,
+    )
+
+
+def files_source(paths: Sequence[str | os.PathLike[str]]) -> DatasetSource:
+    """Image files and folders (expanded to their images, sorted) as one unlabelled source."""
+    files: list[str] = []
+    for p in paths:
+        path = Path(p).expanduser()
+        if path.is_dir():
+            found = sorted(
+                str(f)
+                for f in path.rglob("*")
+                if f.is_file() and f.suffix.lower() in IMG_EXTENSIONS
+            )
+            if not found:
+                raise ValueError(f"No images found in folder {str(path)!r}.")
+            files.extend(found)
+        elif path.is_file():
+            files.append(str(path))
+        else:
+            raise FileNotFoundError(f"Image {str(path)!r} does not exist.")
+    if not files:
+        raise ValueError("No images given.")
+    return DatasetSource(
+        spec="files",
+        classes=("unknown",),
+        ids=files,
+        labels=np.zeros(len(files), dtype=np.int64),
+        loader=lambda i: _open_image(files[i]),
     )
 
 

@@ -226,6 +226,17 @@ def write_report(
     if "tex" in formats:
         (out / "results.tex").write_text(to_latex(summary))
     figures = [str(p.name) for p in _plots(result, out)] if plots else []
+    if result.attention is not None:
+        result.attention.to_csv(out / "attention.csv", index=False)
+        if plots and result.confident_errors:
+            from .diagnose import plot_explanations
+
+            path = plot_explanations(
+                result.confident_errors[0],
+                out / "confident_errors.png",
+                title="Most confident ID errors (highest score first)",
+            )
+            figures.append(path.name)
     payload = {
         "config": result.config.to_dict(),
         "versions": result.info.get("versions", {}),
@@ -233,6 +244,9 @@ def write_report(
         "info": {k: v for k, v in result.info.items() if k != "versions"},
         "figures": figures,
         "summary": summary.to_dict(orient="records"),
+        "attention": None
+        if result.attention is None
+        else result.attention.to_dict(orient="records"),
         "table": result.table.to_dict(orient="records"),
     }
     (out / "results.json").write_text(json.dumps(_json_safe(payload), indent=2, default=str))

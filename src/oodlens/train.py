@@ -115,7 +115,10 @@ def train_model(
     loss_fn = nn.CrossEntropyLoss()
     t0 = time.perf_counter()
     bar = tqdm(
-        total=steps, desc=f"train {cfg.model} on {cfg.data}", disable=not progress, leave=False
+        total=steps,
+        desc=f"train {cfg.model} on {cfg.data}",
+        disable=None if progress else True,
+        leave=False,
     )
     correct = seen = 0
     for _ in range(cfg.epochs):
