@@ -294,6 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip unreadable images (listed in results.json)",
     )
+    p.add_argument(
+        "--attention",
+        action="store_true",
+        help="measure Grad-CAM attention areas per group (ID correct/wrong, OOD)",
+    )
+    p.add_argument("--attention-layer", help="Grad-CAM layer for --attention (default: automatic)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_bench)
 
