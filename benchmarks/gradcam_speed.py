@@ -62,7 +62,7 @@ def main() -> None:
     def run_ref():
         return np.concatenate(
             [
-                ref(input_tensor=x[s : s + args.batch_size])
+                ref(input_tensor=x[s : s + args.batch_size], targets=None)
                 for s in range(0, len(x), args.batch_size)
             ]
         )

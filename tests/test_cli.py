@@ -74,6 +74,9 @@ def test_bench_default_demo_prints_table(cache_dir, tmp_path):
         "-q",
         "--out",
         str(out),
+        "--attention",
+        "--attention-layer",
+        "layer2",
     )
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
@@ -82,6 +85,7 @@ def test_bench_default_demo_prints_table(cache_dir, tmp_path):
     assert len(body) == 2 * 5  # two scorers x (2 sets + near + far + mean)
     assert "higher score = more in-distribution" in r.stdout
     assert {p.name for p in out.iterdir()} >= {
+        "attention.csv",
         "results.json",
         "results.md",
         "results.csv",

@@ -21,6 +21,7 @@ __all__ = [
     "ModelConfig",
     "create_backbone",
     "load_checkpoint",
+    "read_model_config",
     "save_checkpoint",
     "build_transform",
     "extract_outputs",
@@ -100,6 +101,30 @@ def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
             f"Checkpoint {str(path)!r} does not hold a state_dict (a mapping of names to tensors)."
         )
     return obj, config
+
+
+def read_model_config(path: str | os.PathLike[str]) -> ModelConfig | None:
+    """The :class:`ModelConfig` stored in an oodlens ``.safetensors`` checkpoint, read from its
+    header only (no tensors loaded); ``None`` for other checkpoints."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return None
+    if not path.exists():
+        raise FileNotFoundError(f"Checkpoint {str(path)!r} does not exist.")
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except Exception as exc:
+        raise ValueError(
+            f"Checkpoint {str(path)!r} is not a readable safetensors file ({exc})."
+        ) from exc
+    if "oodlens_config" not in meta:
+        return None
+    config = json.loads(meta["oodlens_config"])
+    config["class_names"] = tuple(config.get("class_names", ()))
+    return ModelConfig(**config)
 
 
 def load_checkpoint(
@@ -244,13 +269,22 @@ def _load_state(
 
 
 def build_transform(
-    model: nn.Module, img_size: int | None = None
+    model: nn.Module | str, img_size: int | None = None
 ) -> tuple[Callable[[Any], torch.Tensor], dict[str, Any]]:
     """Eval preprocessing from the model's timm data config; ``img_size`` overrides the size
-    (with crop_pct 1.0, so small images are resized, not cropped). Returns (transform, config)."""
+    (with crop_pct 1.0, so small images are resized, not cropped). Returns (transform, config).
+
+    ``model`` may be a timm model name: the config then comes from its pretrained config
+    without building the network (the same config timm gives the built model)."""
     from timm.data import create_transform, resolve_data_config
 
-    cfg = resolve_data_config({}, model=model)
+    if isinstance(model, str):
+        from timm.models import get_pretrained_cfg
+
+        pcfg = get_pretrained_cfg(model)
+        cfg = resolve_data_config({}, pretrained_cfg=pcfg.to_dict() if pcfg is not None else {})
+    else:
+        cfg = resolve_data_config({}, model=model)
     if img_size is not None:
         cfg["input_size"] = (cfg["input_size"][0], img_size, img_size)
         cfg["crop_pct"] = 1.0

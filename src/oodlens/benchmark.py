@@ -277,8 +277,29 @@ def _trained_checkpoint(
     return str(path), summary
 
 
+class _LazyModel:
+    """Builds the network on first call: a fully cached run never builds it."""
+
+    def __init__(self, name: str, checkpoint: str | None, img_size: int | None) -> None:
+        self.name, self.checkpoint, self.img_size = name, checkpoint, img_size
+        self.model: Any = None
+        self.config: Any = None
+
+    def __call__(self) -> Any:
+        if self.model is None:
+            from .backbones import create_backbone
+
+            self.model, self.config = create_backbone(
+                self.name,
+                pretrained=self.checkpoint is None,
+                checkpoint=self.checkpoint,
+                img_size=self.img_size,
+            )
+        return self.model
+
+
 def cached_extract(
-    model: Any,
+    get_model: Any,
     model_name: str,
     weights_id: str,
     source: Any,
@@ -291,8 +312,9 @@ def cached_extract(
     skip_corrupt: bool = False,
     progress: bool = True,
 ) -> tuple[Outputs, bool, list[str]]:
-    """Outputs of ``model`` on ``source``, from the cache when an entry exists for the same
+    """Outputs of the model on ``source``, from the cache when an entry exists for the same
     (model name, weights hash, dataset fingerprint, transform, extraction version).
+    ``get_model()`` returns the network; it is called only on a cache miss.
 
     Returns the outputs, whether it was a cache hit, and the skipped corrupt files.
     """
@@ -315,7 +337,7 @@ def cached_extract(
     rep = ExtractionReport()
     with torch.inference_mode():
         out = extract_outputs(
-            model,
+            get_model(),
             source,
             transform,
             input_size,
@@ -344,7 +366,7 @@ def run_benchmark(
         >>> result.table.query("ood == 'near'")[["scorer", "auroc", "fpr95"]]  # doctest: +SKIP
     """
 
-    from .backbones import build_transform, create_backbone, resolve_device
+    from .backbones import build_transform, read_model_config, resolve_device
     from .datasets import load_dataset, split_spec
 
     cfg = dataclasses.replace(config or BenchmarkConfig(), **overrides)
@@ -387,27 +409,30 @@ def run_benchmark(
                 info["train"][f"{model_name}/seed{seed}"] = summary
                 plan.append((seed, ckpt))
         for seed, ckpt in plan:
-            if ckpt is None:
-                model, mcfg = create_backbone(model_name, pretrained=True, img_size=cfg.img_size)
-                if mcfg.num_classes != n_classes:
-                    raise ValueError(
-                        f"Pretrained {model_name!r} has {mcfg.num_classes} classes but the ID set {cfg.id!r} has {n_classes}; "
-                        "fine-tune it first (oodlens train --pretrained) and pass the checkpoint."
+            get_model = _LazyModel(model_name, ckpt, cfg.img_size)
+            mcfg = read_model_config(ckpt) if ckpt else None
+            if mcfg is None:
+                get_model()
+                mcfg = get_model.config
+            if cfg.img_size is not None and mcfg.img_size != cfg.img_size:
+                mcfg = dataclasses.replace(mcfg, img_size=cfg.img_size)
+            if mcfg.num_classes != n_classes:
+                what = f"Checkpoint {ckpt!r}" if ckpt else f"Pretrained {model_name!r}"
+                raise ValueError(
+                    f"{what} has {mcfg.num_classes} classes but the ID set {cfg.id!r} has {n_classes}"
+                    + (
+                        "."
+                        if ckpt
+                        else "; fine-tune it first (oodlens train --pretrained) and pass the checkpoint."
                     )
-                weights_id = f"timm-pretrained:{model_name}"
-            else:
-                model, mcfg = create_backbone(model_name, checkpoint=ckpt, img_size=cfg.img_size)
-                weights_id = file_sha256(ckpt)
-                if mcfg.num_classes != n_classes:
-                    raise ValueError(
-                        f"Checkpoint {ckpt!r} has {mcfg.num_classes} classes but the ID set {cfg.id!r} has {n_classes}."
-                    )
-            transform, data_cfg = build_transform(model, mcfg.img_size)
+                )
+            weights_id = file_sha256(ckpt) if ckpt else f"timm-pretrained:{model_name}"
+            transform, data_cfg = build_transform(model_name, mcfg.img_size)
             outputs: dict[str, Outputs] = {}
             for key, source in sources.items():
                 t0 = time.perf_counter()
                 out, hit, corrupt = cached_extract(
-                    model,
+                    get_model,
                     model_name,
                     weights_id,
                     source,
@@ -464,7 +489,7 @@ def run_benchmark(
             if cfg.attention:
                 t0 = time.perf_counter()
                 att, confident = _attention(
-                    cfg, model, transform, sources, outputs, run, scorer_specs, mcfg, device
+                    cfg, get_model(), transform, sources, outputs, run, scorer_specs, mcfg, device
                 )
                 timings["attention"] = timings.get("attention", 0.0) + time.perf_counter() - t0
                 attention_tables.append(att.assign(backbone=backbone, seed=run_seed))

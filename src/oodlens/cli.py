@@ -173,7 +173,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
             file_sha256(args.checkpoint) if args.checkpoint else f"timm-pretrained:{args.model}"
         )
         train_out, _, _ = cached_extract(
-            model,
+            lambda: model,
             args.model,
             weights,
             load_dataset(split_spec(train_spec, "train")),

@@ -21,6 +21,7 @@ New kinds come from plugins through the ``register_datasets`` hook.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Callable, Sequence
@@ -173,13 +174,18 @@ def _parse_classes(arg: str, valid: Sequence[int], spec: str) -> list[int]:
     return out
 
 
-def load_digits_source(spec: str, arg: str, options: dict[str, str], split: str) -> DatasetSource:
-    """scikit-learn's 8x8 digits as 8x8 RGB images (0-16 scaled to 0-255)."""
+@functools.lru_cache(maxsize=1)
+def _digits() -> Any:
     from sklearn.datasets import load_digits
 
+    return load_digits()
+
+
+def load_digits_source(spec: str, arg: str, options: dict[str, str], split: str) -> DatasetSource:
+    """scikit-learn's 8x8 digits as 8x8 RGB images (0-16 scaled to 0-255)."""
     if options:
         raise ValueError(f"digits takes no options, got {sorted(options)} in {spec!r}.")
-    data = load_digits()
+    data = _digits()
     classes = _parse_classes(arg, range(10), spec)
     index = [i for i, t in enumerate(data.target) if t in classes]
     images = (data.images[index] * (255.0 / 16.0)).round().astype(np.uint8)
