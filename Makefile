@@ -9,7 +9,7 @@ STAMP := $(VENV)/.oodlens-installed
 # Every plugin distribution under plugins/ is installed editable, as a user would pip-install it.
 PLUGIN_DIRS := $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml))
 
-.PHONY: setup test lint demo format bench clean
+.PHONY: setup test lint demo format bench bench-real clean
 
 $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,16 @@ test: lint
 
 demo: setup
 	$(VENV)/bin/oodlens bench --out runs/demo
+
+# speed benchmarks (ratios against a reference run side by side); see docs/benchmarks.md
+bench: setup
+	$(PY) benchmarks/kde_speed.py
+	$(PY) benchmarks/pipeline_overhead.py
+	$(PY) benchmarks/gradcam_speed.py
+
+# real-data benchmarks on ../shared/data (skipped with a message when it is absent)
+bench-real: setup
+	$(PY) benchmarks/run_real.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info

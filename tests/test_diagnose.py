@@ -120,3 +120,19 @@ def test_explain_cli_writes_grid(cache_dir, digits_result, tmp_path):
         timeout=300,
     )
     assert bad.returncode == 2 and "does not exist" in bad.stderr
+
+
+def test_attention_right_after_extraction(cache_dir, digits_result, tmp_path):
+    """The network built for extraction (a cache miss) must still give Grad-CAM gradients."""
+    ckpt = next((cache_dir / "checkpoints").glob("resnet18-*.safetensors"))
+    res = oodlens.run_benchmark(
+        checkpoints=(str(ckpt),),
+        cache_dir=str(tmp_path),
+        scorers=("msp",),
+        progress=False,
+        attention=True,
+        attention_layer="layer2",
+        attention_samples=10,
+    )
+    assert res.info["cache_misses"] == 4
+    assert res.attention.set_index("group").loc["ood:noise", "n"] == 10

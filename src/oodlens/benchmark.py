@@ -91,7 +91,8 @@ class BenchmarkConfig:
     train: Mapping[str, Any] = field(
         default_factory=lambda: {"epochs": 10, "hflip": False}
     )  #: TrainConfig overrides
-    scorers: tuple[str, ...] = ()  #: "name" or "name:key=value,..."; empty: every installed scorer
+    #: "name" or "name:key=value,..."; "all" (or an empty list) = every installed scorer
+    scorers: tuple[str, ...] = ("all", "logit_kde:mode=class_conditional")
     img_size: int | None = 32  #: input size (None: the model's default)
     device: str = "cpu"  #: "cpu", "cuda", "mps" or "auto"
     batch_size: int = 256  #: extraction batch size
@@ -143,12 +144,27 @@ class BenchmarkConfig:
         return d
 
 
-def load_config(path: str | os.PathLike[str]) -> BenchmarkConfig:
-    """Read a :class:`BenchmarkConfig` from ``.yaml``/``.yml`` or ``.toml``."""
+def load_config(
+    path: str | os.PathLike[str], data_root: str | os.PathLike[str] | None = None
+) -> BenchmarkConfig:
+    """Read a :class:`BenchmarkConfig` from ``.yaml``/``.yml`` or ``.toml``.
+
+    ``{data_root}`` in the file is replaced by ``data_root`` (or ``$OODLENS_DATA_ROOT``), so a
+    config can point at any copy of its data.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"Config file {str(path)!r} does not exist.")
     text = path.read_text()
+    if "{data_root}" in text:
+        root = data_root if data_root is not None else os.environ.get("OODLENS_DATA_ROOT")
+        if root is None:
+            raise ValueError(
+                f"Config {str(path)!r} uses {{data_root}}: pass --data-root DIR (or set OODLENS_DATA_ROOT)."
+            )
+        if not Path(root).is_dir():
+            raise FileNotFoundError(f"Data root {str(root)!r} does not exist.")
+        text = text.replace("{data_root}", str(Path(root).resolve()))
     if path.suffix in (".yaml", ".yml"):
         import yaml
 
@@ -169,6 +185,17 @@ def load_config(path: str | os.PathLike[str]) -> BenchmarkConfig:
             f"Config {str(path)!r}: unknown option(s) {sorted(unknown)}; valid: {sorted(valid)}."
         )
     return BenchmarkConfig(**data)
+
+
+def expand_scorers(specs: Sequence[str]) -> list[str]:
+    """Scorer specs with ``"all"`` (or nothing) replaced by every installed scorer, in order,
+    without duplicates."""
+    out: list[str] = []
+    for spec in specs or ("all",):
+        for s in list_scorers() if spec == "all" else [spec]:
+            if s not in out:
+                out.append(s)
+    return out
 
 
 def parse_scorer_spec(spec: str) -> tuple[str, dict[str, Any]]:
@@ -195,6 +222,10 @@ class RunScores:
     seed: int
     id_correct: np.ndarray
     scores: dict[str, dict[str, np.ndarray]]  #: scorer -> {"id": ..., ood name: ...}
+    outputs: dict[str, Outputs] = field(
+        default_factory=dict, repr=False
+    )  #: "id_train", "id_test", OOD names
+    checkpoint: str | None = None  #: the weights used (None: timm pretrained)
 
 
 @dataclass
@@ -318,7 +349,6 @@ def cached_extract(
 
     Returns the outputs, whether it was a cache hit, and the skipped corrupt files.
     """
-    import torch
 
     from .backbones import ExtractionReport, extract_outputs
 
@@ -335,19 +365,20 @@ def cached_extract(
     if cached is not None:
         return cached, True, []
     rep = ExtractionReport()
-    with torch.inference_mode():
-        out = extract_outputs(
-            get_model(),
-            source,
-            transform,
-            input_size,
-            device=device,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            skip_corrupt=skip_corrupt,
-            progress=progress,
-            report=rep,
-        )
+    # extract_outputs runs under inference_mode itself; the model is built outside it, so that
+    # its parameters stay ordinary tensors (Grad-CAM needs gradients through them later)
+    out = extract_outputs(
+        get_model(),
+        source,
+        transform,
+        input_size,
+        device=device,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        skip_corrupt=skip_corrupt,
+        progress=progress,
+        report=rep,
+    )
     cache.put(key, out)
     return out, False, rep.corrupt
 
@@ -372,7 +403,7 @@ def run_benchmark(
     cfg = dataclasses.replace(config or BenchmarkConfig(), **overrides)
     device = resolve_device(cfg.device)
     cache = OutputsCache(cfg.cache_dir or default_cache_dir(), enabled=cfg.use_cache)
-    scorer_specs = list(cfg.scorers) or list_scorers()
+    scorer_specs = expand_scorers(cfg.scorers)
     for spec in scorer_specs:  # fail fast on a bad name or parameter, before any work
         name, params = parse_scorer_spec(spec)
         create_scorer(name, **params)
@@ -454,7 +485,7 @@ def run_benchmark(
             backbone = model_name
             run_seed = -1 if seed is None else seed
             id_correct = outputs["id_test"].correct()
-            run = RunScores(backbone, run_seed, id_correct, {})
+            run = RunScores(backbone, run_seed, id_correct, {}, outputs, ckpt)
             for spec in scorer_specs:
                 name, params = parse_scorer_spec(spec)
                 t0 = time.perf_counter()

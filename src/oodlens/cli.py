@@ -85,7 +85,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from . import report
     from .benchmark import BenchmarkConfig, load_config, run_benchmark
 
-    cfg = load_config(args.config) if args.config else BenchmarkConfig()
+    cfg = load_config(args.config, data_root=args.data_root) if args.config else BenchmarkConfig()
     changes: dict = {}
     if args.model:
         changes["models"] = tuple(args.model)
@@ -254,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fit every scorer on ID train outputs, score ID test and OOD sets, print the table.",
     )
     p.add_argument("--config", help="YAML or TOML benchmark config (options below override it)")
+    p.add_argument(
+        "--data-root", help="replaces {data_root} in --config (default $OODLENS_DATA_ROOT)"
+    )
     p.add_argument("--model", action="append", help="timm model name (repeatable)")
     p.add_argument(
         "--checkpoint", action="append", help="checkpoint per --model (.safetensors or state dict)"
@@ -269,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--scorers",
         nargs="+",
         metavar="SCORER",
-        help="scorers, e.g. msp 'logit_kde:mode=class_conditional' (default: all installed)",
+        help="scorers, e.g. msp 'logit_kde:mode=class_conditional'; 'all' = every installed scorer "
+        "(default: all plus logit_kde:mode=class_conditional)",
     )
     p.add_argument("--seeds", nargs="+", type=int, help="training seeds (models trained here)")
     p.add_argument("--epochs", type=int, help="training epochs (models trained here)")

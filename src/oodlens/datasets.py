@@ -144,10 +144,15 @@ def split_spec(spec: str, split: str) -> str:
 
 
 def _hash_split(source: DatasetSource, split: str, test_fraction: float = 0.2) -> DatasetSource:
+    """Deterministic split: the ``round(test_fraction * N)`` samples with the smallest hash of
+    their id form ``test``, the rest ``train`` (independent of order and of other files)."""
     if split == "all":
         return source
-    keys = [int(hashlib.sha1(sid.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF for sid in source.ids]
-    pick = [i for i, k in enumerate(keys) if (k < test_fraction) == (split == "test")]
+    keys = [hashlib.sha1(sid.encode()).hexdigest() for sid in source.ids]
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    n_test = round(test_fraction * len(keys))
+    test = set(order[:n_test])
+    pick = [i for i in range(len(keys)) if (i in test) == (split == "test")]
     return source.subset(pick, f"{source.spec}@{split}")
 
 

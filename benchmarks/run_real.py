@@ -1,0 +1,303 @@
+"""Real-data benchmarks: the origin study on cats vs dogs, and a CIFAR-10 OOD benchmark.
+
+    make bench-real                                  # both, data from ../shared/data
+    python benchmarks/run_real.py --data-root DIR    # your own copy of the data
+    python benchmarks/run_real.py --smoke            # 1 epoch, 1 seed: checks the pipeline
+
+Each config trains its backbone from scratch (``oodlens train``'s code path; no pretrained
+weights are needed), runs the harness (``oodlens bench --config ...``) with every installed
+scorer, and writes tables, figures and ``REPORT.md`` to ``--out``. See docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+import oodlens
+from oodlens.backbones import build_transform, create_backbone, extract_outputs
+from oodlens.benchmark import load_config, run_benchmark
+from oodlens.datasets import files_source
+from oodlens.diagnose import explain_source, plot_explanations
+from oodlens.metrics import rejection_report, threshold_at_acceptance
+from oodlens.plot import plot_logit_kde
+from oodlens.report import to_markdown
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_ROOT = HERE.parent.parent / "shared" / "data"
+
+#: OpenOOD v1.5, CIFAR-10, ResNet-18 (AUROC %, near / far), for context.
+OPENOOD = {
+    "msp": (88.03, 90.73),
+    "energy": (87.58, 91.21),
+    "max_logit": (87.52, 91.10),
+    "vim": (88.68, 93.48),
+    "knn": (90.64, 92.96),
+    "react": (87.11, 90.42),
+}
+UNKNOWN = {"faces": 4, "landscapes": 4, "apples": 4, "other": 4, "cat_id": 1}
+
+
+def _fmt(x: float) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{100 * x:.1f}"
+
+
+def catsdogs(root: Path, out: Path, device: str, smoke: bool) -> tuple[str, dict]:
+    cfg = load_config(HERE / "configs" / "catsdogs.yaml", data_root=root)
+    if smoke:
+        cfg = dataclasses.replace(cfg, train={**cfg.train, "epochs": 1}, attention_samples=20)
+    cfg = dataclasses.replace(cfg, device=device)
+    t0 = time.perf_counter()
+    res = run_benchmark(cfg, progress=False)
+    wall = time.perf_counter() - t0
+    res.save(out)
+    run = res.runs[0]
+    train, test = run.outputs["id_train"], run.outputs["id_test"]
+    names = ("cat", "dog")
+    # origin figures: training-logit densities (marginal as in the origin; class-conditional)
+    kde = oodlens.create_scorer("logit_kde").fit(train)
+    plot_logit_kde(
+        kde,
+        dataclasses.replace(train, class_names=names),
+        out / "logit_kde_marginal.png",
+        threshold=0.04,
+    )
+    cc = oodlens.create_scorer("logit_kde", mode="class_conditional").fit(train)
+    plot_logit_kde(
+        cc, dataclasses.replace(train, class_names=names), out / "logit_kde_class_conditional.png"
+    )
+    # unknown images with softmax score and logit-KDE density, like the origin's grid
+    model, mcfg = create_backbone("resnet18", checkpoint=run.checkpoint)
+    transform, data_cfg = build_transform(model, mcfg.img_size)
+    files = []
+    for folder, k in UNKNOWN.items():
+        files += sorted(p for p in (root / "internet" / folder).iterdir() if p.is_file())[:k]
+    source = files_source(files)
+    img_out = extract_outputs(
+        model, source, transform, tuple(data_cfg["input_size"]), device=device, progress=False
+    )
+    exp = explain_source(
+        model,
+        source,
+        transform,
+        names,
+        scorers={"kde": kde, "kde_cc": cc},
+        outputs=img_out,
+        layer=cfg.attention_layer,
+        device=device,
+    )
+    plot_explanations(
+        exp,
+        out / "unknown_images.png",
+        columns=6,
+        title="Unknown images: softmax vs logit-KDE density",
+    )
+    unknown_rows = [
+        {
+            "image": Path(i).parent.name + "/" + Path(i).name,
+            "pred": names[p],
+            "softmax": float(m),
+            "kde": float(d),
+            "kde_cc": float(c),
+        }
+        for i, p, m, d, c in zip(
+            exp.ids,
+            exp.predictions,
+            exp.softmax,
+            exp.scores["kde"],
+            exp.scores["kde_cc"],
+            strict=True,
+        )
+    ]
+    # operating thresholds: 95% ID acceptance on a validation half of ID test, evaluated on the
+    # other half; and the origin's absolute 0.04
+    idx = np.arange(test.n_samples)
+    val, held = idx % 2 == 0, idx % 2 == 1
+    correct = run.id_correct
+    rows = []
+    for spec in ("logit_kde", "logit_kde:mode=class_conditional", "msp", "energy"):
+        s = run.scores[spec]
+        ood = np.concatenate([s[o.name] for o in cfg.ood])
+        t_val = threshold_at_acceptance(s["id"][val], 0.95)
+        for label, t in (
+            ("95% ID on validation half", t_val),
+            ("origin's 0.04", 0.04 if spec.startswith("logit_kde") else None),
+        ):
+            if t is None:
+                continue
+            r = rejection_report(s["id"][held], correct[held], ood, threshold=t)
+            rows.append({"scorer": spec, "rule": label, **r})
+    thresholds = pd.DataFrame(rows)
+    info = {
+        "wall_s": wall,
+        "timings": res.timings,
+        "train": res.info["train"],
+        "test_accuracy": float(correct.mean()),
+        "unknown": unknown_rows,
+        "thresholds": thresholds.to_dict(orient="records"),
+        "attention": None if res.attention is None else res.attention.to_dict(orient="records"),
+        "mannwhitney": res.info.get("mannwhitney"),
+    }
+    (out / "extra.json").write_text(json.dumps(info, indent=2, default=str))
+    md = [f"## Cats vs dogs (resnet18 at {mcfg.img_size}px, trained from scratch)", ""]
+    md.append(
+        f"Test accuracy: {correct.mean():.4f} on {test.n_samples} images; wall time {wall / 60:.1f} min "
+        f"(train {res.timings['train']:.0f}s, extract {res.timings['extract']:.0f}s, "
+        f"attention {res.timings.get('attention', 0):.0f}s)."
+    )
+    md += [
+        "",
+        to_markdown(res.summary()),
+        "",
+        "### Operating thresholds (held-out half of ID test + all OOD)",
+        "",
+    ]
+    md.append(
+        "| scorer | threshold | value | ID accepted | ID errors rejected | OOD rejected | open-set risk |"
+    )
+    md.append("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        md.append(
+            f"| {r['scorer']} | {r['threshold']} | {r['value']:.4g} | {_fmt(r['id_accepted'])} | "
+            f"{_fmt(r['id_errors_rejected'])} | {_fmt(r['ood_rejected'])} | {_fmt(r['open_set_risk'])} |"
+        )
+    md += [
+        "",
+        "### Unknown images",
+        "",
+        "| image | predicted | softmax | KDE density | class-cond. density |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    md += [
+        f"| {u['image']} | {u['pred']} | {u['softmax']:.3f} | {u['kde']:.4f} | {u['kde_cc']:.4f} |"
+        for u in unknown_rows
+    ]
+    if res.attention is not None:
+        md += [
+            "",
+            "### Attention areas (Grad-CAM, share of pixels >= 0.5 / share holding half the mass)",
+            "",
+        ]
+        md.append(
+            res.attention.drop(columns=["backbone", "seed"]).to_markdown(
+                index=False, floatfmt=".3f"
+            )
+        )
+        md += ["", f"Mann-Whitney U: `{json.dumps(res.info.get('mannwhitney'))}`"]
+    return "\n".join(md), info
+
+
+def cifar10(root: Path, out: Path, device: str, smoke: bool) -> tuple[str, dict]:
+    cfg = load_config(HERE / "configs" / "cifar10.yaml", data_root=root)
+    if smoke:
+        cfg = dataclasses.replace(cfg, train={**cfg.train, "epochs": 1}, seeds=(0,))
+    cfg = dataclasses.replace(cfg, device=device)
+    t0 = time.perf_counter()
+    res = run_benchmark(cfg, progress=False)
+    wall = time.perf_counter() - t0
+    res.save(out)
+    summary = res.summary()
+    acc = [float(r.id_correct.mean()) for r in res.runs]
+    md = [f"## CIFAR-10 (resnet18 at 32px, 8,000 training images, {len(res.runs)} seeds)", ""]
+    md.append(
+        f"Test accuracy: {np.mean(acc):.4f} ± {np.std(acc, ddof=1) if len(acc) > 1 else 0:.4f} on 2,000 images; "
+        f"wall time {wall / 60:.1f} min (train {res.timings['train']:.0f}s, extract {res.timings['extract']:.0f}s)."
+    )
+    md += [
+        "",
+        to_markdown(summary),
+        "",
+        "### AUROC beside OpenOOD v1.5 (CIFAR-10, ResNet-18, 50,000 images, 100 epochs)",
+        "",
+    ]
+    md.append("| scorer | ours near | ours far | OpenOOD near | OpenOOD far |")
+    md.append("| --- | ---: | ---: | ---: | ---: |")
+    agg = summary.set_index(["scorer", "ood"])
+    for scorer in sorted(summary.scorer.unique()):
+        ref = OPENOOD.get(scorer, (None, None))
+        cells = []
+        for group in ("near", "far"):
+            m, sd = agg.loc[(scorer, group), "auroc"], agg.loc[(scorer, group), "auroc_std"]
+            cells.append(f"{100 * m:.2f} ± {100 * sd:.2f}")
+        md.append(f"| {scorer} | {cells[0]} | {cells[1]} | {ref[0] or '—'} | {ref[1] or '—'} |")
+    thr = res.table[
+        res.table.scorer.str.startswith("logit_kde") & (res.table.ood == cfg.ood[0].name)
+    ][["scorer", "seed", "threshold95"]]
+    info = {
+        "wall_s": wall,
+        "timings": res.timings,
+        "train": res.info["train"],
+        "accuracy": acc,
+        "kde_threshold95": thr.to_dict(orient="records"),
+    }
+    (out / "extra.json").write_text(json.dumps(info, indent=2, default=str))
+    md += [
+        "",
+        "### logit-KDE density at the 95%-ID threshold, per seed",
+        "",
+        thr.to_markdown(index=False, floatfmt=".4f"),
+    ]
+    return "\n".join(md), info
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--data-root", default=os.environ.get("OODLENS_DATA_ROOT", str(DEFAULT_ROOT)))
+    ap.add_argument("--out", default=str(HERE / "results" / "real"))
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--only", choices=("catsdogs", "cifar10"))
+    ap.add_argument(
+        "--smoke", action="store_true", help="1 epoch and 1 seed: check the pipeline quickly"
+    )
+    args = ap.parse_args()
+    root = Path(args.data_root)
+    if not (root / "catsdogs").is_dir() or not (root / "cifar10").is_dir():
+        print(
+            f"bench-real: skipped: no data at {root} (needs catsdogs/, cifar10/, ood/, internet/; "
+            "see ../shared/data/PROVENANCE.md). Pass --data-root DIR or set OODLENS_DATA_ROOT."
+        )
+        return 0
+    out = Path(args.out)
+    parts, extra = [], {}
+    t0 = time.perf_counter()
+    for name, fn in (("catsdogs", catsdogs), ("cifar10", cifar10)):
+        if args.only and args.only != name:
+            continue
+        t = time.perf_counter()
+        text, info = fn(root, out / name, args.device, args.smoke)
+        print(f"{name}: done in {(time.perf_counter() - t) / 60:.1f} min", flush=True)
+        parts.append(text)
+        extra[name] = info
+    total = time.perf_counter() - t0
+    cpu = platform.processor() or platform.machine()
+    dev = (
+        torch.cuda.get_device_name(0)
+        if args.device.startswith("cuda")
+        else f"{cpu}, {os.cpu_count()} cores"
+    )
+    head = [
+        "# Real-data benchmark report (generated by benchmarks/run_real.py)",
+        "",
+        f"Command: `python benchmarks/run_real.py{' --smoke' if args.smoke else ''}`; device {args.device} ({dev}); "
+        f"torch {torch.__version__}; total wall time {total / 60:.1f} min.",
+        "",
+    ]
+    (out / "REPORT.md").write_text("\n".join(head + parts) + "\n")
+    print(f"wrote {out / 'REPORT.md'} ({total / 60:.1f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
