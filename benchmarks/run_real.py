@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 import oodlens
-from oodlens.backbones import build_transform, create_backbone, extract_outputs
+from oodlens.backbones import build_transform, create_backbone
 from oodlens.benchmark import load_config, run_benchmark
 from oodlens.datasets import files_source
 from oodlens.diagnose import explain_source, plot_explanations
@@ -78,21 +78,17 @@ def catsdogs(root: Path, out: Path, device: str, smoke: bool) -> tuple[str, dict
     )
     # unknown images with softmax score and logit-KDE density, like the origin's grid
     model, mcfg = create_backbone("resnet18", checkpoint=run.checkpoint)
-    transform, data_cfg = build_transform(model, mcfg.img_size)
+    transform, _ = build_transform(model, mcfg.img_size)
     files = []
     for folder, k in UNKNOWN.items():
         files += sorted(p for p in (root / "internet" / folder).iterdir() if p.is_file())[:k]
     source = files_source(files)
-    img_out = extract_outputs(
-        model, source, transform, tuple(data_cfg["input_size"]), device=device, progress=False
-    )
     exp = explain_source(
         model,
         source,
         transform,
         names,
         scorers={"kde": kde, "kde_cc": cc},
-        outputs=img_out,
         layer=cfg.attention_layer,
         device=device,
     )

@@ -71,18 +71,15 @@ def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
     if not path.exists():
         raise FileNotFoundError(f"Checkpoint {str(path)!r} does not exist.")
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
         from safetensors.torch import load_file
 
+        config = _safetensors_config(path)
         try:
             state = load_file(str(path))
-            with safe_open(str(path), framework="pt") as fh:
-                meta = fh.metadata() or {}
         except Exception as exc:
             raise ValueError(
                 f"Checkpoint {str(path)!r} is not a readable safetensors file ({exc})."
             ) from exc
-        config = json.loads(meta["oodlens_config"]) if "oodlens_config" in meta else None
         return state, config
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -103,14 +100,8 @@ def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
     return obj, config
 
 
-def read_model_config(path: str | os.PathLike[str]) -> ModelConfig | None:
-    """The :class:`ModelConfig` stored in an oodlens ``.safetensors`` checkpoint, read from its
-    header only (no tensors loaded); ``None`` for other checkpoints."""
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        return None
-    if not path.exists():
-        raise FileNotFoundError(f"Checkpoint {str(path)!r} does not exist.")
+def _safetensors_config(path: Path) -> dict[str, Any] | None:
+    """The oodlens config in a ``.safetensors`` header, or ``None``; reads no tensors."""
     from safetensors import safe_open
 
     try:
@@ -120,11 +111,24 @@ def read_model_config(path: str | os.PathLike[str]) -> ModelConfig | None:
         raise ValueError(
             f"Checkpoint {str(path)!r} is not a readable safetensors file ({exc})."
         ) from exc
-    if "oodlens_config" not in meta:
+    return json.loads(meta["oodlens_config"]) if "oodlens_config" in meta else None
+
+
+def _model_config(config: dict[str, Any] | None) -> ModelConfig | None:
+    if config is None:
         return None
-    config = json.loads(meta["oodlens_config"])
-    config["class_names"] = tuple(config.get("class_names", ()))
-    return ModelConfig(**config)
+    return ModelConfig(**{**config, "class_names": tuple(config.get("class_names", ()))})
+
+
+def read_model_config(path: str | os.PathLike[str]) -> ModelConfig | None:
+    """The :class:`ModelConfig` stored in an oodlens ``.safetensors`` checkpoint, read from its
+    header only (no tensors loaded); ``None`` for other checkpoints."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return None
+    if not path.exists():
+        raise FileNotFoundError(f"Checkpoint {str(path)!r} does not exist.")
+    return _model_config(_safetensors_config(path))
 
 
 def load_checkpoint(
@@ -135,10 +139,7 @@ def load_checkpoint(
     Returns the state dict and, for checkpoints written by ``oodlens train``, its config.
     """
     state, config = _read_checkpoint(Path(path))
-    if config is None:
-        return state, None
-    config["class_names"] = tuple(config.get("class_names", ()))
-    return state, ModelConfig(**config)
+    return state, _model_config(config)
 
 
 def save_checkpoint(model: nn.Module, config: ModelConfig, path: str | os.PathLike[str]) -> Path:

@@ -148,7 +148,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _cmd_explain(args: argparse.Namespace) -> int:
     from ._cache import OutputsCache, file_sha256
-    from .backbones import build_transform, create_backbone, extract_outputs, resolve_device
+    from .backbones import build_transform, create_backbone, resolve_device
     from .benchmark import cached_extract, parse_scorer_spec
     from .datasets import files_source, load_dataset, split_spec
     from .diagnose import explain_source, plot_explanations
@@ -186,16 +186,12 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         for spec in args.scorers:
             name, params = parse_scorer_spec(spec)
             scorers[spec] = create_scorer(name, **params).fit(train_out)
-    outputs = extract_outputs(
-        model, source, transform, tuple(data_cfg["input_size"]), device=device, progress=False
-    )
     exp = explain_source(
         model,
         source,
         transform,
         names,
         scorers=scorers,
-        outputs=outputs,
         layer=args.layer,
         device=device,
     )

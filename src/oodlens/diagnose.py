@@ -61,8 +61,8 @@ def explain_source(
 ) -> Explanation:
     """Grad-CAM for ``source`` (or the rows ``index`` of it), plus fitted scorers' scores.
 
-    ``outputs`` are the extracted outputs of the same rows (for the scorers); when omitted
-    they are built from the Grad-CAM forward pass (logits only).
+    ``outputs`` are the extracted outputs of the same rows, for the scorers; when omitted and
+    scorers are given, they are extracted here (logits, features and head).
     """
     index = list(range(len(source))) if index is None else list(index)
     x = torch.stack([transform(source.loader(i)) for i in index])
@@ -71,8 +71,18 @@ def explain_source(
     cams = _minmax(raw).numpy()
     logits = explainer.last_logits.numpy()
     probs = torch.softmax(torch.from_numpy(logits).double(), dim=1).numpy()
-    out = outputs if outputs is not None else Outputs(logits=logits)
-    scores = {name: s.score(out) for name, s in (scorers or {}).items()}
+    if outputs is None and scorers:
+        from .backbones import extract_outputs
+
+        outputs = extract_outputs(
+            model,
+            source.subset(index, source.spec),
+            transform,
+            tuple(x.shape[1:]),
+            device=device,
+            progress=False,
+        )
+    scores = {name: s.score(outputs) for name, s in (scorers or {}).items()}
     return Explanation(
         ids=[source.ids[i] for i in index],
         images=_display(source, index, cams.shape[1:]),

@@ -83,6 +83,15 @@ def _without(outputs: Outputs, requirement: str) -> Outputs:
     return Outputs(**kwargs)
 
 
+def _expect_missing(call: Any, requirement: str, what: str) -> None:
+    try:
+        call()
+    except MissingOutputsError as exc:
+        assert requirement in str(exc), f"the error must name {requirement!r}: {exc}"
+    else:
+        raise AssertionError(f"{what} without {requirement!r} must raise MissingOutputsError")
+
+
 def check_scorer(name: str, params: dict[str, Any] | None = None) -> None:
     """Run the scorer contract on the registered scorer ``name``; raises AssertionError.
 
@@ -126,19 +135,13 @@ def check_scorer(name: str, params: dict[str, Any] | None = None) -> None:
 
     for requirement in sorted(set(type(scorer).requires) - {"logits"}):
         fresh = create_scorer(name, **params)
-        try:
-            fresh.fit(_without(train, requirement))
-        except MissingOutputsError as exc:
-            assert requirement in str(exc)
-        else:
-            raise AssertionError(f"fit without {requirement!r} must raise MissingOutputsError")
+        _expect_missing(
+            lambda r=requirement, f=fresh: f.fit(_without(train, r)), requirement, "fit"
+        )
         if requirement != "labels":
-            try:
-                scorer.score(_without(test, requirement))
-            except MissingOutputsError as exc:
-                assert requirement in str(exc)
-            else:
-                raise AssertionError(f"score without {requirement!r} must raise")
+            _expect_missing(
+                lambda r=requirement: scorer.score(_without(test, r)), requirement, "score"
+            )
 
     other = Outputs(logits=np.zeros((3, train.n_classes + 1)))
     try:
