@@ -1,14 +1,8 @@
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
 from oodlens.testing import synthetic_outputs
-
-REPO = Path(__file__).resolve().parents[1]
-DATA_ROOT = Path(os.environ.get("OODLENS_DATA_ROOT", REPO.parent / "shared" / "data"))
 
 
 @pytest.fixture
