@@ -24,7 +24,6 @@ from pathlib import Path
 
 import torch
 
-import oodlens
 from oodlens.backbones import _TorchDataset, build_transform, create_backbone
 from oodlens.benchmark import BenchmarkConfig, load_config, run_benchmark
 from oodlens.datasets import load_dataset, split_spec
@@ -47,7 +46,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--config", help="benchmark config (default: the digits demo)")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     cfg = load_config(args.config) if args.config else BenchmarkConfig()
     with tempfile.TemporaryDirectory() as tmp:
@@ -81,7 +80,7 @@ def main() -> None:
     ta, tb, tc = min(a), min(b), min(c)
     print(
         f"# pipeline overhead: {cfg.models[0]} at {mcfg.img_size}px, {n_images} images in {len(specs)} sets, "
-        f"{n_scorers} scorers ({', '.join(oodlens.list_scorers())})"
+        f"{n_scorers} scorers ({', '.join(first.table.scorer.unique())})"
     )
     print(
         f"# {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; best of {args.repeats}"

@@ -159,12 +159,12 @@ def catsdogs(root: Path, out: Path, device: str, smoke: bool) -> tuple[str, dict
         "",
     ]
     md.append(
-        "| scorer | threshold | value | ID accepted | ID errors rejected | OOD rejected | open-set risk |"
+        "| scorer | rule | threshold | ID accepted | ID errors rejected | OOD rejected | open-set risk |"
     )
     md.append("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         md.append(
-            f"| {r['scorer']} | {r['threshold']} | {r['value']:.4g} | {_fmt(r['id_accepted'])} | "
+            f"| {r['scorer']} | {r['rule']} | {r['threshold']:.4g} | {_fmt(r['id_accepted'])} | "
             f"{_fmt(r['id_errors_rejected'])} | {_fmt(r['ood_rejected'])} | {_fmt(r['open_set_risk'])} |"
         )
     md += [

@@ -206,9 +206,18 @@ def create_backbone(
         "pretrained": pretrained and checkpoint is None,
         "num_classes": num_classes,
     }
-    model = timm.create_model(name, **kwargs)
-    if state is not None:
-        _load_state(model, state, checkpoint, num_classes)
+    if state is None:
+        model = timm.create_model(name, **kwargs)
+    else:
+        # weights come from the checkpoint: build on the meta device (no random init) and
+        # take the checkpoint's tensors; fall back to a normal build if any tensor is left
+        # without data (e.g. a non-persistent buffer)
+        with torch.device("meta"):
+            model = timm.create_model(name, **kwargs)
+        _load_state(model, state, checkpoint, num_classes, assign=True)
+        if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+            model = timm.create_model(name, **kwargs)
+            _load_state(model, state, checkpoint, num_classes)
     if config is None:
         config = ModelConfig(model=name, num_classes=num_classes, img_size=img_size)
     elif img_size != config.img_size:
@@ -237,7 +246,11 @@ def _head_classes(state: dict[str, torch.Tensor]) -> int | None:
 
 
 def _load_state(
-    model: nn.Module, state: dict[str, torch.Tensor], checkpoint: Any, num_classes: int
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    checkpoint: Any,
+    num_classes: int,
+    assign: bool = False,
 ) -> None:
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
@@ -266,7 +279,7 @@ def _load_state(
             + "; ".join(parts)
             + ". Is it from another architecture?"
         )
-    model.load_state_dict(state)
+    model.load_state_dict(state, assign=assign)
 
 
 def build_transform(

@@ -298,7 +298,11 @@ def _trained_checkpoint(
     path = cache.directory / "checkpoints" / f"{model}-{key}.safetensors"
     if cache.enabled and path.exists():
         log.info("using cached trained checkpoint %s", path)
-        return str(path), {"cached": True}
+        from .backbones import read_model_config
+
+        stored = read_model_config(path)
+        summary = stored.extra.get("summary", {}) if stored is not None else {}
+        return str(path), {**summary, "cached": True}
     if not cache.enabled:
         path = (
             Path(os.environ.get("TMPDIR", "/tmp"))

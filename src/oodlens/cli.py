@@ -54,13 +54,11 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
-_GROUPS = ("near", "far", "covariate", "other")
-
-
 def _parse_ood(text: str):
     """``[GROUP:]NAME=SPEC`` or ``GROUP=SPEC`` (name from the spec)."""
     from pathlib import Path
 
+    from .benchmark import GROUPS as _GROUPS
     from .benchmark import OODSet
 
     lhs, sep, spec = text.partition("=")
