@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import importlib
+import inspect
 import threading
 import warnings
 from collections.abc import Callable, Iterable
@@ -288,12 +289,10 @@ def _filter(names: Iterable[str], pattern: str | None) -> list[str]:
 
 def check_params(kind: str, name: str, cls: type, params: dict[str, Any], skip: int = 0) -> None:
     """Raise ``TypeError`` naming any parameter that ``cls.__init__`` does not accept."""
-    import inspect
-
     sig = inspect.signature(cls.__init__)
     if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
         return
-    valid = [p for p in list(sig.parameters)[1 + skip :]]
+    valid = list(sig.parameters)[1 + skip :]
     for key in params:
         if key not in valid:
             close = difflib.get_close_matches(key, valid, n=2)

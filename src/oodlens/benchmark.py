@@ -400,7 +400,6 @@ def run_benchmark(
         >>> result = run_benchmark(scorers=("msp", "energy"))  # doctest: +SKIP
         >>> result.table.query("ood == 'near'")[["scorer", "auroc", "fpr95"]]  # doctest: +SKIP
     """
-
     from .backbones import build_transform, read_model_config, resolve_device
     from .datasets import load_dataset, split_spec
 
