@@ -29,7 +29,7 @@ import numpy as np
 from scipy.stats import gaussian_kde
 
 import oodlens
-from oodlens._arrays import iter_row_chunks
+from oodlens.arrays import iter_row_chunks
 
 
 def realistic(n: int, c: int, seed: int, dtype=np.float64) -> np.ndarray:

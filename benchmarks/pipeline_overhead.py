@@ -24,9 +24,10 @@ from pathlib import Path
 
 import torch
 
-from oodlens.backbones import _TorchDataset, build_transform, create_backbone
-from oodlens.benchmark import BenchmarkConfig, load_config, run_benchmark
+from oodlens.backbones import build_transform, create_backbone
+from oodlens.bench import BenchmarkConfig, load_config, run_benchmark
 from oodlens.datasets import load_dataset, split_spec
+from oodlens.extract import ImageDataset
 
 
 def bare_loop(model, transform, input_size, specs, batch_size) -> float:
@@ -34,7 +35,7 @@ def bare_loop(model, transform, input_size, specs, batch_size) -> float:
     with torch.inference_mode():
         for spec in specs:
             loader = torch.utils.data.DataLoader(
-                _TorchDataset(load_dataset(spec), transform, input_size), batch_size=batch_size
+                ImageDataset(load_dataset(spec), transform, input_size), batch_size=batch_size
             )
             for x, *_ in loader:
                 model(x)

@@ -26,12 +26,12 @@ import torch
 
 import oodlens
 from oodlens.backbones import build_transform, create_backbone
-from oodlens.benchmark import load_config, run_benchmark
+from oodlens.bench import load_config, run_benchmark
+from oodlens.bench.report import to_markdown
 from oodlens.datasets import files_source
-from oodlens.diagnose import explain_source, plot_explanations
+from oodlens.diagnose import explain_source
 from oodlens.metrics import rejection_report, threshold_at_acceptance
-from oodlens.plot import plot_logit_kde
-from oodlens.report import to_markdown
+from oodlens.plots import plot_explanations, plot_logit_kde
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_ROOT = HERE.parent.parent / "shared" / "data"
@@ -142,7 +142,7 @@ def catsdogs(root: Path, out: Path, device: str, smoke: bool) -> tuple[str, dict
         "unknown": unknown_rows,
         "thresholds": thresholds.to_dict(orient="records"),
         "attention": None if res.attention is None else res.attention.to_dict(orient="records"),
-        "mannwhitney": res.info.get("mannwhitney"),
+        "mannwhitney": res.attention_tests,
     }
     (out / "extra.json").write_text(json.dumps(info, indent=2, default=str))
     md = [f"## Cats vs dogs (resnet18 at {mcfg.img_size}px, trained from scratch)", ""]
@@ -189,7 +189,7 @@ def catsdogs(root: Path, out: Path, device: str, smoke: bool) -> tuple[str, dict
                 index=False, floatfmt=".3f"
             )
         )
-        md += ["", f"Mann-Whitney U: `{json.dumps(res.info.get('mannwhitney'))}`"]
+        md += ["", f"Mann-Whitney U: `{json.dumps(res.attention_tests)}`"]
     return "\n".join(md), info
 
 

@@ -11,9 +11,9 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 import oodlens
-from oodlens import backbones
-from oodlens._cache import OutputsCache
-from oodlens.benchmark import BenchmarkConfig, OODSet, load_config, run_benchmark
+from oodlens import backbones, extract
+from oodlens.bench import BenchmarkConfig, OODSet, load_config, run_benchmark
+from oodlens.cache import Cache
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +51,7 @@ def test_digits_table_is_tidy_and_right(digits_result):
 
 def test_digits_scores_are_what_the_scorers_give(digits_result, cache_dir):
     """The harness's scores equal a scorer fitted by hand on the cached outputs."""
-    cache = OutputsCache(cache_dir)
+    cache = Cache(cache_dir)
     files = sorted((cache_dir / "outputs").glob("*.npz"))
     assert len(files) == 4  # id train, id test, two OOD sets
     outs = [oodlens.Outputs.load(f) for f in files]
@@ -89,14 +89,14 @@ class _Counter:
 
 def test_one_forward_pass_and_cache_hits(digits_result, cache_dir, digits_train, monkeypatch):
     counter = _Counter()
-    real = backbones.create_backbone
+    real = extract.create_backbone
 
     def counted(*args, **kwargs):
         model, cfg = real(*args, **kwargs)
         model.conv1.register_forward_hook(counter)
         return model, cfg
 
-    monkeypatch.setattr(backbones, "create_backbone", counted)
+    monkeypatch.setattr(extract, "create_backbone", counted)
     # a fresh cache for outputs, the trained checkpoint reused: every set extracted exactly once
     import shutil
 
@@ -119,13 +119,13 @@ def test_one_forward_pass_and_cache_hits(digits_result, cache_dir, digits_train,
 
 
 def test_cache_writes_are_atomic(tmp_path, monkeypatch):
-    cache = OutputsCache(tmp_path)
+    cache = Cache(tmp_path)
     out = oodlens.Outputs(logits=np.random.default_rng(0).normal(size=(50, 3)))
     key = cache.key({"x": 1})
     # a leftover partial temp file (as after a kill) is never read
-    cache.path(key).parent.mkdir(parents=True)
-    (cache.path(key).parent / f".{key}.npz.12345.tmp").write_bytes(b"PK\x03\x04 partial")
-    assert cache.get(key) is None
+    cache.outputs_path(key).parent.mkdir(parents=True)
+    (cache.outputs_path(key).parent / f".{key}.npz.12345.tmp").write_bytes(b"PK\x03\x04 partial")
+    assert cache.get_outputs(key) is None
 
     # an interrupted write leaves no entry behind
     def boom(*a, **k):
@@ -133,20 +133,20 @@ def test_cache_writes_are_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(np, "savez", boom)
     with pytest.raises(KeyboardInterrupt):
-        cache.put(key, out)
+        cache.put_outputs(key, out)
     monkeypatch.undo()
-    assert not cache.path(key).exists()
-    assert cache.get(key) is None
+    assert not cache.outputs_path(key).exists()
+    assert cache.get_outputs(key) is None
     # a corrupt entry (disk trouble) is discarded, not trusted
-    cache.path(key).write_bytes(b"garbage")
-    assert cache.get(key) is None and not cache.path(key).exists()
-    cache.put(key, out)
-    np.testing.assert_array_equal(cache.get(key).logits, out.logits)
-    assert OutputsCache(tmp_path, enabled=False).get(key) is None
+    cache.outputs_path(key).write_bytes(b"garbage")
+    assert cache.get_outputs(key) is None and not cache.outputs_path(key).exists()
+    cache.put_outputs(key, out)
+    np.testing.assert_array_equal(cache.get_outputs(key).logits, out.logits)
+    assert Cache(tmp_path, enabled=False).get_outputs(key) is None
 
 
 def test_cache_dir_from_environment(monkeypatch, tmp_path):
-    from oodlens._cache import default_cache_dir
+    from oodlens.cache import default_cache_dir
 
     monkeypatch.setenv("OODLENS_CACHE_DIR", str(tmp_path / "c"))
     assert default_cache_dir() == tmp_path / "c"
@@ -185,7 +185,7 @@ def test_reports_parse_back(digits_result, tmp_path):
 
 
 def test_mean_std_over_seeds():
-    from oodlens.benchmark import BenchmarkResult
+    from oodlens.bench import BenchmarkResult
 
     rows = [
         {
@@ -202,7 +202,7 @@ def test_mean_std_over_seeds():
     res = BenchmarkResult(BenchmarkConfig(), pd.DataFrame(rows), [], {}, {})
     s = res.summary().iloc[0]
     assert s.n_seeds == 3 and s.auroc == pytest.approx(0.9) and s.auroc_std == pytest.approx(0.1)
-    from oodlens.report import to_latex, to_markdown
+    from oodlens.bench.report import to_latex, to_markdown
 
     assert "90.00 ± 10.00" in to_markdown(res.summary())
     assert "90.00 $\\pm$ 10.00" in to_latex(res.summary())
@@ -278,7 +278,7 @@ def test_wrong_checkpoints(tmp_path):
     with pytest.raises(ValueError, match="weights_only=True"):
         backbones.create_backbone("resnet18", num_classes=3, checkpoint=tmp_path / "pickled.pt")
     (tmp_path / "junk.safetensors").write_bytes(b"junk")
-    with pytest.raises(ValueError, match="not a readable safetensors file"):
+    with pytest.raises(ValueError, match="is not a safetensors file .judged by its content"):
         backbones.create_backbone("resnet18", checkpoint=tmp_path / "junk.safetensors")
     with pytest.raises(FileNotFoundError):
         backbones.create_backbone("resnet18", checkpoint=tmp_path / "nope.pt")
@@ -298,7 +298,7 @@ def test_extraction_matches_the_model(tmp_path):
     model, _ = backbones.create_backbone("resnet18", num_classes=5)
     source = oodlens.load_dataset("digits:0-4@test")
     tf, cfg = backbones.build_transform(model, 32)
-    out = backbones.extract_outputs(
+    out = extract.extract_outputs(
         model, source, tf, tuple(cfg["input_size"]), batch_size=50, progress=False
     )
     x = torch.stack([tf(source.loader(i)) for i in range(10)])

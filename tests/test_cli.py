@@ -33,7 +33,7 @@ def test_scorers_pattern():
 def test_plugins_lists_builtin():
     r = run("plugins")
     assert r.returncode == 0
-    assert "oodlens._builtin" in r.stdout and "register_scorers" in r.stdout
+    assert "oodlens.default_plugins.scorers" in r.stdout and "register_scorers" in r.stdout
 
 
 @pytest.mark.parametrize("args", [("nonsense",), ()])

@@ -53,7 +53,7 @@ def test_attention_groups_follow_the_operating_threshold(attention_result):
         assert att.loc[ok, f"{m}_median"].between(0, 1).all()
         assert (att.loc[ok, f"{m}_q25"] <= att.loc[ok, f"{m}_median"]).all()
         assert (att.loc[ok, f"{m}_median"] <= att.loc[ok, f"{m}_q75"]).all()
-    mw = attention_result.info["mannwhitney"]["resnet18/seed0"]
+    mw = attention_result.attention_tests["resnet18/seed0"]
     assert mw["scorer"] == "logit_kde" and mw["threshold"] == pytest.approx(t)
 
 

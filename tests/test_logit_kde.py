@@ -114,7 +114,7 @@ def test_memmap_streaming_equals_in_memory(tmp_path):
 
 
 def test_streaming_chunks_give_the_same_fit(monkeypatch):
-    import oodlens._logit_kde as mod
+    import oodlens.scorers.logit_kde as mod
 
     train = Outputs(logits=realistic_logits("heavy_tailed", 2000, 9))
     test = Outputs(logits=realistic_logits("heavy_tailed", 300, 10))
@@ -199,7 +199,7 @@ def test_density_matches_scipy_per_column():
 
 @pytest.mark.parametrize("mode", ["marginal", "class_conditional"])
 def test_plot_writes_png(tmp_path, mode):
-    from oodlens.plot import plot_logit_kde
+    from oodlens.plots import plot_logit_kde
 
     train = realistic_logits("bimodal", 600, 1)
     out = Outputs(logits=train, labels=train.argmax(axis=1), class_names=("a", "b", "c"))
@@ -223,7 +223,7 @@ def test_fit_and_score_leave_inputs_untouched(shape, params):
 
 
 def test_multi_block_binning_equals_single_block():
-    from oodlens import _kde
+    from oodlens.scorers import kde as _kde
 
     x = np.random.default_rng(0).normal(size=(1000, 4))
     lo, hi, h = x.min(0), x.max(0), np.full(4, 0.3)

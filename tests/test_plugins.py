@@ -50,6 +50,7 @@ class DuplicatePlugin:
     @oodlens.hookimpl
     def register_scorers(self, register):
         register(type("OtherMsp", (oodlens.Scorer,), {"name": "msp"}))
+        register(type("Fine", (oodlens.Scorer,), {"name": "fine_besides_duplicate"}))
 
 
 @pytest.fixture
@@ -88,12 +89,21 @@ def test_broken_plugin_is_reported_and_others_still_load(plugin, bad, match):
         names = oodlens.list_scorers()
     assert {"msp", "energy", "max_logit", "doubled_max_logit"} <= set(names)
     _, failures = oodlens.plugin_report()
-    assert [(f.plugin, f.distribution, f.stage) for f in failures] == [
-        ("bad", "dist-bad", "register_scorers")
-    ]
+    assert [(f.plugin, f.distribution) for f in failures] == [("bad", "dist-bad")]
+    assert failures[0].stage.startswith("register_scorers")
     assert match in failures[0].error
     # the built-in msp survives a duplicate registration attempt
-    assert type(oodlens.create_scorer("msp")).__module__ == "oodlens.scorers"
+    assert type(oodlens.create_scorer("msp")).__module__ == "oodlens.scorers.logits"
+
+
+def test_name_collision_drops_only_the_colliding_scorer(plugin):
+    """Issue 10 item 9: a plugin whose scorer collides with a built-in keeps its other scorers."""
+    plugin(DuplicatePlugin(), "dup")
+    with pytest.warns(oodlens.PluginLoadWarning, match="'msp' is already registered"):
+        names = oodlens.list_scorers()
+    assert "fine_besides_duplicate" in names
+    _, failures = oodlens.plugin_report()
+    assert len(failures) == 1 and failures[0].stage == "register_scorers (msp)"
 
 
 def test_unregister_removes_scorer(plugin):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import oodlens
-from oodlens.benchmark import load_config
+from oodlens.bench import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_ROOT = Path(os.environ.get("OODLENS_DATA_ROOT", ROOT.parent / "shared" / "data"))

@@ -5,57 +5,91 @@ Higher scores always mean *more in-distribution*. See ``docs/concepts.md``.
 
 from __future__ import annotations
 
-from . import functional, metrics
-from ._errors import MissingOutputsError, NotFittedError, PluginError, UnknownNameError
-from ._outputs import Outputs
-from ._registry import (
+import importlib
+import importlib.abc
+import sys
+from typing import Any
+
+from . import functional, metrics, params
+from .errors import (
+    InvalidParameterError,
+    MissingOutputsError,
+    NotFittedError,
+    PluginError,
+    UnknownNameError,
+)
+from .explainers.base import Explainer, Explanation
+from .hookspecs import hookimpl
+from .metrics import ood_metrics, rejection_report, risk_coverage_curve, selective_metrics
+from .outputs import Outputs
+from .registry import (
     PluginLoadWarning,
+    create_explainer,
     create_scorer,
+    list_datasets,
+    list_explainers,
     list_scorers,
+    load_dataset,
     plugin_report,
     register_plugin,
     reload_plugins,
     unregister_plugin,
 )
-from ._scorer import Scorer
-from .hookspecs import hookimpl
-from .metrics import ood_metrics, rejection_report, risk_coverage_curve, selective_metrics
+from .scorers.base import Scorer
 
 __version__ = "0.1.0"
 
-# Heavy parts (torch, timm) load on first use, so `import oodlens` stays light.
+# Heavy parts (torch, timm, pandas) load on first use, so `import oodlens` stays light.
 _LAZY = {
-    "run_benchmark": "benchmark",
-    "BenchmarkConfig": "benchmark",
-    "OODSet": "benchmark",
-    "load_config": "benchmark",
-    "load_dataset": "datasets",
-    "list_datasets": "datasets",
+    "run_benchmark": "bench",
+    "BenchmarkConfig": "bench",
+    "BenchmarkResult": "bench",
+    "OODSet": "bench",
+    "load_config": "bench",
     "create_backbone": "backbones",
-    "extract_outputs": "backbones",
+    "extract_outputs": "extract",
     "train_model": "train",
-    "Explainer": "explainers",
+    "TrainConfig": "train",
     "GradCAM": "explainers",
     "attention_area": "explainers",
     "attention_area_mass": "explainers",
-    "create_explainer": "explainers",
-    "list_explainers": "explainers",
-    "TrainConfig": "train",
+}
+
+#: Modules that moved in the harness restructuring: importing an old name says where to go.
+MOVED_MODULES = {
+    "oodlens.benchmark": "oodlens.bench (run_benchmark, BenchmarkConfig, load_config, ...)",
+    "oodlens.report": "oodlens.bench.report (tables) and BenchmarkResult.save (report folders)",
+    "oodlens.plot": "oodlens.plots",
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
+class _MovedModuleFinder(importlib.abc.MetaPathFinder):
+    """Turns ``import oodlens.<old module>`` into an error naming its new home."""
 
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> None:
+        if fullname in MOVED_MODULES:
+            raise ModuleNotFoundError(
+                f"{fullname} was moved: use {MOVED_MODULES[fullname]}.", name=fullname
+            )
+
+
+if not any(isinstance(f, _MovedModuleFinder) for f in sys.meta_path):
+    sys.meta_path.insert(0, _MovedModuleFinder())
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'oodlens' has no attribute {name!r}")
 
 
 __all__ = [
     "BenchmarkConfig",
+    "BenchmarkResult",
     "Explainer",
+    "Explanation",
     "GradCAM",
+    "InvalidParameterError",
     "MissingOutputsError",
     "NotFittedError",
     "OODSet",
@@ -63,13 +97,13 @@ __all__ = [
     "PluginError",
     "PluginLoadWarning",
     "Scorer",
+    "TrainConfig",
     "UnknownNameError",
     "__version__",
     "attention_area",
     "attention_area_mass",
-    "create_explainer",
-    "TrainConfig",
     "create_backbone",
+    "create_explainer",
     "create_scorer",
     "extract_outputs",
     "functional",
@@ -81,6 +115,7 @@ __all__ = [
     "load_dataset",
     "metrics",
     "ood_metrics",
+    "params",
     "plugin_report",
     "register_plugin",
     "rejection_report",

@@ -1,33 +1,43 @@
-"""timm backbones: creation, safe checkpoint loading, preprocessing, and one-pass extraction."""
+"""timm backbones: creation, safe checkpoint loading (detected by content), and preprocessing."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import struct
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from ._outputs import Outputs
-from .datasets import CorruptImageError, DatasetSource
+from .files import atomic_path
 
 __all__ = [
     "ModelConfig",
+    "check_model_name",
     "create_backbone",
+    "forward_all",
+    "get_head",
+    "is_safetensors",
     "load_checkpoint",
     "read_model_config",
     "save_checkpoint",
     "build_transform",
-    "extract_outputs",
-    "ExtractionReport",
     "resolve_device",
 ]
+
+_MOVED = {"extract_outputs": "oodlens.extract", "ExtractionReport": "oodlens.extract"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        raise AttributeError(f"oodlens.backbones.{name} moved: use {_MOVED[name]}.{name}.")
+    raise AttributeError(f"module 'oodlens.backbones' has no attribute {name!r}")
+
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +77,28 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
+def is_safetensors(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a safetensors file, judged by its content (an 8-byte header length
+    that fits the file, then a JSON object), whatever its suffix."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(9)
+    except OSError:
+        return False
+    if len(head) < 9:
+        return False
+    (n,) = struct.unpack("<Q", head[:8])
+    return 2 <= n <= size - 8 and head[8:9] == b"{"
+
+
 def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     if not path.exists():
         raise FileNotFoundError(f"Checkpoint {str(path)!r} does not exist.")
-    if path.suffix == ".safetensors":
+    if path.is_dir():
+        raise IsADirectoryError(f"Checkpoint {str(path)!r} is a folder, not a checkpoint file.")
+    if is_safetensors(path):
         from safetensors.torch import load_file
 
         config = _safetensors_config(path)
@@ -85,8 +113,9 @@ def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ValueError(
-            f"Checkpoint {str(path)!r} could not be loaded safely with torch.load(weights_only=True) ({exc}). "
-            "oodlens never unpickles arbitrary objects: save a plain state_dict or a .safetensors file."
+            f"Checkpoint {str(path)!r} is not a safetensors file (judged by its content) and "
+            f"could not be loaded safely with torch.load(weights_only=True) ({exc}). oodlens "
+            "never unpickles arbitrary objects: save a plain state_dict or a safetensors file."
         ) from exc
     config = None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
@@ -121,13 +150,13 @@ def _model_config(config: dict[str, Any] | None) -> ModelConfig | None:
 
 
 def read_model_config(path: str | os.PathLike[str]) -> ModelConfig | None:
-    """The :class:`ModelConfig` stored in an oodlens ``.safetensors`` checkpoint, read from its
-    header only (no tensors loaded); ``None`` for other checkpoints."""
+    """The :class:`ModelConfig` stored in an oodlens safetensors checkpoint (any suffix), read
+    from its header only (no tensors loaded); ``None`` for other checkpoints."""
     path = Path(path)
-    if path.suffix != ".safetensors":
-        return None
     if not path.exists():
         raise FileNotFoundError(f"Checkpoint {str(path)!r} does not exist.")
+    if not is_safetensors(path):
+        return None
     return _model_config(_safetensors_config(path))
 
 
@@ -143,16 +172,29 @@ def load_checkpoint(
 
 
 def save_checkpoint(model: nn.Module, config: ModelConfig, path: str | os.PathLike[str]) -> Path:
-    """Write ``model``'s weights and ``config`` as ``.safetensors`` (atomic rename)."""
+    """Write ``model``'s weights and ``config`` in the safetensors format (whatever the
+    suffix), atomically: a failure or Ctrl-C leaves neither a partial file nor a temp file."""
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(state, str(tmp), metadata={"oodlens_config": json.dumps(asdict(config))})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"oodlens_config": json.dumps(asdict(config))})
     return path
+
+
+def check_model_name(name: str) -> None:
+    """Raise ``ValueError`` (with close matches) unless ``name`` is a timm model name."""
+    import timm
+
+    if not isinstance(name, str) or not timm.is_model(name):
+        import difflib
+
+        close = difflib.get_close_matches(str(name), timm.list_models(), n=3)
+        raise ValueError(
+            f"Unknown timm model {name!r}."
+            + (f" Did you mean: {', '.join(close)}?" if close else " See timm.list_models().")
+        )
 
 
 def create_backbone(
@@ -177,14 +219,7 @@ def create_backbone(
     """
     import timm
 
-    if not timm.is_model(name):
-        import difflib
-
-        close = difflib.get_close_matches(name, timm.list_models(), n=3)
-        raise ValueError(
-            f"Unknown timm model {name!r}."
-            + (f" Did you mean: {', '.join(close)}?" if close else " See timm.list_models().")
-        )
+    check_model_name(name)
     state, config = (None, None) if checkpoint is None else load_checkpoint(checkpoint)
     if config is not None and config.model != name:
         raise ValueError(
@@ -319,128 +354,3 @@ def forward_all(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.
     if logits.ndim > 2:
         logits = logits.flatten(1)
     return logits, feats.flatten(1)
-
-
-class _TorchDataset(torch.utils.data.Dataset):
-    def __init__(
-        self,
-        source: DatasetSource,
-        transform: Callable[[Any], torch.Tensor],
-        shape: tuple[int, ...],
-    ) -> None:
-        self.source, self.transform, self.shape = source, transform, shape
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, bool, str, str]:
-        try:
-            return self.transform(self.source.loader(i)), int(self.source.labels[i]), True, "", ""
-        except CorruptImageError as exc:
-            return (
-                torch.zeros(self.shape),
-                int(self.source.labels[i]),
-                False,
-                self.source.ids[i],
-                str(exc),
-            )
-
-
-@dataclass
-class ExtractionReport:
-    """What extraction skipped: corrupt files, by path (only with ``skip_corrupt=True``)."""
-
-    corrupt: list[str] = field(default_factory=list)
-
-
-def extract_outputs(
-    model: nn.Module,
-    source: DatasetSource,
-    transform: Callable[[Any], torch.Tensor],
-    input_size: tuple[int, int, int],
-    device: str | torch.device = "cpu",
-    batch_size: int = 128,
-    num_workers: int = 0,
-    skip_corrupt: bool = False,
-    progress: bool = True,
-    report: ExtractionReport | None = None,
-) -> Outputs:
-    """Run ``model`` once over ``source``: logits, penultimate features, labels and head.
-
-    One forward pass per batch under ``torch.inference_mode()``; the model's train/eval mode
-    is restored afterwards.
-
-    Args:
-        model: a timm model (``forward_features`` / ``forward_head`` / ``get_classifier``).
-        source: the dataset.
-        transform: PIL image -> (C, H, W) tensor.
-        input_size: (C, H, W) of the transformed images (for placeholder rows).
-        device: where to run (a parameter, never assumed).
-        batch_size, num_workers: DataLoader settings.
-        skip_corrupt: drop unreadable images (listed in ``report``) instead of raising.
-        progress: show a tqdm progress bar on stderr.
-        report: filled with the skipped files.
-
-    Raises:
-        CorruptImageError: unreadable images and ``skip_corrupt=False``; the message lists them.
-    """
-    from tqdm.auto import tqdm
-
-    device = torch.device(device)
-    loader = torch.utils.data.DataLoader(
-        _TorchDataset(source, transform, input_size),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        shuffle=False,
-    )
-    was_training = model.training
-    model.eval().to(device)
-    logits, feats, labels, bad, messages = [], [], [], [], []
-    try:
-        with torch.inference_mode():
-            for x, y, ok, path, err in tqdm(
-                loader,
-                desc=f"extract {source.spec}",
-                disable=None if progress else True,
-                leave=False,
-            ):
-                failed = [i for i, good in enumerate(ok.tolist()) if not good]
-                bad.extend(path[i] for i in failed)
-                messages.extend(err[i] for i in failed)
-                keep = ok.bool()
-                if not keep.any():
-                    continue
-                z, f = forward_all(model, x[keep].to(device, non_blocking=True))
-                logits.append(z.float().cpu().numpy())
-                feats.append(f.float().cpu().numpy())
-                labels.append(y[keep].numpy())
-    finally:
-        model.train(was_training)
-    if bad:
-        if not skip_corrupt:
-            shown = "\n  ".join(messages[:10])
-            raise CorruptImageError(
-                f"{len(bad)} unreadable image(s) in {source.spec!r}:\n  {shown}"
-                + (f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else "")
-                + "\nRemove or replace them, or allow skipping them (--skip-corrupt / skip_corrupt=True)."
-            )
-        log.warning("Skipped %d unreadable image(s) in %s: %s", len(bad), source.spec, messages[:5])
-        if report is not None:
-            report.corrupt.extend(bad)
-    if not logits:
-        raise ValueError(f"No readable images in {source.spec!r}.")
-    head = get_head(model)
-    return Outputs(
-        logits=np.concatenate(logits),
-        labels=np.concatenate(labels),
-        features=np.concatenate(feats),
-        head_weight=None if head is None else head.weight.detach().float().cpu().numpy(),
-        head_bias=None
-        if head is None
-        else (
-            head.bias.detach().float().cpu().numpy()
-            if head.bias is not None
-            else np.zeros(head.out_features, np.float32)
-        ),
-        class_names=None,
-    )

@@ -1,14 +1,23 @@
-"""The ``oodlens`` command line. The CLI owns the terminal; the library only logs."""
+"""The ``oodlens`` command line: argument parsing and printing only; the work is done by the
+library (:mod:`oodlens.bench`, :mod:`oodlens.diagnose`, :mod:`oodlens.train`)."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+import traceback
+import warnings
 from collections.abc import Sequence
+from typing import Any
 
-from . import _registry
+from . import registry
+from .bench.config import BenchmarkConfig, load_config, parse_ood_spec
+from .bench.report import FORMATS, TERMINAL_COLUMNS, to_markdown
+from .errors import PluginError
+from .train import TrainConfig
 
-__all__ = ["main"]
+__all__ = ["main", "build_parser"]
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -22,30 +31,32 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def _cmd_scorers(args: argparse.Namespace) -> int:
-    entries = [
-        e
-        for e in _registry.list_entries("scorer")
-        if e.name in _registry.list_scorers(args.pattern)
+    names = set(registry.list_scorers(args.pattern))
+    rows = [
+        (e.name, e.distribution, ", ".join(e.requires), e.description)
+        for e in registry.list_entries("scorer")
+        if e.name in names
     ]
-    rows = [(e.name, e.distribution, ", ".join(e.requires), e.description) for e in entries]
     print(_table(("name", "distribution", "requires", "description"), rows))
     return 0
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
-    plugins, failures = _registry.plugin_report()
+    plugins, failures = registry.plugin_report()
     rows = [(p.plugin, p.distribution, ", ".join(p.hooks)) for p in plugins]
     print(_table(("plugin", "distribution", "hooks"), rows))
     if failures:
         print("\nFailed to load:")
         frows = [(f.plugin, f.distribution, f.stage, f.error) for f in failures]
         print(_table(("plugin", "distribution", "stage", "error"), frows))
+        if args.verbose:
+            for f in failures:
+                print(f"\n{f.plugin} ({f.distribution}), {f.stage}:\n{f.details}")
     return 0
 
 
 def _cmd_datasets(args: argparse.Namespace) -> int:
-    entries = _registry.list_entries("dataset")
-    rows = [(e.name, e.distribution, e.description) for e in entries]
+    rows = [(e.name, e.distribution, e.description) for e in registry.list_entries("dataset")]
     rows.append(
         ("PATH", "oodlens", "an image folder (ImageFolder layout, or a flat folder of images)")
     )
@@ -54,37 +65,9 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_ood(text: str):
-    """``[GROUP:]NAME=SPEC`` or ``GROUP=SPEC`` (name from the spec)."""
-    from pathlib import Path
-
-    from .benchmark import GROUPS as _GROUPS
-    from .benchmark import OODSet
-
-    lhs, sep, spec = text.partition("=")
-    if not sep or not spec or not lhs:
-        raise ValueError(
-            f"--ood {text!r}: write NAME=SPEC, GROUP=SPEC or GROUP:NAME=SPEC (GROUP: {', '.join(_GROUPS)})."
-        )
-    if lhs in _GROUPS:
-        base = spec.rsplit("@", 1)[0].rstrip("/")
-        return OODSet(Path(base).name if ("/" in base or Path(base).exists()) else base, spec, lhs)
-    group, colon, name = lhs.partition(":")
-    if colon:
-        if group not in _GROUPS:
-            raise ValueError(f"--ood {text!r}: group {group!r} is not one of {', '.join(_GROUPS)}.")
-        return OODSet(name, spec, group)
-    return OODSet(lhs, spec, "far")
-
-
-def _cmd_bench(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from . import report
-    from .benchmark import BenchmarkConfig, load_config, run_benchmark
-
+def _bench_config(args: argparse.Namespace) -> BenchmarkConfig:
     cfg = load_config(args.config, data_root=args.data_root) if args.config else BenchmarkConfig()
-    changes: dict = {}
+    changes: dict[str, Any] = {}
     if args.model:
         changes["models"] = tuple(args.model)
     if args.checkpoint:
@@ -92,132 +75,108 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.id:
         changes["id"] = args.id
     if args.ood:
-        changes["ood"] = tuple(_parse_ood(o) for o in args.ood)
-    for opt, field_name in (("scorers", "scorers"), ("seeds", "seeds")):
+        changes["ood"] = tuple(parse_ood_spec(o) for o in args.ood)
+    for opt in ("scorers", "seeds"):
         if getattr(args, opt):
-            changes[field_name] = tuple(getattr(args, opt))
-    for opt in ("device", "batch_size", "img_size", "cache_dir", "threshold"):
+            changes[opt] = tuple(getattr(args, opt))
+    for opt in ("device", "batch_size", "img_size", "cache_dir", "threshold", "attention_layer"):
         if getattr(args, opt) is not None:
             changes[opt] = getattr(args, opt)
-    if args.no_cache:
-        changes["use_cache"] = False
-    if args.skip_corrupt:
-        changes["skip_corrupt"] = True
-    if args.attention:
-        changes["attention"] = True
-    if args.attention_layer:
-        changes["attention_layer"] = args.attention_layer
-    if args.pretrained:
-        changes["pretrained"] = True
+    for flag, field_name, value in (
+        ("no_cache", "use_cache", False),
+        ("skip_corrupt", "skip_corrupt", True),
+        ("attention", "attention", True),
+        ("pretrained", "pretrained", True),
+    ):
+        if getattr(args, flag):
+            changes[field_name] = value
     if args.epochs is not None:
         changes["train"] = {**dict(cfg.train), "epochs": args.epochs}
-    cfg = dataclasses.replace(cfg, **changes)
-    formats = [f for spec in (args.format or ["md,csv,json,tex"]) for f in spec.split(",") if f]
-    bad = set(formats) - set(report.FORMATS)
+    return dataclasses.replace(cfg, **changes)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import check_report_dir, run_benchmark
+
+    cfg = _bench_config(args)
+    formats = [f for spec in (args.format or [",".join(FORMATS)]) for f in spec.split(",") if f]
+    bad = sorted(set(formats) - set(FORMATS))
     if bad:
-        raise ValueError(f"--format {sorted(bad)} is not valid; use {', '.join(report.FORMATS)}.")
+        raise ValueError(f"--format {bad} is not valid; use {', '.join(FORMATS)}.")
+    if args.out:
+        check_report_dir(args.out)
     result = run_benchmark(cfg, progress=not args.quiet)
-    summary = result.summary()
-    print(
-        report.to_markdown(
-            summary,
-            columns=(
-                "auroc",
-                "fpr95",
-                "aupr_in",
-                "aupr_out",
-                "id_accuracy",
-                "aurc",
-                "ood_rejected",
-            ),
-        )
-    )
+    if not result.table.empty:
+        print(to_markdown(result.summary(), columns=TERMINAL_COLUMNS))
     t = result.timings
     print(
         f"train {t['train']:.1f}s, extract {t['extract']:.1f}s ({result.info['cache_hits']} cached, "
         f"{result.info['cache_misses']} extracted), fit {t['fit']:.2f}s, score {t['score']:.2f}s. "
         "Values in %; best per column in bold; higher score = more in-distribution."
     )
+    for message in result.info.get("warnings", []):
+        print(f"warning: {message}")
+    if result.failures:
+        print(
+            f"\n{len(result.failures)} scorer run(s) failed; the other scorers' results are kept:"
+        )
+        for f in result.failures:
+            print(
+                f"  {f.scorer} (distribution {f.distribution}, {f.backbone} seed {f.seed}) "
+                f"failed at {f.stage}: {f.error}"
+            )
     if args.out:
         out = result.save(args.out, formats=formats, plots=not args.no_plots)
         print(f"wrote {out}/ (results.json, tables, plots)")
-    return 0
+    return 1 if result.failures else 0
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from ._cache import OutputsCache, file_sha256
-    from .backbones import build_transform, create_backbone, resolve_device
-    from .benchmark import cached_extract, parse_scorer_spec
-    from .datasets import files_source, load_dataset, split_spec
-    from .diagnose import explain_source, plot_explanations
+    from pathlib import Path
 
-    device = resolve_device(args.device)
-    model, mcfg = create_backbone(
-        args.model, checkpoint=args.checkpoint, img_size=args.img_size, pretrained=args.pretrained
-    )
-    transform, data_cfg = build_transform(model, mcfg.img_size)
-    source = files_source(args.images)
-    names = mcfg.class_names or tuple(str(i) for i in range(mcfg.num_classes))
-    scorers = {}
-    if args.scorers:
-        train_spec = args.train or mcfg.extra.get("train", {}).get("data")
-        if not train_spec:
-            raise ValueError(
-                "Scorers are fitted on the model's training outputs: pass --train SPEC (the ID training data)."
-            )
-        from ._registry import create_scorer
+    from .cache import Cache
+    from .diagnose import explain_images
+    from .files import check_new_or_owned_file
+    from .plots import FIGURE_FORMATS, plot_explanations
 
-        weights = (
-            file_sha256(args.checkpoint) if args.checkpoint else f"timm-pretrained:{args.model}"
+    out = Path(args.out)
+    suffix = out.suffix.lower().lstrip(".")
+    if suffix and suffix not in FIGURE_FORMATS:
+        raise ValueError(
+            f"--out {args.out!r}: a figure needs one of the suffixes "
+            f"{', '.join('.' + f for f in FIGURE_FORMATS)} (none: .png)."
         )
-        train_out, _, _ = cached_extract(
-            lambda: model,
-            args.model,
-            weights,
-            load_dataset(split_spec(train_spec, "train")),
-            transform,
-            tuple(data_cfg["input_size"]),
-            OutputsCache(args.cache_dir),
-            device=device,
-            progress=not args.quiet,
-        )
-        for spec in args.scorers:
-            name, params = parse_scorer_spec(spec)
-            scorers[spec] = create_scorer(name, **params).fit(train_out)
-    exp = explain_source(
-        model,
-        source,
-        transform,
-        names,
-        scorers=scorers,
+    out = out if suffix else out.with_name(out.name + ".png")
+    check_new_or_owned_file(out, "--out", owned=True)
+    exp = explain_images(
+        args.images,
+        args.model,
+        checkpoint=args.checkpoint,
+        pretrained=args.pretrained,
+        scorers=args.scorers,
+        train=args.train,
         layer=args.layer,
-        device=device,
+        img_size=args.img_size,
+        device=args.device,
+        cache=Cache(args.cache_dir),
+        progress=not args.quiet,
     )
-    path = plot_explanations(exp, args.out, columns=args.columns)
+    path = plot_explanations(exp, out, columns=args.columns)
     for k, sid in enumerate(exp.ids):
         vals = "  ".join(f"{n}={v[k]:.4g}" for n, v in exp.scores.items())
         print(
-            f"{sid}: {names[exp.predictions[k]]} p={exp.softmax[k]:.3f}  {vals}  area@0.5={exp.area[k]:.2f}"
+            f"{sid}: {exp.class_names[exp.predictions[k]]} p={exp.softmax[k]:.3f}  {vals}  "
+            f"area@0.5={exp.area[k]:.2f}"
         )
     print(f"wrote {path}")
     return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .train import TrainConfig, train_model
+    from .train import train_model
 
-    cfg = TrainConfig(
-        model=args.model,
-        data=args.data,
-        img_size=args.img_size,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        seed=args.seed,
-        pretrained=args.pretrained,
-        hflip=not args.no_hflip,
-    )
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
     path, summary = train_model(
         cfg, args.out, device=args.device, num_workers=args.num_workers, progress=not args.quiet
     )
@@ -228,32 +187,52 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``oodlens`` command."""
-    parser = argparse.ArgumentParser(
-        prog="oodlens", description="OOD detection and explanation for image classifiers."
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    """``oodlens train`` options, their defaults taken from :class:`TrainConfig`."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    p.add_argument("--model", default=defaults["model"], help="timm model name")
+    p.add_argument(
+        "--data",
+        default=defaults["data"],
+        help="ID dataset spec; its @train split is used, @test is evaluated",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    p = sub.add_parser("scorers", help="list the installed scorers")
-    p.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. '*kde*'")
-    p.set_defaults(func=_cmd_scorers)
-    p = sub.add_parser("plugins", help="list installed plugins and load failures")
-    p.set_defaults(func=_cmd_plugins)
-    p = sub.add_parser("datasets", help="list dataset kinds usable as specs")
-    p.set_defaults(func=_cmd_datasets)
+    p.add_argument(
+        "--out", required=True, help="checkpoint file to write (safetensors, whatever the suffix)"
+    )
+    for name, kind, text in (
+        ("img_size", int, "input size"),
+        ("epochs", int, "passes over the training split"),
+        ("batch_size", int, "images per step"),
+        ("lr", float, "AdamW peak learning rate"),
+        ("weight_decay", float, "AdamW weight decay"),
+        ("seed", int, "seed of torch, numpy and the data order"),
+    ):
+        flag = "--" + name.replace("_", "-")
+        p.add_argument(
+            flag, type=kind, default=defaults[name], help=f"{text} (default {defaults[name]})"
+        )
+    p.add_argument(
+        "--pretrained", action="store_true", help="start from timm pretrained weights (internet)"
+    )
+    p.add_argument(
+        "--no-hflip",
+        dest="hflip",
+        action="store_false",
+        default=defaults["hflip"],
+        help="no horizontal flips (e.g. for digits)",
+    )
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--num-workers", type=int, default=0)
 
-    p = sub.add_parser(
-        "bench",
-        help="run a benchmark (no arguments: the embedded digits demo)",
-        description="Fit every scorer on ID train outputs, score ID test and OOD sets, print the table.",
-    )
+
+def _bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML or TOML benchmark config (options below override it)")
     p.add_argument(
         "--data-root", help="replaces {data_root} in --config (default $OODLENS_DATA_ROOT)"
     )
     p.add_argument("--model", action="append", help="timm model name (repeatable)")
     p.add_argument(
-        "--checkpoint", action="append", help="checkpoint per --model (.safetensors or state dict)"
+        "--checkpoint", action="append", help="checkpoint per --model (safetensors or state dict)"
     )
     p.add_argument("--id", help="ID dataset spec, e.g. digits:0-4 or a folder (@train/@test split)")
     p.add_argument(
@@ -279,14 +258,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--img-size", type=int)
     p.add_argument("--threshold", type=float, help="extra fixed operating threshold (e.g. 0.04)")
     p.add_argument(
-        "--format", action="append", help="table formats for --out: md,csv,json,tex (default all)"
+        "--format",
+        action="append",
+        help=f"table formats for --out: {','.join(FORMATS)} (default all)",
     )
-    p.add_argument("--out", help="write tables, plots and results.json to this folder")
+    p.add_argument(
+        "--out", help="write tables, plots and results.json to this folder (new, empty or a report)"
+    )
     p.add_argument("--no-plots", action="store_true", help="skip the figures in --out")
     p.add_argument(
         "--cache-dir", help="cache folder (default $OODLENS_CACHE_DIR or ~/.cache/oodlens)"
     )
-    p.add_argument("--no-cache", action="store_true", help="extract again and store nothing")
+    p.add_argument(
+        "--no-cache", action="store_true", help="extract (and train) again; store nothing"
+    )
     p.add_argument(
         "--skip-corrupt",
         action="store_true",
@@ -298,15 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="measure Grad-CAM attention areas per group (ID correct/wrong, OOD)",
     )
     p.add_argument("--attention-layer", help="Grad-CAM layer for --attention (default: automatic)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=_cmd_bench)
 
-    p = sub.add_parser(
-        "explain", help="Grad-CAM overlays with predictions and scores, as a PNG grid"
-    )
+
+def _explain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--model", required=True, help="timm model name")
-    p.add_argument("--checkpoint", help="checkpoint (.safetensors or state dict)")
+    p.add_argument("--checkpoint", help="checkpoint (safetensors or state dict)")
     p.add_argument("--pretrained", action="store_true", help="timm pretrained weights (internet)")
     p.add_argument(
         "--scorers",
@@ -322,47 +304,94 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--cache-dir", help="cache folder for the training outputs")
     p.add_argument("--columns", type=int, default=6)
-    p.add_argument("--out", default="explain.png", help="PNG to write")
-    p.add_argument("-q", "--quiet", action="store_true")
-    p.set_defaults(func=_cmd_explain)
+    p.add_argument("--out", default="explain.png", help="figure to write (.png, .pdf, .svg, ...)")
 
-    p = sub.add_parser("train", help="train or fine-tune a timm model on a dataset spec")
-    p.add_argument("--model", default="resnet18")
-    p.add_argument(
-        "--data",
-        default="digits:0-4",
-        help="ID dataset spec; its @train split is used, @test is evaluated",
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``oodlens`` command."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    common.add_argument(
+        "-v", "--verbose", action="store_true", help="full tracebacks and plugin failure details"
     )
-    p.add_argument("--out", required=True, help="checkpoint file to write (.safetensors)")
-    p.add_argument("--img-size", type=int, default=32)
-    p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--pretrained", action="store_true", help="start from timm pretrained weights (internet)"
+    parser = argparse.ArgumentParser(
+        prog="oodlens",
+        description="OOD detection and explanation for image classifiers.",
+        parents=[common],
     )
-    p.add_argument("--no-hflip", action="store_true", help="no horizontal flips (e.g. for digits)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--num-workers", type=int, default=0)
-    p.add_argument("-q", "--quiet", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("scorers", help="list the installed scorers", parents=[common])
+    p.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. '*kde*'")
+    p.set_defaults(func=_cmd_scorers)
+    p = sub.add_parser("plugins", help="list installed plugins and load failures", parents=[common])
+    p.set_defaults(func=_cmd_plugins)
+    p = sub.add_parser("datasets", help="list dataset kinds usable as specs", parents=[common])
+    p.set_defaults(func=_cmd_datasets)
+    p = sub.add_parser(
+        "bench",
+        help="run a benchmark (no arguments: the embedded digits demo)",
+        description="Fit every scorer on ID train outputs, score ID test and OOD sets, print the "
+        "table. Exit status 1 when a scorer failed (its failure is printed; the others' results "
+        "are kept and written).",
+        parents=[common],
+    )
+    _bench_arguments(p)
+    p.set_defaults(func=_cmd_bench)
+    p = sub.add_parser(
+        "explain",
+        help="Grad-CAM overlays with predictions and scores, as a figure",
+        parents=[common],
+    )
+    _explain_arguments(p)
+    p.set_defaults(func=_cmd_explain)
+    p = sub.add_parser(
+        "train", help="train or fine-tune a timm model on a dataset spec", parents=[common]
+    )
+    _train_arguments(p)
     p.set_defaults(func=_cmd_train)
     return parser
 
 
+def _show_warning(verbose: bool):
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"oodlens: warning: {message}", file=sys.stderr)
+        failure = getattr(message, "failure", None)
+        if verbose and failure is not None:
+            print(failure.details, file=sys.stderr)
+
+    return show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit status."""
+    """Run the CLI; returns the exit status (0 ok, 1 a scorer failed, 2 an error)."""
     import logging
 
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="oodlens: %(levelname)s: %(message)s")
+    previous = warnings.showwarning
+    warnings.showwarning = _show_warning(args.verbose)
     try:
         return int(args.func(args))
-    except (ValueError, KeyError, TypeError, FileNotFoundError, RuntimeError) as exc:
-        print(f"oodlens: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("oodlens: interrupted", file=sys.stderr)
+        return 130
+    except (
+        ValueError,
+        KeyError,
+        TypeError,
+        OSError,
+        RuntimeError,
+        ImportError,
+        PluginError,
+    ) as exc:
+        if args.verbose:
+            traceback.print_exc()
+        text = " ".join(str(exc).split("\n", 1)[:1]) if isinstance(exc, OSError) else str(exc)
+        print(f"oodlens: error: {text}", file=sys.stderr)
         return 2
+    finally:
+        warnings.showwarning = previous
 
 
 if __name__ == "__main__":

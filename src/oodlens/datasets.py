@@ -16,7 +16,8 @@ sub-folders when present, otherwise a stable 80/20 split by a hash of each sampl
 path, or index for built-in sets); torchvision sets use their official split. ``@all`` (the
 default) takes everything.
 
-New kinds come from plugins through the ``register_datasets`` hook.
+New kinds come from plugins through the ``register_datasets`` hook; resolve any spec with
+:func:`oodlens.load_dataset` (which looks the kind up in the registry).
 """
 
 from __future__ import annotations
@@ -35,11 +36,14 @@ from PIL import Image
 __all__ = [
     "DatasetSource",
     "CorruptImageError",
-    "load_dataset",
-    "list_datasets",
+    "align_classes",
     "parse_spec",
     "files_source",
     "split_spec",
+    "load_folder_source",
+    "load_digits_source",
+    "load_noise_source",
+    "load_torchvision_source",
 ]
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -98,8 +102,12 @@ class DatasetSource:
         )
 
 
-def parse_spec(spec: str) -> tuple[str, str, dict[str, str], str]:
-    """Split ``KIND:ARG,k=v@SPLIT`` into (kind, arg, options, split). A path has kind ''."""
+def parse_spec(spec: str, kinds: Sequence[str] = ()) -> tuple[str, str, dict[str, str], str]:
+    """Split ``KIND:ARG,k=v@SPLIT`` into (kind, arg, options, split). A path has kind ''.
+
+    ``kinds`` are the registered kind names, so that a bare ``KIND`` (e.g. ``"digits"``) is
+    read as a kind rather than a relative path.
+    """
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"A dataset spec must be a non-empty string, got {spec!r}.")
     body, split = spec, "all"
@@ -113,7 +121,7 @@ def parse_spec(spec: str) -> tuple[str, str, dict[str, str], str]:
     head = body.split(":", 1)[0]
     if ":" in body and head and all(ch.isalnum() or ch in "_-" for ch in head) and len(head) > 1:
         kind, rest = body.split(":", 1)
-    elif body in _simple_kinds():
+    elif body in kinds:
         kind, rest = body, ""
     if not kind:
         return "", body, {}, split
@@ -129,12 +137,6 @@ def parse_spec(spec: str) -> tuple[str, str, dict[str, str], str]:
                 f"Dataset spec {spec!r} has two positional arguments ({arg!r}, {token!r})."
             )
     return kind, arg, options, split
-
-
-def _simple_kinds() -> set[str]:
-    from ._registry import list_entries
-
-    return {e.name for e in list_entries("dataset")}
 
 
 def split_spec(spec: str, split: str) -> str:
@@ -153,6 +155,13 @@ def _hash_split(source: DatasetSource, split: str, test_fraction: float = 0.2) -
     n_test = round(test_fraction * len(keys))
     test = set(order[:n_test])
     pick = [i for i in range(len(keys)) if (i in test) == (split == "test")]
+    if not pick:
+        raise ValueError(
+            f"'{source.spec}@{split}' has no images: the {len(keys)} image(s) of "
+            f"{source.spec!r} give {n_test} test and {len(keys) - n_test} train image(s) in the "
+            f"{1 - test_fraction:.0%}/{test_fraction:.0%} hash split. Add images, give the folder "
+            "its own train/ and test/ sub-folders, or use @all."
+        )
     return source.subset(pick, f"{source.spec}@{split}")
 
 
@@ -313,7 +322,7 @@ def load_torchvision_source(
             f"Unknown torchvision dataset {arg!r}"
             + (f"; did you mean {', '.join(close)}?" if close else f"; valid: {', '.join(names)}.")
         )
-    from ._cache import default_cache_dir
+    from .cache import default_cache_dir
 
     root = options.get("root", str(default_cache_dir() / "torchvision"))
     cls = getattr(tvd, arg)
@@ -386,22 +395,39 @@ def files_source(paths: Sequence[str | os.PathLike[str]]) -> DatasetSource:
     )
 
 
-def list_datasets() -> list[str]:
-    """Registered dataset kinds (spec prefixes); a folder path is always accepted too."""
-    from ._registry import list_entries
+def align_classes(source: DatasetSource, classes: Sequence[str], what: str) -> DatasetSource:
+    """``source`` with its labels re-indexed to ``classes`` **by name**.
 
-    return [e.name for e in list_entries("dataset")]
+    Datasets that list their classes separately per split (e.g. ``train/{a,b,c}`` and
+    ``test/{a,c}``) would otherwise label test class ``c`` as 1. A class of ``source`` that
+    is not in ``classes`` is an error naming it; classes missing from ``source`` are fine.
 
-
-def load_dataset(spec: str) -> DatasetSource:
-    """Resolve a spec string to a :class:`DatasetSource` (see the module docstring)."""
-    from ._registry import get_entry, list_entries
-
-    kind, arg, options, split = parse_spec(spec)
-    if not kind:
-        return load_folder_source(arg, split, spec)
-    names = [e.name for e in list_entries("dataset")]
-    if kind not in names and (Path(spec.rsplit("@", 1)[0]).exists() or len(kind) == 1):
-        return load_folder_source(spec.rsplit("@", 1)[0], split, spec)
-    entry = get_entry("dataset", kind)
-    return entry.obj(spec, arg, options, split)
+    Args:
+        source: the dataset to relabel.
+        classes: the reference class names (the model's, or the training split's), index =
+            label.
+        what: how to name ``source`` in the error (e.g. ``"ID test"``).
+    """
+    classes = tuple(str(c) for c in classes)
+    if tuple(source.classes) == classes[: len(source.classes)] and len(source.classes) <= len(
+        classes
+    ):
+        return source
+    unknown = [c for c in source.classes if c not in classes]
+    if unknown:
+        raise ValueError(
+            f"{what} {source.spec!r} has class(es) {unknown[:10]} that the model's classes "
+            f"{list(classes)[:20]} do not include; give every split the same class folders "
+            "(names must match)."
+        )
+    index = {c: k for k, c in enumerate(classes)}
+    remap = np.array([index[c] for c in source.classes], dtype=np.int64)
+    labels = np.asarray(source.labels, dtype=np.int64)
+    return DatasetSource(
+        spec=source.spec,
+        classes=classes,
+        ids=source.ids,
+        labels=np.where(labels >= 0, remap[np.clip(labels, 0, None)], labels),
+        loader=source.loader,
+        fingerprint_extra=source.fingerprint_extra,
+    )

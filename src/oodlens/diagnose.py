@@ -1,46 +1,30 @@
-"""Explaining predictions: Grad-CAM overlays with scorer values, and the attention-area
-analysis of a benchmark (the origin study's "errors look at more of the image" claim)."""
+"""Explaining predictions: Grad-CAM with scorer values (the ``oodlens explain`` workflow), and
+the attention-area analysis of a benchmark (the origin study's "errors look at more" claim)."""
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from ._outputs import Outputs
-from .datasets import DatasetSource
-from .explainers import GradCAM, _minmax, attention_area, attention_area_mass
+from .backbones import build_transform, create_backbone, resolve_device
+from .cache import Cache, file_sha256
+from .datasets import DatasetSource, files_source, split_spec
+from .explainers import Explanation, attention_area_mass
+from .explainers.gradcam import GradCAM, minmax_normalize
+from .extract import cached_extract, extract_outputs
+from .outputs import Outputs
+from .registry import create_scorer, load_dataset, parse_scorer_spec
 
-__all__ = ["Explanation", "explain_source", "plot_explanations", "attention_analysis"]
+__all__ = ["explain_source", "explain_images", "attention_analysis", "AttentionResult"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Explanation:
-    """Grad-CAM maps and predictions for a set of images."""
-
-    ids: list[str]  #: image ids (paths)
-    images: np.ndarray  #: (N, H, W, 3) uint8 images as the model saw them (resized)
-    cams: np.ndarray  #: (N, H, W) Grad-CAM maps in [0, 1]
-    raw_cams: np.ndarray  #: (N, H, W) the same before min-max scaling (non-negative)
-    predictions: np.ndarray  #: (N,) predicted class
-    softmax: np.ndarray  #: (N,) max softmax probability
-    class_names: tuple[str, ...]  #: names of the model's classes
-    scores: dict[str, np.ndarray]  #: scorer name -> (N,) score
-
-    @property
-    def area(self) -> np.ndarray:
-        """(N,) attention area at threshold 0.5."""
-        return attention_area(self.cams, 0.5)
 
 
 def _display(source: DatasetSource, index: Sequence[int], size: tuple[int, int]) -> np.ndarray:
@@ -68,12 +52,10 @@ def explain_source(
     x = torch.stack([transform(source.loader(i)) for i in index])
     explainer = GradCAM(model, layer=layer, normalize=False, device=device, batch_size=batch_size)
     raw = explainer.explain(x)
-    cams = _minmax(raw).numpy()
+    cams = minmax_normalize(raw).numpy()
     logits = explainer.last_logits.numpy()
     probs = torch.softmax(torch.from_numpy(logits).double(), dim=1).numpy()
     if outputs is None and scorers:
-        from .backbones import extract_outputs
-
         outputs = extract_outputs(
             model,
             source.subset(index, source.spec),
@@ -95,43 +77,60 @@ def explain_source(
     )
 
 
-def plot_explanations(
-    exp: Explanation, path: str | os.PathLike[str], columns: int = 6, title: str | None = None
-) -> Path:
-    """A grid: each image above its Grad-CAM overlay, titled with the predicted class, the
-    softmax score, every scorer's score and the attention area (like the origin's figures)."""
-    from matplotlib import colormaps
-    from matplotlib.figure import Figure
+def explain_images(
+    images: Sequence[str | os.PathLike[str]],
+    model: str,
+    checkpoint: str | None = None,
+    pretrained: bool = False,
+    scorers: Sequence[str] = (),
+    train: str | None = None,
+    layer: str | None = None,
+    img_size: int | None = None,
+    device: str = "cpu",
+    cache: Cache | None = None,
+    progress: bool = True,
+) -> Explanation:
+    """The ``oodlens explain`` workflow: Grad-CAM and scorer values for image files.
 
-    n = len(exp.ids)
-    cols = max(1, min(columns, n))
-    rows = math.ceil(n / cols)
-    fig = Figure(figsize=(2.6 * cols, 5.6 * rows), layout="constrained")
-    axes = np.atleast_2d(fig.subplots(2 * rows, cols, squeeze=False))
-    heat = colormaps["jet"]
-    area = exp.area
-    for k in range(rows * cols):
-        r, c = divmod(k, cols)
-        top, bottom = axes[2 * r, c], axes[2 * r + 1, c]
-        top.axis("off")
-        bottom.axis("off")
-        if k >= n:
-            continue
-        img = exp.images[k].astype(np.float64) / 255.0
-        overlay = 0.55 * img + 0.45 * heat(exp.cams[k])[..., :3]
-        top.imshow(img)
-        top.set_title(Path(exp.ids[k]).name[:24], fontsize=7)
-        bottom.imshow(np.clip(overlay, 0, 1))
-        lines = [f"{exp.class_names[exp.predictions[k]]}  p={exp.softmax[k]:.3f}"]
-        lines += [f"{name}={vals[k]:.4g}" for name, vals in exp.scores.items()]
-        lines.append(f"area@0.5={area[k]:.2f}")
-        bottom.set_title("\n".join(lines), fontsize=7)
-    if title:
-        fig.suptitle(title)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    return path
+    Scorers (spec strings, e.g. ``"logit_kde:mode=class_conditional"``) are created first
+    (so a bad spec fails before any work), then fitted on the model's outputs on its ID
+    training data ``train`` (default: the data recorded in an oodlens checkpoint), extracted
+    through the same cache as the harness.
+    """
+    specs = [(spec, *parse_scorer_spec(spec)) for spec in scorers]
+    for _, name, params in specs:
+        create_scorer(name, **params)
+    source = files_source(images)
+    dev = resolve_device(device)
+    net, mcfg = create_backbone(
+        model, checkpoint=checkpoint, img_size=img_size, pretrained=pretrained
+    )
+    transform, data_cfg = build_transform(net, mcfg.img_size)
+    names = mcfg.class_names or tuple(str(i) for i in range(mcfg.num_classes))
+    fitted = {}
+    if specs:
+        train_spec = train or mcfg.extra.get("train", {}).get("data")
+        if not train_spec:
+            raise ValueError(
+                "Scorers are fitted on the model's training outputs: pass --train SPEC (the ID "
+                "training data), or --scorers with no names to show none."
+            )
+        weights = file_sha256(checkpoint) if checkpoint else f"timm-pretrained:{model}"
+        train_out, _, _ = cached_extract(
+            lambda: net,
+            model,
+            weights,
+            load_dataset(split_spec(train_spec, "train")),
+            transform,
+            tuple(data_cfg["input_size"]),
+            cache or Cache(),
+            device=dev,
+            progress=progress,
+        )
+        fitted = {
+            spec: create_scorer(name, **params).fit(train_out) for spec, name, params in specs
+        }
+    return explain_source(net, source, transform, names, scorers=fitted, layer=layer, device=dev)
 
 
 def _summary(values: np.ndarray) -> dict[str, float]:
@@ -139,6 +138,15 @@ def _summary(values: np.ndarray) -> dict[str, float]:
         return {"n": 0, "median": float("nan"), "q25": float("nan"), "q75": float("nan")}
     q25, med, q75 = np.percentile(values, [25, 50, 75])
     return {"n": int(values.size), "median": float(med), "q25": float(q25), "q75": float(q75)}
+
+
+@dataclass
+class AttentionResult:
+    """What :func:`attention_analysis` measured."""
+
+    table: pd.DataFrame  #: one row per group: n and median/q25/q75 of area@0.5 and mass@0.5
+    tests: dict[str, dict[str, float]]  #: Mann-Whitney U tests of errors vs correct
+    confident_errors: Explanation | None  #: the most confident ID errors, for a figure
 
 
 def attention_analysis(
@@ -154,7 +162,7 @@ def attention_analysis(
     seed: int = 0,
     device: str | torch.device = "cpu",
     layer: str | None = None,
-) -> tuple[pd.DataFrame, Explanation | None]:
+) -> AttentionResult:
     """Attention areas of ID-correct, ID-wrong-accepted, ID-wrong-rejected and OOD images.
 
     Accepted means ``score >= threshold`` for the scorer whose scores are given. Up to
@@ -218,7 +226,6 @@ def attention_analysis(
                 "p": float(res.pvalue),
                 "n_errors": int(sample.size),
             }
-    table.attrs["mannwhitney"] = tests
     confident = None
     if len(wrong):
         conf = wrong[np.argsort(-id_scores[wrong])][:12]
@@ -226,4 +233,4 @@ def attention_analysis(
             model, sources["id_test"], transform, class_names, conf, layer=layer, device=device
         )
         confident.scores = {"score": id_scores[conf]}
-    return table, confident
+    return AttentionResult(table, tests, confident)

@@ -49,6 +49,7 @@ from collections.abc import Sequence
 import numpy as np
 
 __all__ = [
+    "HIGHER_IS_BETTER",
     "auroc",
     "average_precision",
     "ood_metrics",
@@ -59,6 +60,24 @@ __all__ = [
 ]
 
 _EPS = 1e-9
+_EXACT_INT = 2**53  # integers beyond this are not all representable in float64
+
+#: Every metric the harness reports, and whether higher is better (for bold-facing the best).
+HIGHER_IS_BETTER: dict[str, bool] = {
+    "auroc": True,
+    "aupr_in": True,
+    "aupr_out": True,
+    "fpr95": False,
+    "fpr95_ood_recall": False,
+    "id_accuracy": True,
+    "aurc": False,
+    "eaurc": False,
+    "id_errors_rejected": True,
+    "id_correct_rejected": False,
+    "ood_rejected": True,
+    "error_rate_accepted": False,
+    "open_set_risk": False,
+}
 
 
 def _scores(name: str, x: np.ndarray, allow_empty: bool = False) -> np.ndarray:
@@ -67,6 +86,11 @@ def _scores(name: str, x: np.ndarray, allow_empty: bool = False) -> np.ndarray:
         raise ValueError(f"{name} must be a 1-D array of scores, got shape {x.shape}.")
     if x.dtype.kind not in "fiub":
         raise TypeError(f"{name} must be numeric, got dtype {x.dtype}.")
+    if x.dtype.kind in "iu" and x.size and _int_absmax(x) > _EXACT_INT:
+        raise ValueError(
+            f"{name} holds integers beyond 2**53, which float64 cannot represent exactly "
+            "(distinct scores would tie); pass them as ranks or floats."
+        )
     x = x.astype(np.float64, copy=False)
     if x.size == 0 and not allow_empty:
         raise ValueError(f"{name} is empty; at least one score is needed.")
@@ -77,6 +101,23 @@ def _scores(name: str, x: np.ndarray, allow_empty: bool = False) -> np.ndarray:
             f"{int(np.argmax(bad))}); a scorer must return finite scores."
         )
     return x
+
+
+def _int_absmax(x: np.ndarray) -> int:
+    return max(abs(int(x.min())), abs(int(x.max())))
+
+
+def _exact_pair(pos_scores: np.ndarray, neg_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two integer score arrays with values beyond 2**53 as their joint ranks (exact, order and
+    ties preserved, so every rank-based metric is unchanged); other inputs as given."""
+    pos, neg = np.asarray(pos_scores), np.asarray(neg_scores)
+    big = [a for a in (pos, neg) if a.dtype.kind in "iu" and a.size and _int_absmax(a) > _EXACT_INT]
+    if not big or not (pos.dtype.kind in "iu" and neg.dtype.kind in "iu"):
+        return pos, neg
+    both = np.concatenate([pos.astype(object), neg.astype(object)])  # exact Python ints
+    _, rank = np.unique(both, return_inverse=True)
+    rank = rank.astype(np.float64)
+    return rank[: pos.size], rank[pos.size :]
 
 
 def _bools(name: str, x: np.ndarray, n: int) -> np.ndarray:
@@ -100,8 +141,10 @@ def auroc(pos_scores: np.ndarray, neg_scores: np.ndarray) -> float:
     """Area under the ROC curve with ``pos_scores`` as the positive class.
 
     Computed from mid-ranks (the Mann-Whitney U statistic), so ties count one half, which
-    equals the trapezoidal area of scikit-learn's ``roc_auc_score``.
+    equals the trapezoidal area of scikit-learn's ``roc_auc_score``. Integer scores beyond
+    2**53 are compared exactly (through their joint ranks).
     """
+    pos_scores, neg_scores = _exact_pair(pos_scores, neg_scores)
     pos = _scores("pos_scores", pos_scores)
     neg = _scores("neg_scores", neg_scores)
     allv = np.concatenate([pos, neg])
@@ -123,6 +166,7 @@ def average_precision(pos_scores: np.ndarray, neg_scores: np.ndarray) -> float:
 
     Thresholds are the distinct scores, high to low; tied samples enter together.
     """
+    pos_scores, neg_scores = _exact_pair(pos_scores, neg_scores)
     pos = _scores("pos_scores", pos_scores)
     neg = _scores("neg_scores", neg_scores)
     s = np.concatenate([pos, neg])
@@ -165,6 +209,8 @@ def ood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray) -> dict[str, floa
         >>> round(m["auroc"], 4)
         0.8333
     """
+    raw_id = np.asarray(id_scores)
+    id_scores, ood_scores = _exact_pair(id_scores, ood_scores)
     ind = _scores("id_scores", id_scores)
     ood = _scores("ood_scores", ood_scores)
     t95 = threshold_at_acceptance(ind, 0.95)
@@ -176,7 +222,8 @@ def ood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray) -> dict[str, floa
         "aupr_out": average_precision(-ood, -ind),
         "fpr95": float(np.mean(ood >= t95)),
         "fpr95_ood_recall": float(np.mean(ind <= t_ood)),
-        "threshold95": t95,
+        # the original score at the threshold (ranks stand in for integers beyond 2**53)
+        "threshold95": float(raw_id[int(np.argmax(ind == t95))]),
     }
 
 

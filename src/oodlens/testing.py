@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import MissingOutputsError, NotFittedError
-from ._outputs import Outputs
-from ._registry import create_scorer
+from .errors import MissingOutputsError, NotFittedError
 from .metrics import auroc
+from .outputs import Outputs
+from .registry import create_scorer
 
 __all__ = ["synthetic_outputs", "check_scorer"]
 
@@ -133,7 +133,7 @@ def check_scorer(name: str, params: dict[str, Any] | None = None) -> None:
         scorer.score(test.subset(slice(0, 7))), scores[:7], rtol=1e-9, atol=1e-12
     )
 
-    for requirement in sorted(set(type(scorer).requires) - {"logits"}):
+    for requirement in sorted(set(scorer.requirements()) - {"logits"}):
         fresh = create_scorer(name, **params)
         _expect_missing(
             lambda r=requirement, f=fresh: f.fit(_without(train, r)), requirement, "fit"

@@ -8,21 +8,16 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+from .datasets import DatasetSource, align_classes, split_spec
+from .files import check_new_or_owned_file
+from .registry import load_dataset
 
-from .backbones import (
-    ModelConfig,
-    build_transform,
-    create_backbone,
-    resolve_device,
-    save_checkpoint,
-)
-from .datasets import DatasetSource, load_dataset, split_spec
+if TYPE_CHECKING:
+    import torch
 
-__all__ = ["TrainConfig", "train_model", "train_transform"]
+__all__ = ["TrainConfig", "train_model", "train_transform", "check_checkpoint_out"]
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +60,9 @@ def train_transform(cfg: TrainConfig, data_cfg: dict[str, Any]):
     return T.Compose(steps)
 
 
-class _Augmented(torch.utils.data.Dataset):
+class _Augmented:
+    """A map-style dataset of augmented training images (torch's Dataset protocol)."""
+
     def __init__(self, source: DatasetSource, transform) -> None:
         self.source, self.transform = source, transform
 
@@ -74,6 +71,21 @@ class _Augmented(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         return self.transform(self.source.loader(i)), int(self.source.labels[i])
+
+
+def check_checkpoint_out(out: str | os.PathLike[str]) -> Path:
+    """Raise before any work unless ``out`` can take a checkpoint: not a folder, not an
+    existing file other than an oodlens checkpoint, in a writable folder."""
+    from .backbones import read_model_config
+
+    path = Path(out).expanduser()
+    owned = None
+    if path.is_file():
+        try:
+            owned = read_model_config(path) is not None
+        except ValueError:
+            owned = False
+    return check_new_or_owned_file(path, "Checkpoint file (--out)", owned)
 
 
 def train_model(
@@ -85,15 +97,33 @@ def train_model(
 ) -> tuple[Path, dict[str, Any]]:
     """Train ``cfg.model`` on ``cfg.data@train``, evaluate on ``@test``, save a checkpoint.
 
-    Returns the checkpoint path (``.safetensors`` with the :class:`ModelConfig` in its
-    metadata) and a summary (train/test accuracy, seconds, steps).
+    Returns the checkpoint path (safetensors, whatever the suffix, with the
+    :class:`ModelConfig` in its metadata) and a summary (train/test accuracy, seconds, steps).
+    Test classes are matched to training classes by name. ``out`` is checked before any work
+    (see :func:`check_checkpoint_out`): an existing file that is not an oodlens checkpoint is
+    never overwritten.
     """
+    import torch
+    from torch import nn
     from tqdm.auto import tqdm
 
+    from .backbones import (
+        ModelConfig,
+        build_transform,
+        check_model_name,
+        create_backbone,
+        resolve_device,
+        save_checkpoint,
+    )
+
+    out = check_checkpoint_out(out)
+    check_model_name(cfg.model)
     dev = resolve_device(device)
     torch.manual_seed(cfg.seed)
     train_src = load_dataset(split_spec(cfg.data, "train"))
-    test_src = load_dataset(split_spec(cfg.data, "test"))
+    test_src = align_classes(
+        load_dataset(split_spec(cfg.data, "test")), train_src.classes, "Test split"
+    )
     n_classes = len(train_src.classes)
     model, _ = create_backbone(cfg.model, num_classes=n_classes, pretrained=cfg.pretrained)
     eval_tf, data_cfg = build_transform(model, cfg.img_size)
@@ -161,8 +191,10 @@ def train_model(
 
 
 def _accuracy(
-    model: nn.Module, source: DatasetSource, transform, device: torch.device, batch_size: int
+    model: Any, source: DatasetSource, transform: Any, device: torch.device, batch_size: int
 ) -> float:
+    import torch
+
     correct = 0
     with torch.inference_mode():
         for start in range(0, len(source), batch_size):

@@ -1,26 +1,16 @@
-"""The built-in plugin: oodlens's own scorers, explainers and datasets, registered through the
-same hooks as any third-party plugin."""
+"""Built-in plugin: the embedded digits, synthetic noise and torchvision dataset kinds."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-from .hookspecs import hookimpl
-
-
-@hookimpl
-def register_scorers(register: Callable[..., Any]) -> None:
-    from ._logit_kde import LogitKDE
-    from .scorers import MSP, Energy, MaxLogit
-
-    for cls in (MSP, Energy, MaxLogit, LogitKDE):
-        register(cls)
+from ..hookspecs import hookimpl
 
 
 @hookimpl
 def register_datasets(register: Callable[..., Any]) -> None:
-    from . import datasets as d
+    from .. import datasets as d
 
     register(
         "digits",
@@ -37,10 +27,3 @@ def register_datasets(register: Callable[..., Any]) -> None:
         d.load_torchvision_source,
         "a torchvision dataset by name, e.g. torchvision:CIFAR10 (downloads)",
     )
-
-
-@hookimpl
-def register_explainers(register: Callable[..., Any]) -> None:
-    from .explainers import GradCAM
-
-    register(GradCAM)

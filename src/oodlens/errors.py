@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-__all__ = ["NotFittedError", "MissingOutputsError", "UnknownNameError", "PluginError"]
+__all__ = [
+    "NotFittedError",
+    "MissingOutputsError",
+    "UnknownNameError",
+    "PluginError",
+    "InvalidParameterError",
+]
 
 
 class NotFittedError(ValueError, AttributeError):
@@ -25,3 +31,10 @@ class UnknownNameError(KeyError):
 
 class PluginError(RuntimeError):
     """Raised when a plugin registers something invalid (e.g. a duplicate name)."""
+
+
+class InvalidParameterError(ValueError, TypeError):
+    """A hyperparameter of the wrong type or outside its valid range (as scikit-learn's).
+
+    Both a ``ValueError`` and a ``TypeError``, so callers catching either see it.
+    """

@@ -1,28 +1,35 @@
 """One registry for scorers, explainers and datasets, filled by pluggy plugins.
 
-Plugins are loaded lazily (on the first query) and once; built-in plugins go through the same
-hooks as third-party ones. A plugin that fails to import, or raises or registers something
-invalid in a hook, is recorded with its distribution name and skipped; the others load.
+Plugins are loaded lazily (on the first query) and once; each kind is collected on its own
+first query, so listing scorers never imports an explainer's torch. Built-in plugins go
+through the same hooks as third-party ones. A plugin that fails to import, or raises in a
+hook, is recorded with its distribution name and skipped; an invalid or colliding
+registration drops only that one object. The others load.
 """
 
 from __future__ import annotations
 
+import ast
 import difflib
 import fnmatch
 import importlib
 import inspect
 import threading
+import traceback
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 import pluggy
 
 from . import hookspecs
-from ._errors import PluginError, UnknownNameError
-from ._scorer import Scorer
+from .datasets import DatasetSource, load_folder_source, parse_spec
+from .errors import PluginError, UnknownNameError
+from .explainers.base import Explainer
+from .scorers.base import Scorer
 
 __all__ = [
     "Entry",
@@ -31,6 +38,12 @@ __all__ = [
     "PluginLoadWarning",
     "list_scorers",
     "create_scorer",
+    "create_scorer_from_spec",
+    "parse_scorer_spec",
+    "list_explainers",
+    "create_explainer",
+    "list_datasets",
+    "load_dataset",
     "get_entry",
     "list_entries",
     "plugin_report",
@@ -40,7 +53,11 @@ __all__ = [
 ]
 
 #: Built-in plugin modules, registered before the entry points (as llm's DEFAULT_PLUGINS).
-DEFAULT_PLUGINS: tuple[str, ...] = ("oodlens._builtin",)
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "oodlens.default_plugins.scorers",
+    "oodlens.default_plugins.explainers",
+    "oodlens.default_plugins.datasets",
+)
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
 KINDS = {
     "scorer": "register_scorers",
@@ -50,7 +67,11 @@ KINDS = {
 
 
 class PluginLoadWarning(RuntimeWarning):
-    """A plugin could not be loaded; the others were."""
+    """A plugin could not be loaded; the others were. ``failure`` holds the details."""
+
+    def __init__(self, message: str, failure: PluginFailure | None = None) -> None:
+        super().__init__(message)
+        self.failure = failure
 
 
 @dataclass(frozen=True)
@@ -74,6 +95,7 @@ class PluginFailure:
     distribution: str  #: distribution that provides it
     stage: str  #: "import", "validate" or the hook name
     error: str  #: the exception, as text
+    details: str = ""  #: the traceback (shown by ``oodlens --verbose``)
 
 
 @dataclass(frozen=True)
@@ -83,12 +105,6 @@ class PluginInfo:
     plugin: str  #: plugin name
     distribution: str  #: its distribution
     hooks: tuple[str, ...]  #: the hooks it implements
-
-
-def _explainer_base() -> type:
-    from .explainers import Explainer
-
-    return Explainer
 
 
 def _validate_class(kind: str, base: type, obj: Any) -> tuple[str, str, tuple[str, ...]]:
@@ -109,27 +125,36 @@ class Registry:
         self._pm: pluggy.PluginManager | None = None
         self._dists: dict[str, str] = {}
         self._load_failures: list[PluginFailure] = []
-        self._entries: dict[str, dict[str, Entry]] | None = None
-        self._hook_failures: list[PluginFailure] = []
+        self._entries: dict[str, dict[str, Entry]] = {}
+        self._hook_failures: dict[str, list[PluginFailure]] = {}
 
     def _add(self, pm: pluggy.PluginManager, plugin: object, name: str, dist: str) -> None:
         try:
             pm.register(plugin, name=name)
         except Exception as exc:  # pluggy.PluginValidationError, duplicate names, ...
-            self._fail(name, dist, "validate", exc, self._load_failures)
+            self._load_failures.append(self._fail(name, dist, "validate", exc))
             return
         self._dists[name] = dist
 
-    def _fail(self, plugin: str, dist: str, stage: str, exc: BaseException, into: list) -> None:
-        failure = PluginFailure(plugin, dist, stage, f"{type(exc).__name__}: {exc}")
-        into.append(failure)
-        warnings.warn(
-            f"oodlens plugin {plugin!r} from distribution {dist!r} failed at {stage}: "
-            f"{failure.error}. It was skipped; the other plugins work. Fix or uninstall it "
-            f"(pip uninstall {dist}).",
-            PluginLoadWarning,
-            stacklevel=3,
+    @staticmethod
+    def _fail(plugin: str, dist: str, stage: str, exc: BaseException) -> PluginFailure:
+        failure = PluginFailure(
+            plugin,
+            dist,
+            stage,
+            f"{type(exc).__name__}: {exc}".splitlines()[0],
+            "".join(traceback.format_exception(exc)),
         )
+        warnings.warn(
+            PluginLoadWarning(
+                f"oodlens plugin {plugin!r} from distribution {dist!r} failed at {stage}: "
+                f"{failure.error} (skipped; the rest works; 'oodlens plugins' shows details; "
+                f"fix or uninstall it: pip uninstall {dist})",
+                failure,
+            ),
+            stacklevel=4,
+        )
+        return failure
 
     def manager(self) -> pluggy.PluginManager:
         """The pluggy plugin manager, loading plugins on first use."""
@@ -147,7 +172,7 @@ class Registry:
                     try:
                         plugin = ep.load()
                     except Exception as exc:
-                        self._fail(name, dist, "import", exc, self._load_failures)
+                        self._load_failures.append(self._fail(name, dist, "import", exc))
                         continue
                     self._add(pm, plugin, name, dist)
                 self._pm = pm
@@ -162,7 +187,7 @@ class Registry:
             name = name or getattr(plugin, "__name__", None) or f"plugin-{id(plugin)}"
             pm.register(plugin, name=name)
             self._dists[name] = distribution
-            self._entries = None
+            self._entries, self._hook_failures = {}, {}
             return name
 
     def unregister_plugin(self, name: str) -> None:
@@ -173,64 +198,83 @@ class Registry:
                 raise UnknownNameError(f"No plugin named {name!r} is registered.")
             pm.unregister(name=name)
             self._dists.pop(name, None)
-            self._entries = None
+            self._entries, self._hook_failures = {}, {}
 
     def reload(self) -> None:
         """Forget everything and load the plugins again on the next query."""
         with self._lock:
-            self._pm, self._entries = None, None
-            self._dists, self._load_failures, self._hook_failures = {}, [], []
+            self._pm, self._entries, self._hook_failures = None, {}, {}
+            self._dists, self._load_failures = {}, []
 
-    def _collect(self) -> dict[str, dict[str, Entry]]:
+    def _collect(self, kind: str) -> dict[str, Entry]:
+        """Call one kind's hook on every plugin, one plugin at a time (failures isolated)."""
         with self._lock:
-            if self._entries is not None:
-                return self._entries
+            if kind in self._entries:
+                return self._entries[kind]
             pm = self.manager()
-            entries: dict[str, dict[str, Entry]] = {k: {} for k in KINDS}
+            hook = KINDS[kind]
+            entries: dict[str, Entry] = {}
             failures: list[PluginFailure] = []
             plugins = [(pm.get_name(p), p) for p in pm.get_plugins()]
             order = {n: i for i, n in enumerate(self._dists)}
             plugins.sort(key=lambda np_: order.get(np_[0], len(order)))
-            for kind, hook in KINDS.items():
-                for pname, plugin in plugins:
-                    others = [p for _, p in plugins if p is not plugin]
-                    dist = self._dists.get(pname, "(runtime)")
-                    staged: list[Entry] = []
-                    register = self._make_register(kind, staged, pname, dist)
-                    try:
-                        pm.subset_hook_caller(hook, remove_plugins=others)(register=register)
-                        for e in staged:
-                            if e.name in entries[kind]:
-                                prev = entries[kind][e.name]
-                                raise PluginError(
-                                    f"{kind} name {e.name!r} is already registered by "
-                                    f"{prev.distribution!r}"
-                                )
-                    except Exception as exc:
-                        self._fail(pname, dist, hook, exc, failures)
+            for pname, plugin in plugins:
+                others = [p for _, p in plugins if p is not plugin]
+                dist = self._dists.get(pname, "(runtime)")
+                staged: list[Entry] = []
+                rejected: list[tuple[str, BaseException]] = []
+                register = self._make_register(kind, staged, rejected, pname, dist)
+                try:
+                    pm.subset_hook_caller(hook, remove_plugins=others)(register=register)
+                except Exception as exc:
+                    failures.append(self._fail(pname, dist, hook, exc))
+                    continue
+                for what, exc in rejected:
+                    failures.append(self._fail(pname, dist, f"{hook} ({what})", exc))
+                for e in staged:
+                    if e.name in entries:
+                        prev = entries[e.name]
+                        exc = PluginError(
+                            f"{kind} name {e.name!r} is already registered by "
+                            f"{prev.distribution!r}; only this {kind} was skipped"
+                        )
+                        failures.append(self._fail(pname, dist, f"{hook} ({e.name})", exc))
                         continue
-                    for e in staged:
-                        entries[kind][e.name] = e
-            self._hook_failures = failures
-            self._entries = entries
+                    entries[e.name] = e
+            self._hook_failures[kind] = failures
+            self._entries[kind] = entries
             return entries
 
     @staticmethod
     def _make_register(
-        kind: str, staged: list[Entry], pname: str, dist: str
+        kind: str,
+        staged: list[Entry],
+        rejected: list[tuple[str, BaseException]],
+        pname: str,
+        dist: str,
     ) -> Callable[..., None]:
         def register(
             obj: Any, loader: Callable[..., Any] | None = None, description: str = ""
         ) -> None:
             if kind == "dataset":
                 if not isinstance(obj, str) or not obj or loader is None or not callable(loader):
-                    raise PluginError(
-                        "register() for datasets expects (name: str, loader, description)"
+                    rejected.append(
+                        (
+                            repr(obj),
+                            PluginError(
+                                "register() for datasets expects (name: str, loader, description)"
+                            ),
+                        )
                     )
+                    return
                 staged.append(Entry(kind, obj, loader, description, dist, pname))
                 return
-            base = Scorer if kind == "scorer" else _explainer_base()
-            name, desc, requires = _validate_class(kind, base, obj)
+            base = Scorer if kind == "scorer" else Explainer
+            try:
+                name, desc, requires = _validate_class(kind, base, obj)
+            except PluginError as exc:
+                rejected.append((getattr(obj, "__name__", repr(obj)), exc))
+                return
             staged.append(
                 Entry(kind, name, obj, desc, dist, pname, requires if kind == "scorer" else ())
             )
@@ -238,11 +282,14 @@ class Registry:
         return register
 
     def entries(self, kind: str) -> dict[str, Entry]:
-        return self._collect()[kind]
+        return self._collect(kind)
 
     def failures(self) -> list[PluginFailure]:
-        self._collect()
-        return list(self._load_failures) + list(self._hook_failures)
+        """Every load failure, after collecting every kind."""
+        for kind in KINDS:
+            self._collect(kind)
+        hooks = [f for kind in KINDS for f in self._hook_failures.get(kind, [])]
+        return list(self._load_failures) + hooks
 
     def plugins(self) -> list[PluginInfo]:
         pm = self.manager()
@@ -287,8 +334,11 @@ def _filter(names: Iterable[str], pattern: str | None) -> list[str]:
     return names if pattern is None else [n for n in names if fnmatch.fnmatchcase(n, pattern)]
 
 
-def check_params(kind: str, name: str, cls: type, params: dict[str, Any], skip: int = 0) -> None:
-    """Raise ``TypeError`` naming any parameter that ``cls.__init__`` does not accept."""
+def check_param_names(
+    kind: str, name: str, cls: type, params: dict[str, Any], skip: int = 0
+) -> None:
+    """Raise ``TypeError`` naming any parameter that ``cls.__init__`` does not accept
+    (``skip``: leading positional parameters after ``self`` that are not hyperparameters)."""
     sig = inspect.signature(cls.__init__)
     if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
         return
@@ -306,6 +356,8 @@ def check_params(kind: str, name: str, cls: type, params: dict[str, Any], skip: 
 def list_scorers(pattern: str | None = None) -> list[str]:
     """Names of the registered scorers, sorted; ``pattern`` is a shell-style filter.
 
+    Imports only what registering scorers needs (no torch for the built-ins).
+
     Example:
         >>> "msp" in list_scorers()
         True
@@ -318,14 +370,85 @@ def list_scorers(pattern: str | None = None) -> list[str]:
 def create_scorer(name: str, **params: Any) -> Scorer:
     """Create a registered scorer by name, e.g. ``create_scorer("msp", temperature=2.0)``.
 
+    Parameters are checked here, before any data is seen: their names against ``__init__``
+    and their values against the class's ``parameter_constraints``.
+
     Raises:
         UnknownNameError: no scorer has that name (the message lists valid names and close
             matches).
         TypeError: a parameter the scorer does not accept.
+        InvalidParameterError: a value of the wrong type or out of range.
     """
     entry = get_entry("scorer", name)
-    check_params("scorer", name, entry.obj, params)
-    return entry.obj(**params)
+    check_param_names("scorer", name, entry.obj, params)
+    scorer = entry.obj(**params)
+    scorer.check_params()
+    return scorer
+
+
+def parse_scorer_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"logit_kde:mode=class_conditional,top_k=2"`` -> ``("logit_kde", {...})``.
+
+    Values are Python literals where they parse (numbers, True/False/None), strings
+    otherwise.
+
+    Example:
+        >>> parse_scorer_spec("msp:temperature=2")
+        ('msp', {'temperature': 2})
+    """
+    name, _, rest = spec.partition(":")
+    params: dict[str, Any] = {}
+    for token in (t for t in rest.split(",") if t):
+        if "=" not in token:
+            raise ValueError(f"Scorer spec {spec!r}: expected key=value, got {token!r}.")
+        k, v = (s.strip() for s in token.split("=", 1))
+        if not k:
+            raise ValueError(f"Scorer spec {spec!r}: a parameter name is empty in {token!r}.")
+        try:
+            params[k] = ast.literal_eval(v)
+        except (ValueError, SyntaxError):
+            params[k] = v
+    if not name.strip():
+        raise ValueError(f"Scorer spec {spec!r} has no scorer name; write e.g. 'msp'.")
+    return name.strip(), params
+
+
+def create_scorer_from_spec(spec: str) -> Scorer:
+    """``create_scorer`` from a spec string such as ``"msp:temperature=2"``."""
+    name, params = parse_scorer_spec(spec)
+    return create_scorer(name, **params)
+
+
+def list_explainers(pattern: str | None = None) -> list[str]:
+    """Names of the registered explainers, sorted; ``pattern`` is a shell-style filter."""
+    return _filter(_REGISTRY.entries("explainer"), pattern)
+
+
+def create_explainer(name: str, model: Any, **params: Any) -> Explainer:
+    """Create a registered explainer for ``model``, e.g.
+    ``create_explainer("gradcam", model, layer="layer4")``; parameters are checked first."""
+    entry = get_entry("explainer", name)
+    check_param_names("explainer", name, entry.obj, params, skip=1)
+    entry.obj.check_params(params)
+    return entry.obj(model, **params)
+
+
+def list_datasets() -> list[str]:
+    """Registered dataset kinds (spec prefixes); a folder path is always accepted too."""
+    return sorted(_REGISTRY.entries("dataset"))
+
+
+def load_dataset(spec: str) -> DatasetSource:
+    """Resolve a spec string to a :class:`~oodlens.datasets.DatasetSource` (see
+    :mod:`oodlens.datasets` for the grammar): a registered kind, or a folder path."""
+    kinds = _REGISTRY.entries("dataset")
+    kind, arg, options, split = parse_spec(spec, tuple(kinds))
+    if not kind:
+        return load_folder_source(arg, split, spec)
+    if kind not in kinds and (Path(spec.rsplit("@", 1)[0]).exists() or len(kind) == 1):
+        return load_folder_source(spec.rsplit("@", 1)[0], split, spec)
+    entry = get_entry("dataset", kind)
+    return entry.obj(spec, arg, options, split)
 
 
 def plugin_report() -> tuple[list[PluginInfo], list[PluginFailure]]:

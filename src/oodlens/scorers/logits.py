@@ -1,12 +1,13 @@
-"""Built-in logit-based scorers. The maths lives in :mod:`oodlens.functional`."""
+"""The logit baselines (MSP, energy, max-logit); the maths lives in :mod:`oodlens.functional`."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from . import functional as F
-from ._outputs import Outputs
-from ._scorer import Scorer
+from .. import functional as F
+from ..outputs import Outputs
+from ..params import Interval
+from .base import Scorer
 
 __all__ = ["MSP", "Energy", "MaxLogit"]
 
@@ -28,6 +29,7 @@ class MSP(Scorer):
 
     name = "msp"
     description = "max softmax probability (Hendrycks & Gimpel 2017)"
+    parameter_constraints = {"temperature": [Interval(float, 0, None, closed="neither")]}
 
     def __init__(self, temperature: float = 1.0) -> None:
         self.temperature = temperature
@@ -47,6 +49,7 @@ class Energy(Scorer):
 
     name = "energy"
     description = "negative free energy T*logsumexp(z/T) (Liu et al. 2020)"
+    parameter_constraints = {"temperature": [Interval(float, 0, None, closed="neither")]}
 
     def __init__(self, temperature: float = 1.0) -> None:
         self.temperature = temperature

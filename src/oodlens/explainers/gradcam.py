@@ -1,4 +1,4 @@
-"""Explainers: saliency maps for a fixed model. The built-in one is Grad-CAM via captum."""
+"""Grad-CAM on any timm backbone via captum, with automatic target-layer choice (CNNs and ViTs)."""
 
 from __future__ import annotations
 
@@ -6,42 +6,19 @@ import difflib
 import logging
 from collections.abc import Sequence
 from contextlib import contextmanager
-from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = [
-    "Explainer",
-    "GradCAM",
-    "resolve_target_layer",
-    "attention_area",
-    "attention_area_mass",
-    "list_explainers",
-    "create_explainer",
-]
+from ..params import Interval, Options
+from .base import Explainer
+
+__all__ = ["GradCAM", "resolve_target_layer", "minmax_normalize"]
 
 Target = int | Sequence[int] | torch.Tensor | str | None
 
 log = logging.getLogger(__name__)
-
-
-class Explainer:
-    """Base class of explainers: constructed with what is fixed (the model, a layer,
-    options); one verb, :meth:`explain`.
-
-    Class attributes:
-        name: registry name (e.g. ``"gradcam"``).
-        description: one line for listings.
-    """
-
-    name: ClassVar[str] = ""
-    description: ClassVar[str] = ""
-
-    def explain(self, images: torch.Tensor, target: Target = None) -> torch.Tensor:
-        """(N, H, W) maps in [0, 1] for (N, C, H, W) ``images``."""
-        raise NotImplementedError
 
 
 def _candidates(model: nn.Module) -> list[str]:
@@ -183,6 +160,10 @@ class GradCAM(Explainer):
 
     name = "gradcam"
     description = "Grad-CAM via captum LayerGradCam (ReLU, bilinear upsampling, min-max)"
+    parameter_constraints = {
+        "upsample": [Options(("bilinear", "nearest", "bicubic"))],
+        "batch_size": [Interval(int, 1, None)],
+    }
 
     def __init__(
         self,
@@ -194,12 +175,7 @@ class GradCAM(Explainer):
         device: str | torch.device = "cpu",
         batch_size: int = 32,
     ) -> None:
-        if upsample not in ("bilinear", "nearest", "bicubic"):
-            raise ValueError(
-                f"upsample={upsample!r} is not valid; use 'bilinear', 'nearest' or 'bicubic'."
-            )
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        self.check_params({"upsample": upsample, "batch_size": batch_size})
         self.model = model.to(device)
         self.layer_name, self.layer = resolve_target_layer(model, layer)
         self.relu = relu
@@ -281,7 +257,7 @@ class GradCAM(Explainer):
                 logits_all.append(self._logits.float().cpu())
         cams = torch.cat(maps)
         self.last_logits = torch.cat(logits_all)
-        return _minmax(cams) if self.normalize else cams
+        return minmax_normalize(cams) if self.normalize else cams
 
     def _forward(self, inp: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
         """The model's logit of the target class, (N, 1); the predicted class when ``t`` is
@@ -308,7 +284,7 @@ class GradCAM(Explainer):
         return t
 
 
-def _minmax(cams: torch.Tensor) -> torch.Tensor:
+def minmax_normalize(cams: torch.Tensor) -> torch.Tensor:
     """Per-map min-max scaling to [0, 1]; a constant map (span below 1e-6 of its magnitude,
     e.g. all zeros or a 1x1 layer upsampled) becomes all zeros."""
     flat = cams.flatten(1)
@@ -318,72 +294,3 @@ def _minmax(cams: torch.Tensor) -> torch.Tensor:
     ok = span > 1e-6 * torch.maximum(hi.abs(), lo.abs())
     safe = torch.where(ok, span, torch.ones_like(span))
     return torch.where(ok, (flat - lo) / safe, torch.zeros_like(flat)).view_as(cams)
-
-
-def _as_maps(cams: Any) -> np.ndarray:
-    arr = cams.detach().cpu().numpy() if isinstance(cams, torch.Tensor) else np.asarray(cams)
-    if arr.ndim == 2:
-        arr = arr[None]
-    if arr.ndim != 3:
-        raise ValueError(f"cams must be (N, H, W) or (H, W), got shape {arr.shape}.")
-    if not np.isfinite(arr).all():
-        raise ValueError("cams contain NaN or inf.")
-    return arr.astype(np.float64, copy=False)
-
-
-def attention_area(cams: Any, threshold: float = 0.5) -> np.ndarray:
-    """Share of pixels with a (min-max normalised) CAM value at or above ``threshold``.
-
-    Args:
-        cams: (N, H, W) or (H, W) maps in [0, 1], tensor or array.
-        threshold: in [0, 1] (default 0.5).
-
-    Returns:
-        (N,) fractions in [0, 1]. An all-zero map has area 0 for any threshold > 0.
-    """
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be in [0, 1], got {threshold!r}.")
-    maps = _as_maps(cams)
-    return (maps >= threshold).reshape(len(maps), -1).mean(axis=1)
-
-
-def attention_area_mass(cams: Any, mass: float = 0.5) -> np.ndarray:
-    """Smallest share of pixels that together hold ``mass`` of the map's total (non-negative)
-    CAM mass: an attention area that does not depend on min-max scaling.
-
-    Args:
-        cams: (N, H, W) or (H, W) non-negative maps, tensor or array (any scale).
-        mass: share of the total mass in (0, 1] (default 0.5).
-
-    Returns:
-        (N,) fractions in [0, 1]; 0 for an all-zero map (no mass to hold).
-    """
-    if not 0.0 < mass <= 1.0:
-        raise ValueError(f"mass must be in (0, 1], got {mass!r}.")
-    maps = _as_maps(cams)
-    if (maps < 0).any():
-        raise ValueError("attention_area_mass needs non-negative maps (Grad-CAM with relu=True).")
-    flat = -np.sort(-maps.reshape(len(maps), -1), axis=1)
-    total = flat.sum(axis=1)
-    cum = np.cumsum(flat, axis=1)
-    k = (cum < mass * total[:, None] * (1 - 1e-12)).sum(axis=1) + 1
-    return np.where(total > 0, k / flat.shape[1], 0.0)
-
-
-def list_explainers(pattern: str | None = None) -> list[str]:
-    """Names of the registered explainers."""
-    import fnmatch
-
-    from ._registry import list_entries
-
-    names = [e.name for e in list_entries("explainer")]
-    return names if pattern is None else [n for n in names if fnmatch.fnmatchcase(n, pattern)]
-
-
-def create_explainer(name: str, model: nn.Module, **params: Any) -> Explainer:
-    """Create a registered explainer, e.g. ``create_explainer("gradcam", model, layer="layer4")``."""
-    from ._registry import check_params, get_entry
-
-    entry = get_entry("explainer", name)
-    check_params("explainer", name, entry.obj, params, skip=1)
-    return entry.obj(model, **params)

@@ -1,17 +1,16 @@
-"""The logit-KDE scorer: density of a sample's logits under the training set's logits."""
+"""The logit-KDE scorer (the flagship): density of a sample's logits under the training set's logits."""
 
 from __future__ import annotations
 
 import logging
-import numbers
 
 import numpy as np
 
-from . import _kde
-from ._arrays import iter_row_chunks, rows_per_chunk
-from ._errors import MissingOutputsError
-from ._outputs import Outputs
-from ._scorer import Scorer
+from ..arrays import iter_row_chunks, rows_per_chunk
+from ..outputs import Outputs
+from ..params import Interval, Options
+from . import kde as _kde
+from .base import Scorer
 
 __all__ = ["LogitKDE"]
 
@@ -118,6 +117,15 @@ class LogitKDE(Scorer):
     name = "logit_kde"
     description = "Gaussian KDE of the training logits: average marginal density or per class"
     requires = frozenset({"logits"})
+    parameter_constraints = {
+        "mode": [Options(_MODES)],
+        "bandwidth": [Options(_RULES), Interval(float, 0, None, closed="neither")],
+        "method": [Options(_METHODS)],
+        "top_k": [Interval(int, 1, None)],
+        "grid_resolution": [Interval(int, 4, None)],
+        "on_small_class": [Options(("raise", "zero"))],
+        "random_state": [Interval(int, 0, None)],
+    }
 
     def __init__(
         self,
@@ -137,36 +145,11 @@ class LogitKDE(Scorer):
         self.on_small_class = on_small_class
         self.random_state = random_state
 
-    def _check_params(self, n_classes: int) -> None:
-        for param, valid in (
-            ("mode", _MODES),
-            ("method", _METHODS),
-            ("on_small_class", ("raise", "zero")),
-        ):
-            if getattr(self, param) not in valid:
-                raise ValueError(
-                    f"LogitKDE: {param}={getattr(self, param)!r} is not valid; use one of {valid}."
-                )
-        bw = self.bandwidth
-        if isinstance(bw, str):
-            if bw not in _RULES:
-                raise ValueError(
-                    f"LogitKDE: bandwidth={bw!r} is not valid; use one of {_RULES} or a float > 0."
-                )
-        elif not (
-            isinstance(bw, numbers.Real) and not isinstance(bw, bool) and np.isfinite(bw) and bw > 0
-        ):
-            raise ValueError(
-                f"LogitKDE: bandwidth={bw!r} is not valid; use one of {_RULES} or a float > 0."
-            )
-        if not (isinstance(self.top_k, numbers.Integral) and 1 <= self.top_k <= n_classes):
-            raise ValueError(
-                f"LogitKDE: top_k={self.top_k!r} must be an integer in [1, {n_classes}]."
-            )
-        if not (isinstance(self.grid_resolution, numbers.Integral) and self.grid_resolution >= 4):
-            raise ValueError(
-                f"LogitKDE: grid_resolution={self.grid_resolution!r} must be an integer >= 4."
-            )
+    def requirements(self) -> frozenset[str]:
+        """Logits; the class-conditional mode also needs training labels."""
+        if self.mode == "class_conditional":
+            return frozenset({"logits", "labels"})
+        return frozenset({"logits"})
 
     def _factor(self, n: int, d: int, sample: np.ndarray | None, rng: np.random.Generator) -> float:
         if self.bandwidth == "cv":
@@ -177,16 +160,15 @@ class LogitKDE(Scorer):
 
     # ------------------------------------------------------------------ fitting
     def _fit(self, train: Outputs) -> None:
-        self._check_params(train.n_classes)
+        if self.top_k > train.n_classes:
+            raise ValueError(
+                f"LogitKDE: top_k={self.top_k!r} must be an integer in [1, {train.n_classes}] "
+                f"(the number of classes)."
+            )
         rng = np.random.default_rng(self.random_state)
         if self.mode == "marginal":
             self._fit_marginal(train.logits, rng)
         else:
-            if train.labels is None:
-                raise MissingOutputsError(
-                    "LogitKDE(mode='class_conditional') requires 'labels' of the training "
-                    "outputs to group rows by class; pass labels=... to oodlens.Outputs."
-                )
             self._fit_class_conditional(train, rng)
 
     def _fit_marginal(self, logits: np.ndarray, rng: np.random.Generator) -> None:

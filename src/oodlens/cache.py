@@ -1,4 +1,5 @@
-"""On-disk cache of extracted :class:`Outputs`, keyed by everything that determines them."""
+"""One on-disk cache for extracted :class:`Outputs` and trained checkpoints, each keyed by
+everything that determines it."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ._outputs import Outputs
+from .files import check_writable_dir
+from .outputs import Outputs
 
-__all__ = ["default_cache_dir", "file_sha256", "OutputsCache", "EXTRACTION_VERSION"]
+__all__ = ["default_cache_dir", "file_sha256", "Cache", "EXTRACTION_VERSION"]
 
 log = logging.getLogger(__name__)
 
-#: Bump when extraction changes what it produces for the same inputs.
+#: Bump when extraction or training changes what it produces for the same inputs.
 EXTRACTION_VERSION = 1
 
 
@@ -37,11 +39,15 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-class OutputsCache:
-    """A folder of ``<key>.npz`` files. Writes are atomic (temp file + rename).
+class Cache:
+    """A folder with ``outputs/<key>.npz`` and ``checkpoints/<model>-<key>.safetensors``.
+
+    Writes are atomic (temp file + rename). Keys hash a JSON description of everything that
+    determines the entry (for outputs: model, weights hash, dataset fingerprint, transform;
+    for checkpoints: the training config and the fingerprints of its data).
 
     Args:
-        directory: cache folder (created on first write).
+        directory: cache folder (created on first write; default :func:`default_cache_dir`).
         enabled: ``False`` makes every lookup a miss and stores nothing (``--no-cache``).
     """
 
@@ -51,22 +57,27 @@ class OutputsCache:
         self.directory = Path(directory) if directory is not None else default_cache_dir()
         self.enabled = enabled
 
+    def check_writable(self) -> None:
+        """Raise ``OSError`` naming the folder if the cache is on and cannot be written."""
+        if self.enabled:
+            check_writable_dir(self.directory, "Cache folder (--cache-dir)")
+
     @staticmethod
     def key(parts: dict[str, Any]) -> str:
-        """Stable hash of a JSON-able description of the extraction."""
+        """Stable hash of a JSON-able description of an entry."""
         blob = json.dumps(
             {**parts, "extraction_version": EXTRACTION_VERSION}, sort_keys=True, default=str
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
-    def path(self, key: str) -> Path:
+    def outputs_path(self, key: str) -> Path:
         return self.directory / "outputs" / f"{key}.npz"
 
-    def get(self, key: str) -> Outputs | None:
+    def get_outputs(self, key: str) -> Outputs | None:
         """The cached outputs, or ``None`` (a miss, or an unreadable entry, which is removed)."""
         if not self.enabled:
             return None
-        path = self.path(key)
+        path = self.outputs_path(key)
         if not path.exists():
             return None
         try:
@@ -76,7 +87,11 @@ class OutputsCache:
             path.unlink(missing_ok=True)
             return None
 
-    def put(self, key: str, outputs: Outputs) -> Path | None:
+    def put_outputs(self, key: str, outputs: Outputs) -> Path | None:
         if not self.enabled:
             return None
-        return outputs.save(self.path(key))
+        return outputs.save(self.outputs_path(key))
+
+    def checkpoint_path(self, key: str, model: str) -> Path:
+        """Where the checkpoint of a model trained with this key lives (or will)."""
+        return self.directory / "checkpoints" / f"{model}-{key}.safetensors"

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
-from ._errors import MissingOutputsError, NotFittedError
-from ._outputs import Outputs
+from ..errors import MissingOutputsError, NotFittedError
+from ..outputs import Outputs
+from ..params import Constraint, validate_params
 
-__all__ = ["Scorer", "REQUIREMENTS"]
+__all__ = ["Scorer", "REQUIREMENTS", "check_requirements"]
 
 #: What a scorer may require from :class:`Outputs`, and the fields each name stands for.
 REQUIREMENTS: dict[str, tuple[str, ...]] = {
@@ -48,24 +50,45 @@ class Scorer:
 
     Class attributes:
         name: registry name (e.g. ``"msp"``).
-        requires: what the scorer reads from :class:`Outputs`: a subset of ``"logits"``,
-            ``"features"``, ``"head"`` and ``"labels"``. ``fit`` and ``score`` check it; labels
-            are required only when fitting.
+        requires: what the scorer reads from :class:`Outputs` with its default parameters: a
+            subset of ``"logits"``, ``"features"``, ``"head"`` and ``"labels"``. When it
+            depends on the parameters, override :meth:`requirements` (per instance). ``fit``
+            and ``score`` check it; labels are required only when fitting.
+        parameter_constraints: ``{parameter: [Interval(...), Options(...), None, ...]}``
+            (see :mod:`oodlens.params`), checked by :meth:`check_params` when the scorer is
+            created through :func:`oodlens.create_scorer` and again at ``fit``, so a bad
+            value fails before any model runs.
         description: one line for ``oodlens scorers``.
     """
 
     name: ClassVar[str] = ""
     requires: ClassVar[frozenset[str]] = frozenset({"logits"})
+    parameter_constraints: ClassVar[Mapping[str, Sequence[Constraint | None]]] = {}
     description: ClassVar[str] = ""
+
+    def requirements(self) -> frozenset[str]:
+        """What this instance reads from :class:`Outputs` (default: the class's ``requires``)."""
+        return frozenset(self.requires)
+
+    def check_params(self) -> None:
+        """Validate the hyperparameters against ``parameter_constraints``.
+
+        Raises:
+            InvalidParameterError: naming the parameter, its value and the valid range.
+        """
+        validate_params(type(self).__name__, self.get_params(), self.parameter_constraints)
 
     def fit(self, train: Outputs) -> Scorer:
         """Fit on the classifier's outputs on its (in-distribution) training data.
 
         Never fit on OOD data. Returns ``self``.
         """
-        check_requirements(f"Scorer {self.name!r}", self.requires, train)
+        self.check_params()
+        requires = self.requirements()
+        check_requirements(f"Scorer {self.name!r}", requires, train)
         self._fit(train)
         self.n_classes_ = train.n_classes
+        self.n_features_in_ = train.features.shape[1] if "features" in requires else None
         return self
 
     def score(self, outputs: Outputs) -> np.ndarray:
@@ -75,17 +98,30 @@ class Scorer:
                 f"This {type(self).__name__} instance is not fitted yet. Call 'fit' with "
                 "appropriate arguments before using this scorer."
             )
-        check_requirements(f"Scorer {self.name!r}", self.requires - {"labels"}, outputs)
+        check_requirements(f"Scorer {self.name!r}", self.requirements() - {"labels"}, outputs)
         if outputs.n_classes != self.n_classes_:
             raise ValueError(
                 f"Scorer {self.name!r} was fitted on {self.n_classes_} classes but these "
                 f"Outputs have {outputs.n_classes} logit columns; use outputs of the same model."
+            )
+        dim = vars(self).get("n_features_in_")
+        if dim is not None and outputs.features.shape[1] != dim:
+            raise ValueError(
+                f"Scorer {self.name!r} was fitted on {dim} features but these Outputs have "
+                f"{outputs.features.shape[1]}; use outputs of the same model."
             )
         scores = np.asarray(self._score(outputs), dtype=np.float64)
         if scores.shape != (outputs.n_samples,):
             raise RuntimeError(
                 f"Scorer {self.name!r} returned shape {scores.shape}, expected "
                 f"({outputs.n_samples},); this is a bug in the scorer."
+            )
+        bad = ~np.isfinite(scores)
+        if bad.any():
+            raise RuntimeError(
+                f"Scorer {self.name!r} returned {int(bad.sum())} NaN or inf score(s) of "
+                f"{scores.size} (first at row {int(np.argmax(bad))}); a scorer must return "
+                "finite scores. This is a bug in the scorer (or its parameters)."
             )
         return scores
 
@@ -99,7 +135,11 @@ class Scorer:
     def param_names(cls) -> list[str]:
         """The hyperparameters accepted by ``__init__``."""
         sig = inspect.signature(cls.__init__)
-        return [p for p in sig.parameters if p != "self"]
+        return [
+            name
+            for name, p in sig.parameters.items()
+            if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        ]
 
     def get_params(self) -> dict[str, Any]:
         """Hyperparameters as passed to ``__init__``."""

@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from ._arrays import iter_row_chunks, rows_per_chunk
+from .arrays import iter_row_chunks, rows_per_chunk
+from .files import atomic_path
 
 __all__ = ["Outputs"]
 
@@ -101,6 +102,11 @@ class Outputs:
                 raise ValueError(
                     f"Outputs.labels must have shape ({n},) to match logits, got {labels.shape}."
                 )
+            if labels.dtype.kind == "u" and labels.size and labels.max() > np.iinfo(np.int64).max:
+                raise ValueError(
+                    f"Outputs.labels has a value ({labels.max()}) too large for int64; class "
+                    "labels must be small non-negative integers (or -1 for unknown)."
+                )
             if labels.dtype.kind not in "iu":
                 if labels.dtype.kind == "f" and np.all(np.isfinite(labels)):
                     if not np.array_equal(labels, np.round(labels)):
@@ -169,11 +175,22 @@ class Outputs:
         return self.head_weight is not None
 
     def correct(self) -> np.ndarray:
-        """(N,) bool: prediction equals label. Raises if labels are missing."""
+        """(N,) bool: prediction equals label.
+
+        Raises ``ValueError`` if labels are missing or unknown (-1), or name a class the
+        model does not have (a label >= C could never be predicted, so counting it as an
+        error would be wrong: map the dataset's class names to the model's first).
+        """
         if self.labels is None or np.any(self.labels < 0):
             raise ValueError(
                 "These Outputs have no (or unknown) labels, so correctness is undefined; "
                 "pass labels=... when building them."
+            )
+        if self.labels.size and self.labels.max() >= self.n_classes:
+            raise ValueError(
+                f"Outputs.labels go up to {self.labels.max()} but the model has "
+                f"{self.n_classes} classes, so correctness is undefined; map the dataset's "
+                "classes to the model's by name first."
             )
         return self.predictions == self.labels
 
@@ -205,16 +222,10 @@ class Outputs:
             arrays[f.name] = np.asarray(value)
         meta = {"format_version": _FORMAT_VERSION, "class_names": self.class_names}
         arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, **arrays)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
         return path
 
     @classmethod

@@ -1,0 +1,231 @@
+"""Benchmark configuration: OOD sets, the frozen :class:`BenchmarkConfig`, config files."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..registry import list_scorers
+from ..train import TrainConfig
+
+__all__ = [
+    "GROUPS",
+    "OODSet",
+    "BenchmarkConfig",
+    "load_config",
+    "expand_scorers",
+    "parse_ood_spec",
+]
+
+#: OOD groups: near and far are averaged into their own rows; covariate and other are
+#: reported per set only.
+GROUPS = ("near", "far", "covariate", "other")
+
+
+@dataclass(frozen=True)
+class OODSet:
+    """One OOD dataset of a benchmark."""
+
+    name: str  #: row label in the tables
+    spec: str  #: dataset spec (see oodlens.datasets)
+    group: str = "far"  #: "near", "far", "covariate" (reported, not averaged) or "other"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ValueError(f"An OOD set needs a non-empty name (spec {self.spec!r}).")
+        if not isinstance(self.spec, str) or not self.spec.strip():
+            raise ValueError(f"OOD set {self.name!r} needs a non-empty dataset spec.")
+        if self.group not in GROUPS:
+            raise ValueError(f"OOD set {self.name!r}: group {self.group!r} is not one of {GROUPS}.")
+
+
+def parse_ood_spec(text: str) -> OODSet:
+    """An OOD set from ``[GROUP:]NAME=SPEC`` or ``GROUP=SPEC`` (name from the spec's folder).
+
+    Example:
+        >>> parse_ood_spec("near:cifar100=data/cifar100")
+        OODSet(name='cifar100', spec='data/cifar100', group='near')
+    """
+    usage = f"write NAME=SPEC, GROUP=SPEC or GROUP:NAME=SPEC (GROUP: {', '.join(GROUPS)})"
+    lhs, sep, spec = text.partition("=")
+    if not sep or not spec.strip() or not lhs.strip():
+        raise ValueError(f"--ood {text!r}: {usage}.")
+    if lhs in GROUPS:
+        base = spec.rsplit("@", 1)[0].rstrip("/")
+        name = Path(base).name if ("/" in base or Path(base).exists()) else base
+        return OODSet(name, spec, lhs)
+    group, colon, name = lhs.partition(":")
+    if colon:
+        if group not in GROUPS:
+            raise ValueError(f"--ood {text!r}: group {group!r} is not one of {', '.join(GROUPS)}.")
+        if not name.strip():
+            raise ValueError(f"--ood {text!r}: the name after {group + ':'!r} is empty; {usage}.")
+        return OODSet(name, spec, group)
+    return OODSet(lhs, spec, "far")
+
+
+def _tuple_of(name: str, value: Any, kind: type) -> tuple:
+    items = (value,) if isinstance(value, str | int) else value
+    if not isinstance(items, Sequence) or isinstance(items, str):
+        raise TypeError(f"BenchmarkConfig.{name} must be a list of {kind.__name__}, got {value!r}.")
+    items = tuple(items)
+    bad = [v for v in items if not isinstance(v, kind) or isinstance(v, bool)]
+    if bad:
+        raise TypeError(f"BenchmarkConfig.{name} must hold {kind.__name__} values, got {bad[:3]}.")
+    return items
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """Everything a benchmark run depends on; loadable from YAML or TOML (:func:`load_config`).
+
+    The defaults are the embedded demo: resnet18 at 32 px trained from scratch on digits 0-4,
+    OOD = digits 5-9 (near) and Gaussian noise (far), every installed scorer.
+    """
+
+    id: str = "digits:0-4"  #: ID dataset spec: ``@train`` fits the scorers, ``@test`` is scored
+    ood: tuple[OODSet, ...] = (
+        OODSet("digits5-9", "digits:5-9", "near"),
+        OODSet("noise", "noise:gaussian,n=500,size=32", "far"),
+    )  #: OOD sets, never used for fitting
+    models: tuple[str, ...] = ("resnet18",)  #: timm model names
+    #: one checkpoint per model; empty: train here (or pretrained)
+    checkpoints: tuple[str, ...] = ()
+    pretrained: bool = False  #: use timm's pretrained weights with their own head (internet)
+    seeds: tuple[int, ...] = (0,)  #: training seeds (models trained here only)
+    #: TrainConfig overrides for models trained here
+    train: Mapping[str, Any] = field(default_factory=lambda: {"epochs": 10, "hflip": False})
+    #: "name" or "name:key=value,..."; "all" (or an empty list) = every installed scorer
+    scorers: tuple[str, ...] = ("all", "logit_kde:mode=class_conditional")
+    img_size: int | None = 32  #: input size (None: the model's default)
+    device: str = "cpu"  #: "cpu", "cuda", "mps" or "auto"
+    batch_size: int = 256  #: extraction batch size
+    num_workers: int = 0  #: DataLoader workers
+    cache_dir: str | None = None  #: default: $OODLENS_CACHE_DIR or ~/.cache/oodlens
+    use_cache: bool = True  #: False: extract (and train) again, store nothing
+    threshold: float | None = None  #: an extra fixed operating threshold (e.g. density 0.04)
+    id_acceptance: float = 0.95  #: operating threshold: accept this share of ID test
+    skip_corrupt: bool = False  #: skip unreadable images (listed in results) instead of failing
+    attention: bool = False  #: also measure Grad-CAM attention areas (see oodlens.diagnose)
+    attention_scorer: str | None = None  #: whose threshold splits ID errors (default logit_kde)
+    attention_samples: int = 200  #: images explained per set (every ID error is kept)
+    attention_layer: str | None = None  #: Grad-CAM layer (default: automatic, see GradCAM)
+
+    def __post_init__(self) -> None:
+        ood = tuple(
+            o if isinstance(o, OODSet) else OODSet(**o) if isinstance(o, Mapping) else o
+            for o in self.ood
+        )
+        bad = [o for o in ood if not isinstance(o, OODSet)]
+        if bad:
+            raise TypeError(
+                f"BenchmarkConfig.ood entries must be OOD sets (name, spec, group), got {bad[:2]}."
+            )
+        object.__setattr__(self, "ood", ood)
+        for name, kind in (("models", str), ("checkpoints", str), ("seeds", int), ("scorers", str)):
+            object.__setattr__(self, name, _tuple_of(name, getattr(self, name), kind))
+        if not isinstance(self.id, str) or not self.id.strip():
+            raise ValueError(f"BenchmarkConfig.id must be a dataset spec, got {self.id!r}.")
+        if not self.models:
+            raise ValueError("BenchmarkConfig.models is empty; name at least one timm model.")
+        if self.checkpoints and len(self.checkpoints) != len(self.models):
+            raise ValueError(
+                f"Give one checkpoint per model: {len(self.models)} model(s), "
+                f"{len(self.checkpoints)} checkpoint(s)."
+            )
+        if not self.ood:
+            raise ValueError("BenchmarkConfig.ood is empty; add at least one OOD set.")
+        names = [o.name for o in self.ood]
+        if len(set(names)) != len(names) or {"near", "far", "mean"} & set(names):
+            raise ValueError(
+                f"OOD set names must be unique and not 'near', 'far' or 'mean': {names}."
+            )
+        if not self.seeds:
+            raise ValueError("BenchmarkConfig.seeds is empty.")
+        if not 0.0 < self.id_acceptance <= 1.0:
+            raise ValueError(f"id_acceptance must be in (0, 1], got {self.id_acceptance!r}.")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}.")
+        if not isinstance(self.train, Mapping):
+            raise TypeError(f"BenchmarkConfig.train must be a mapping, got {self.train!r}.")
+        valid = [f.name for f in dataclasses.fields(TrainConfig)]
+        unknown = set(self.train) - set(valid)
+        if unknown:
+            raise ValueError(f"Unknown training option(s) {sorted(unknown)}; valid: {valid}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["train"] = dict(self.train)
+        return d
+
+
+def load_config(
+    path: str | os.PathLike[str], data_root: str | os.PathLike[str] | None = None
+) -> BenchmarkConfig:
+    """Read a :class:`BenchmarkConfig` from ``.yaml``/``.yml`` or ``.toml``.
+
+    ``{data_root}`` in the file is replaced by ``data_root`` (or ``$OODLENS_DATA_ROOT``), so a
+    config can point at any copy of its data. Syntax errors and bad values are reported with
+    the file name (and line, for syntax errors).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Config file {str(path)!r} does not exist.")
+    text = path.read_text()
+    if "{data_root}" in text:
+        root = data_root if data_root is not None else os.environ.get("OODLENS_DATA_ROOT")
+        if root is None:
+            raise ValueError(
+                f"Config {str(path)!r} uses {{data_root}}: pass --data-root DIR (or set "
+                "OODLENS_DATA_ROOT)."
+            )
+        if not Path(root).is_dir():
+            raise FileNotFoundError(f"Data root {str(root)!r} does not exist.")
+        text = text.replace("{data_root}", str(Path(root).resolve()))
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            where = getattr(exc, "problem_mark", None)
+            at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ValueError(f"Config {str(path)!r} is not valid YAML{at}: {problem}.") from None
+    elif path.suffix == ".toml":
+        import tomllib
+
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"Config {str(path)!r} is not valid TOML: {exc}.") from None
+    else:
+        raise ValueError(f"Config {str(path)!r}: use a .yaml, .yml or .toml file.")
+    if not isinstance(data, dict):
+        raise ValueError(f"Config {str(path)!r} must hold a mapping of options.")
+    data = data.get("benchmark", data)
+    valid = {f.name for f in dataclasses.fields(BenchmarkConfig)}
+    unknown = set(data) - valid
+    if unknown:
+        raise ValueError(
+            f"Config {str(path)!r}: unknown option(s) {sorted(unknown)}; valid: {sorted(valid)}."
+        )
+    try:
+        return BenchmarkConfig(**data)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"Config {str(path)!r}: {exc}") from None
+
+
+def expand_scorers(specs: Sequence[str]) -> list[str]:
+    """Scorer specs with ``"all"`` (or nothing) replaced by every installed scorer, in order,
+    without duplicates."""
+    out: list[str] = []
+    for spec in specs or ("all",):
+        for s in list_scorers() if spec == "all" else [spec]:
+            if s not in out:
+                out.append(s)
+    return out

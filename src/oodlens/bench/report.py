@@ -1,0 +1,161 @@
+"""Tables of a benchmark summary: Markdown, LaTeX and the display format they share."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..metrics import HIGHER_IS_BETTER
+
+__all__ = [
+    "format_table",
+    "to_markdown",
+    "to_latex",
+    "json_safe",
+    "DEFAULT_COLUMNS",
+    "TERMINAL_COLUMNS",
+    "FORMATS",
+]
+
+#: Columns shown in the terminal and the Markdown / LaTeX tables.
+DEFAULT_COLUMNS = (
+    "auroc",
+    "fpr95",
+    "fpr95_ood_recall",
+    "aupr_in",
+    "aupr_out",
+    "id_accuracy",
+    "aurc",
+    "ood_rejected",
+    "open_set_risk",
+)
+#: Columns printed in the terminal by ``oodlens bench``.
+TERMINAL_COLUMNS = (
+    "auroc",
+    "fpr95",
+    "aupr_in",
+    "aupr_out",
+    "id_accuracy",
+    "aurc",
+    "ood_rejected",
+)
+#: Table formats ``--format`` accepts (results.json is always written).
+FORMATS = ("md", "csv", "json", "tex")
+
+
+def _cell(mean: float, std: float, n: int, pct: bool) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "n/a"
+    scale = 100.0 if pct else 1.0
+    text = f"{mean * scale:.2f}" if pct else f"{mean:.4f}"
+    if n > 1:
+        text += f" ± {std * scale:.2f}" if pct else f" ± {std:.4f}"
+    return text
+
+
+def _best_mask(summary: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """True where a value is the best of its column within the same (backbone, ood) block."""
+    mask = pd.DataFrame(False, index=summary.index, columns=list(columns))
+    for _, block in summary.groupby(["backbone", "ood"], sort=False):
+        for col in columns:
+            vals = block[col].astype(float)
+            if vals.notna().sum() < 2:
+                continue
+            best = vals.max() if HIGHER_IS_BETTER.get(col, True) else vals.min()
+            mask.loc[block.index[np.isclose(vals, best, rtol=0, atol=1e-12)], col] = True
+    return mask
+
+
+def format_table(
+    summary: pd.DataFrame, columns: Sequence[str] = DEFAULT_COLUMNS, bold: str = "**{}**"
+) -> pd.DataFrame:
+    """Display table: metric cells as percentages (AURC x100 too), ``mean ± std`` over seeds,
+    the best value of each column within a (backbone, OOD set) block wrapped in ``bold``."""
+    columns = [c for c in columns if c in summary]
+    best = _best_mask(summary, columns)
+    out = summary[["backbone", "scorer", "ood"]].copy()
+    for col in columns:
+        std_col = summary.get(f"{col}_std", pd.Series(0.0, index=summary.index))
+        cells = [
+            _cell(m, s, n, pct=True)
+            for m, s, n in zip(summary[col], std_col, summary["n_seeds"], strict=True)
+        ]
+        out[col] = [bold.format(c) if b else c for c, b in zip(cells, best[col], strict=True)]
+    return out
+
+
+def to_markdown(summary: pd.DataFrame, columns: Sequence[str] = DEFAULT_COLUMNS) -> str:
+    """GitHub Markdown table; values in percent, best per column in bold."""
+    t = format_table(summary, columns)
+    head = "| " + " | ".join(t.columns) + " |"
+    sep = (
+        "| "
+        + " | ".join("---" if c in ("backbone", "scorer", "ood") else "---:" for c in t.columns)
+        + " |"
+    )
+    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in t.itertuples(index=False)]
+    return "\n".join([head, sep, *body]) + "\n"
+
+
+def _tex_escape(text: str) -> str:
+    for a, b in (
+        ("\\", r"\textbackslash{}"),
+        ("_", r"\_"),
+        ("%", r"\%"),
+        ("&", r"\&"),
+        ("#", r"\#"),
+        ("$", r"\$"),
+        ("{", r"\{"),
+        ("}", r"\}"),
+    ):
+        text = text.replace(a, b)
+    return text.replace(r"\textbackslash\{\}", r"\textbackslash{}")
+
+
+def to_latex(
+    summary: pd.DataFrame,
+    columns: Sequence[str] = DEFAULT_COLUMNS,
+    caption: str = "OOD detection results (\\%).",
+) -> str:
+    """A booktabs ``table`` with a ``tabular``; best per column in ``\\textbf``; mean $\\pm$ std."""
+    t = format_table(summary, columns, bold="\\textbf{{{}}}")
+    cols = list(t.columns)
+    lines = [
+        "\\begin{table}[t]",
+        "\\centering",
+        f"\\caption{{{caption}}}",
+        "\\begin{tabular}{" + "lll" + "r" * (len(cols) - 3) + "}",
+        "\\toprule",
+        " & ".join(_tex_escape(c) for c in cols) + " \\\\",
+        "\\midrule",
+    ]
+    prev = None
+    for row in t.itertuples(index=False):
+        key = (row[0], row[2])
+        if prev is not None and key != prev:
+            lines.append("\\midrule")
+        prev = key
+        cells = [
+            _tex_escape(str(v)) if i < 3 else str(v).replace("±", "$\\pm$")
+            for i, v in enumerate(row)
+        ]
+        lines.append(" & ".join(cells) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with non-finite floats as ``None`` and numpy scalars as Python values."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return json_safe(obj.item())
+    return obj

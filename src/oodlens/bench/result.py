@@ -1,0 +1,178 @@
+"""What a benchmark run produced (:class:`BenchmarkResult`), and writing it as a report folder."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..explainers.base import Explanation
+from ..files import atomic_dir, check_writable_dir
+from ..metrics import HIGHER_IS_BETTER
+from ..outputs import Outputs
+from ..plots import plot_explanations, plot_risk_coverage, plot_roc, plot_score_distributions
+from .config import BenchmarkConfig
+from .report import FORMATS, json_safe, to_latex, to_markdown
+
+__all__ = ["RunScores", "ScorerFailure", "BenchmarkResult", "check_report_dir", "REPORT_VERSION"]
+
+#: Version of the results.json layout (also the marker of an oodlens report folder).
+REPORT_VERSION = 2
+
+
+@dataclass
+class RunScores:
+    """Scores of one (backbone, seed) run, kept for plots."""
+
+    backbone: str
+    seed: int
+    id_correct: np.ndarray
+    scores: dict[str, dict[str, np.ndarray]]  #: scorer -> {"id": ..., ood name: ...}
+    #: "id_train", "id_test", OOD names
+    outputs: dict[str, Outputs] = field(default_factory=dict, repr=False)
+    checkpoint: str | None = None  #: the weights used (None: timm pretrained or not kept)
+
+
+@dataclass(frozen=True)
+class ScorerFailure:
+    """A scorer that failed in one run; the other scorers' results are kept."""
+
+    scorer: str  #: the scorer spec
+    distribution: str  #: the distribution that registered it
+    backbone: str
+    seed: int
+    stage: str  #: "fit" or "score"
+    error: str  #: the exception, as one line
+
+
+def check_report_dir(out: str | os.PathLike[str]) -> Path:
+    """Raise before any work unless ``out`` can take a report: absent, empty, or an earlier
+    oodlens report (which is replaced whole); never a folder holding other files."""
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {str(out)!r} is a file; give a folder for the report.")
+    if out.is_dir() and any(out.iterdir()) and not _is_report(out):
+        raise FileExistsError(
+            f"--out {str(out)!r} holds files that are not an oodlens report; refusing to replace "
+            "them. Choose a new or empty folder."
+        )
+    check_writable_dir(out.parent, "The folder of --out")
+    return out
+
+
+def _is_report(folder: Path) -> bool:
+    try:
+        data = json.loads((folder / "results.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "config" in data and "table" in data
+
+
+@dataclass
+class BenchmarkResult:
+    """What :func:`~oodlens.run_benchmark` returns."""
+
+    config: BenchmarkConfig
+    table: pd.DataFrame  #: one row per (backbone, seed, scorer, ood), plus near/far/mean rows
+    runs: list[RunScores]
+    timings: dict[str, float]
+    info: dict[str, Any]  #: versions, plugins, cache hits, corrupt files, training, warnings
+    failures: list[ScorerFailure] = field(default_factory=list)
+    attention: pd.DataFrame | None = None  #: attention-area summary per run and group
+    #: Mann-Whitney tests of the attention analysis, per "backbone/seed<k>"
+    attention_tests: dict[str, Any] = field(default_factory=dict)
+    confident_errors: list[Explanation] = field(default_factory=list)  #: for figures
+
+    def summary(self) -> pd.DataFrame:
+        """Mean and std over seeds per (backbone, scorer, ood): columns ``metric`` and
+        ``metric_std``, and ``n_seeds``."""
+        keys = ["backbone", "scorer", "ood", "group"]
+        if self.table.empty:
+            return pd.DataFrame(columns=[*keys, "n_seeds"])
+        cols = [m for m in HIGHER_IS_BETTER if m in self.table]
+        g = self.table.groupby(keys, sort=False, dropna=False)[cols]
+        mean = g.mean()
+        std = g.std(ddof=1).fillna(0.0).add_suffix("_std")
+        out = pd.concat([mean, std], axis=1).reset_index()
+        out.insert(4, "n_seeds", g.size().to_numpy())
+        return out
+
+    def save(
+        self,
+        out_dir: str | os.PathLike[str],
+        formats: Sequence[str] = FORMATS,
+        plots: bool = True,
+    ) -> Path:
+        """Write the report folder: ``results.{md,csv,tex}``, ``table_full.csv`` (every row
+        and seed), figures, and ``results.json`` (config, versions, plugins, timings,
+        failures, tables).
+
+        The folder is written under a temporary name and renamed into place, so an
+        interrupted save leaves the previous report intact; an existing folder that is not
+        an oodlens report is never replaced (see :func:`check_report_dir`).
+        """
+        bad = set(formats) - set(FORMATS)
+        if bad:
+            raise ValueError(f"Unknown format(s) {sorted(bad)}; valid: {', '.join(FORMATS)}.")
+        out = check_report_dir(out_dir)
+        with atomic_dir(out) as tmp:
+            self._write(tmp, formats, plots)
+        return out
+
+    def _write(self, out: Path, formats: Sequence[str], plots: bool) -> None:
+        summary = self.summary()
+        if "md" in formats:
+            (out / "results.md").write_text(to_markdown(summary))
+        if "csv" in formats:
+            summary.to_csv(out / "results.csv", index=False)
+            self.table.to_csv(out / "table_full.csv", index=False)
+        if "tex" in formats:
+            (out / "results.tex").write_text(to_latex(summary))
+        figures = self._figures(out) if plots and self.runs and self.runs[0].scores else []
+        if self.attention is not None:
+            self.attention.to_csv(out / "attention.csv", index=False)
+            if plots and self.confident_errors:
+                path = plot_explanations(
+                    self.confident_errors[0],
+                    out / "confident_errors.png",
+                    title="Most confident ID errors (highest score first)",
+                )
+                figures.append(path.name)
+        payload = {
+            "report_version": REPORT_VERSION,
+            "config": self.config.to_dict(),
+            "versions": self.info.get("versions", {}),
+            "plugins": self.info.get("plugins", {}),
+            "timings_s": self.timings,
+            "info": {k: v for k, v in self.info.items() if k not in ("versions", "plugins")},
+            "failures": [f.__dict__ for f in self.failures],
+            "figures": figures,
+            "summary": summary.to_dict(orient="records"),
+            "attention": None
+            if self.attention is None
+            else self.attention.to_dict(orient="records"),
+            "attention_tests": self.attention_tests,
+            "table": self.table.to_dict(orient="records"),
+        }
+        (out / "results.json").write_text(json.dumps(json_safe(payload), indent=2, default=str))
+
+    def _figures(self, out: Path) -> list[str]:
+        run = self.runs[0]
+        oods = [o.name for o in self.config.ood]
+        written = [
+            plot_roc(run.scores, oods, f"ROC, {run.backbone} (seed {run.seed})", out / "roc.png"),
+            plot_score_distributions(run.scores, oods, out / "score_distributions.png"),
+            plot_risk_coverage(
+                {k: v["id"] for k, v in run.scores.items()},
+                run.id_correct,
+                f"Risk-coverage, {run.backbone}",
+                out / "risk_coverage.png",
+            ),
+        ]
+        return [p.name for p in written]

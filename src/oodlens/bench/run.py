@@ -1,0 +1,455 @@
+"""The benchmark run: extract once (cached), fit every scorer on ID train, score ID test and
+every OOD set, and collect tidy metric rows. :func:`run_benchmark` is a few small steps."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..cache import Cache, file_sha256
+from ..datasets import DatasetSource, align_classes, split_spec
+from ..metrics import ood_metrics, rejection_report, selective_metrics
+from ..outputs import Outputs
+from ..registry import (
+    create_scorer_from_spec,
+    get_entry,
+    load_dataset,
+    parse_scorer_spec,
+    plugin_report,
+)
+from .config import BenchmarkConfig, expand_scorers
+from .result import BenchmarkResult, RunScores, ScorerFailure
+
+__all__ = ["run_benchmark"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Plan:
+    """Everything checked and resolved before any training or extraction."""
+
+    cfg: BenchmarkConfig
+    device: Any
+    cache: Cache
+    scorers: list[str]  #: scorer specs
+    distributions: dict[str, str]  #: scorer spec -> distribution
+    sources: dict[str, DatasetSource]  #: "id_train", "id_test", OOD names
+    info: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(
+        default_factory=lambda: {"extract": 0.0, "train": 0.0, "fit": 0.0, "score": 0.0}
+    )
+
+
+def run_benchmark(
+    config: BenchmarkConfig | None = None, progress: bool = True, **overrides: Any
+) -> BenchmarkResult:
+    """Run a benchmark; ``overrides`` replace fields of ``config`` (default: the digits demo).
+
+    Everything that can be checked without data is checked first (scorer names and
+    parameters, model names, checkpoints, the cache folder, the datasets and their class
+    names), so a mistake fails before any training or extraction. Then, for every backbone
+    (and training seed): the backbone runs once over ID train, ID test and each OOD set
+    (outputs cached on disk); every scorer is fitted on ID train outputs only and scores ID
+    test and every OOD set. A scorer that fails is recorded in ``result.failures`` (with
+    its distribution) and the others' results are kept.
+
+    Example:
+        >>> result = run_benchmark(scorers=("msp", "energy"))  # doctest: +SKIP
+        >>> result.table.query("ood == 'near'")[["scorer", "auroc", "fpr95"]]  # doctest: +SKIP
+    """
+    cfg = dataclasses.replace(config or BenchmarkConfig(), **overrides)
+    plan = _prepare(cfg)
+    rows: list[dict[str, Any]] = []
+    runs: list[RunScores] = []
+    failures: list[ScorerFailure] = []
+    attention: list[pd.DataFrame] = []
+    tests: dict[str, Any] = {}
+    confident: list[Any] = []
+    # without the cache, trained checkpoints live in a scratch folder removed at the end
+    with contextlib.ExitStack() as stack:
+        scratch = (
+            None
+            if cfg.use_cache
+            else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="oodlens-")))
+        )
+        for m_index, model_name in enumerate(cfg.models):
+            for seed, ckpt in _weights(plan, m_index, model_name, scratch, progress):
+                get_model, mcfg, transform, input_size, sources = _backbone(plan, model_name, ckpt)
+                outputs = _extract(
+                    plan, get_model, model_name, ckpt, transform, input_size, sources, progress
+                )
+                run_seed = -1 if seed is None else seed
+                run = RunScores(
+                    model_name,
+                    run_seed,
+                    outputs["id_test"].correct(),
+                    {},
+                    outputs,
+                    None if scratch is not None else ckpt,
+                )
+                rows += _score(plan, run, failures)
+                runs.append(run)
+                if cfg.attention:
+                    t0 = time.perf_counter()
+                    res = _attention(plan, get_model(), transform, sources, run, mcfg)
+                    plan.timings["attention"] = (
+                        plan.timings.get("attention", 0.0) + time.perf_counter() - t0
+                    )
+                    attention.append(res.table.assign(backbone=model_name, seed=run_seed))
+                    tests[f"{model_name}/seed{run_seed}"] = res.tests
+                    if res.confident_errors is not None:
+                        confident.append(res.confident_errors)
+    return BenchmarkResult(
+        cfg,
+        pd.DataFrame(rows),
+        runs,
+        plan.timings,
+        plan.info,
+        failures,
+        pd.concat(attention, ignore_index=True) if attention else None,
+        tests,
+        confident,
+    )
+
+
+def _prepare(cfg: BenchmarkConfig) -> _Plan:
+    from ..backbones import check_model_name, read_model_config, resolve_device
+
+    device = resolve_device(cfg.device)
+    cache = Cache(cfg.cache_dir, enabled=cfg.use_cache)
+    cache.check_writable()
+    specs = expand_scorers(cfg.scorers)
+    dists = {}
+    for spec in specs:  # names and parameter values, before any work
+        create_scorer_from_spec(spec)
+        dists[spec] = get_entry("scorer", parse_scorer_spec(spec)[0]).distribution
+    if cfg.attention_scorer is not None and cfg.attention_scorer not in specs:
+        raise ValueError(
+            f"attention_scorer {cfg.attention_scorer!r} is not among the benchmark's scorers {specs}."
+        )
+    for m_index, model in enumerate(cfg.models):
+        check_model_name(model)
+        if cfg.checkpoints:
+            stored = read_model_config(cfg.checkpoints[m_index])
+            if stored is not None and stored.model != model:
+                raise ValueError(
+                    f"Checkpoint {cfg.checkpoints[m_index]!r} was trained as {stored.model!r}, "
+                    f"not {model!r}; pass --model {stored.model}."
+                )
+    train = load_dataset(split_spec(cfg.id, "train"))
+    sources = {
+        "id_train": train,
+        "id_test": align_classes(
+            load_dataset(split_spec(cfg.id, "test")), train.classes, "ID test"
+        ),
+    }
+    sources.update({o.name: load_dataset(o.spec) for o in cfg.ood})
+    info: dict[str, Any] = {
+        "corrupt": {},
+        "train": {},
+        "cache_hits": 0,
+        "cache_misses": 0,
+        "warnings": _overlaps(sources),
+        "scorer_distributions": dists,
+        "versions": _versions(),
+        "plugins": _plugins(),
+    }
+    return _Plan(cfg, device, cache, specs, dists, sources, info)
+
+
+def _overlaps(sources: dict[str, DatasetSource]) -> list[str]:
+    """Warnings for OOD sets that share samples (same file or id) with the ID data."""
+    out = []
+    id_ids = {k: set(sources[k].ids) for k in ("id_train", "id_test")}
+    for name, src in sources.items():
+        if name in id_ids:
+            continue
+        for key, ids in id_ids.items():
+            shared = sum(1 for i in src.ids if i in ids)
+            if shared:
+                msg = (
+                    f"OOD set {name!r} shares {shared} of its {len(src)} samples with "
+                    f"{key.replace('_', ' ')}: the same images count as ID and OOD, so its "
+                    "metrics are meaningless. Check its spec."
+                )
+                log.warning(msg)
+                out.append(msg)
+    return out
+
+
+def _weights(
+    plan: _Plan, m_index: int, model_name: str, scratch: Path | None, progress: bool
+) -> list[tuple[int | None, str | None]]:
+    """(seed, checkpoint) pairs for one model: given, pretrained, or trained here per seed."""
+    cfg = plan.cfg
+    if cfg.checkpoints:
+        return [(None, cfg.checkpoints[m_index])]
+    if cfg.pretrained:
+        return [(None, None)]
+    out: list[tuple[int | None, str | None]] = []
+    for seed in cfg.seeds:
+        t0 = time.perf_counter()
+        ckpt, summary = _trained_checkpoint(plan, model_name, seed, scratch, progress)
+        plan.timings["train"] += time.perf_counter() - t0
+        plan.info["train"][f"{model_name}/seed{seed}"] = summary
+        out.append((seed, ckpt))
+    return out
+
+
+def _trained_checkpoint(
+    plan: _Plan, model: str, seed: int, scratch: Path | None, progress: bool
+) -> tuple[str, dict[str, Any]]:
+    """Train (or reuse) a checkpoint; the cache key covers the training config and the
+    fingerprints of the training and test data, so changed images mean a new model."""
+    from ..backbones import read_model_config
+    from ..train import TrainConfig, train_model
+
+    cfg = plan.cfg
+    tcfg = TrainConfig(
+        model=model, data=cfg.id, img_size=cfg.img_size or 224, seed=seed, **dict(cfg.train)
+    )
+    key = plan.cache.key(
+        {
+            "kind": "checkpoint",
+            "train_config": dataclasses.asdict(tcfg),
+            "train_data": plan.sources["id_train"].fingerprint(),
+            "test_data": plan.sources["id_test"].fingerprint(),
+        }
+    )
+    path = (
+        plan.cache.checkpoint_path(key, model)
+        if scratch is None
+        else scratch / f"{model}-{key}.safetensors"
+    )
+    if scratch is None and path.exists():
+        try:
+            stored = read_model_config(path)
+        except ValueError as exc:
+            log.warning(
+                "Discarding unreadable cached checkpoint %s (%s); training again.", path, exc
+            )
+            path.unlink(missing_ok=True)
+        else:
+            if stored is not None:
+                log.info("using cached trained checkpoint %s", path)
+                return str(path), {**stored.extra.get("summary", {}), "cached": True}
+    _, summary = train_model(tcfg, path, device=plan.device, progress=progress)
+    return str(path), summary
+
+
+def _backbone(plan: _Plan, model_name: str, ckpt: str | None):
+    """The lazily built network, its config and transform, and the ID sources relabelled by
+    the model's class names (when the checkpoint records them)."""
+    from ..backbones import build_transform, read_model_config
+    from ..extract import LazyBackbone
+
+    cfg = plan.cfg
+    get_model = LazyBackbone(model_name, ckpt, cfg.img_size)
+    mcfg = read_model_config(ckpt) if ckpt else None
+    if mcfg is None:
+        get_model()
+        mcfg = get_model.config
+    if cfg.img_size is not None and mcfg.img_size != cfg.img_size:
+        mcfg = dataclasses.replace(mcfg, img_size=cfg.img_size)
+    sources = dict(plan.sources)
+    n_classes = len(sources["id_train"].classes)
+    what = (
+        "the model trained here"
+        if ckpt and plan.cfg.checkpoints == ()
+        else (f"Checkpoint {ckpt!r}" if ckpt else f"Pretrained {model_name!r}")
+    )
+    if mcfg.class_names:
+        for key, label in (("id_train", "ID train"), ("id_test", "ID test")):
+            sources[key] = align_classes(sources[key], mcfg.class_names, label)
+    elif mcfg.num_classes != n_classes:
+        raise ValueError(
+            f"{what} has {mcfg.num_classes} classes but the ID set {cfg.id!r} has {n_classes}"
+            + (
+                "."
+                if ckpt
+                else "; fine-tune it first (oodlens train --pretrained) and pass the checkpoint."
+            )
+        )
+    transform, data_cfg = build_transform(model_name, mcfg.img_size)
+    return get_model, mcfg, transform, tuple(data_cfg["input_size"]), sources
+
+
+def _extract(
+    plan, get_model, model_name, ckpt, transform, input_size, sources, progress
+) -> dict[str, Outputs]:
+    from ..extract import cached_extract
+
+    weights_id = file_sha256(ckpt) if ckpt else f"timm-pretrained:{model_name}"
+    outputs: dict[str, Outputs] = {}
+    for key, source in sources.items():
+        t0 = time.perf_counter()
+        out, hit, corrupt = cached_extract(
+            get_model,
+            model_name,
+            weights_id,
+            source,
+            transform,
+            input_size,
+            plan.cache,
+            device=plan.device,
+            batch_size=plan.cfg.batch_size,
+            num_workers=plan.cfg.num_workers,
+            skip_corrupt=plan.cfg.skip_corrupt,
+            progress=progress,
+        )
+        plan.info["cache_hits" if hit else "cache_misses"] += 1
+        if not hit:
+            plan.timings["extract"] += time.perf_counter() - t0
+        if corrupt:
+            plan.info["corrupt"][source.spec] = corrupt
+        outputs[key] = out
+    return outputs
+
+
+def _score(plan: _Plan, run: RunScores, failures: list[ScorerFailure]) -> list[dict[str, Any]]:
+    """Fit and score every scorer; a failing scorer is recorded and skipped."""
+    rows: list[dict[str, Any]] = []
+    sel_cache: dict[str, dict[str, float]] = {}
+    for spec in plan.scorers:
+        dist = plan.distributions[spec]
+        stage = "fit"
+        try:
+            t0 = time.perf_counter()
+            scorer = create_scorer_from_spec(spec).fit(run.outputs["id_train"])
+            plan.timings["fit"] += time.perf_counter() - t0
+            stage = "score"
+            t0 = time.perf_counter()
+            scores = {"id": scorer.score(run.outputs["id_test"])}
+            scores.update({o.name: scorer.score(run.outputs[o.name]) for o in plan.cfg.ood})
+            plan.timings["score"] += time.perf_counter() - t0
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            log.warning("scorer %r (from %s) failed at %s: %s", spec, dist, stage, error)
+            failures.append(ScorerFailure(spec, dist, run.backbone, run.seed, stage, error))
+            continue
+        run.scores[spec] = scores
+        sel_cache[spec] = selective_metrics(scores["id"], run.id_correct)
+        rows += _metric_rows(plan.cfg, run, spec, scores, sel_cache[spec])
+    return rows
+
+
+def _metric_rows(
+    cfg: BenchmarkConfig, run: RunScores, spec: str, scores, sel
+) -> list[dict[str, Any]]:
+    base = {"backbone": run.backbone, "seed": run.seed, "scorer": spec}
+    per_set = []
+    for o in cfg.ood:
+        row = {**base, "ood": o.name, "group": o.group}
+        row.update(ood_metrics(scores["id"], scores[o.name]))
+        row["id_accuracy"], row["aurc"], row["eaurc"] = sel["accuracy"], sel["aurc"], sel["eaurc"]
+        rej = rejection_report(
+            scores["id"], run.id_correct, scores[o.name], id_acceptance=cfg.id_acceptance
+        )
+        row.update({k: v for k, v in rej.items() if k != "threshold"})
+        if cfg.threshold is not None:
+            fixed = rejection_report(
+                scores["id"], run.id_correct, scores[o.name], threshold=cfg.threshold
+            )
+            row.update({f"{k}@fixed": v for k, v in fixed.items()})
+        per_set.append(row)
+    return per_set + _aggregate_rows(per_set, base)
+
+
+def _aggregate_rows(per_set: list[dict[str, Any]], base: dict[str, Any]) -> list[dict[str, Any]]:
+    """near / far / mean rows: the unweighted mean of the per-set metrics (OpenOOD's way)."""
+    out = []
+    numeric = [k for k, v in per_set[0].items() if isinstance(v, float) and k not in base]
+    for label, members in (
+        ("near", [r for r in per_set if r["group"] == "near"]),
+        ("far", [r for r in per_set if r["group"] == "far"]),
+        ("mean", [r for r in per_set if r["group"] in ("near", "far")]),
+    ):
+        if not members or (label == "mean" and len({r["group"] for r in members}) < 2):
+            continue
+        row = {**base, "ood": label, "group": "aggregate"}
+        row.update({k: float(np.mean([r[k] for r in members])) for k in numeric})
+        out.append(row)
+    return out
+
+
+def _attention(plan: _Plan, model, transform, sources, run: RunScores, mcfg):
+    from ..diagnose import attention_analysis
+
+    cfg = plan.cfg
+    scored = list(run.scores)
+    if not scored:
+        raise ValueError("The attention analysis needs a scorer, but every scorer failed.")
+    name = cfg.attention_scorer or ("logit_kde" if "logit_kde" in scored else scored[0])
+    if name not in run.scores:
+        raise ValueError(f"attention_scorer {name!r} failed in this run; see the failures.")
+    scores = run.scores[name]
+    threshold = rejection_report(scores["id"], run.id_correct, id_acceptance=cfg.id_acceptance)[
+        "threshold"
+    ]
+    res = attention_analysis(
+        model,
+        transform,
+        sources,
+        run.outputs,
+        scores["id"],
+        {o.name: scores[o.name] for o in cfg.ood},
+        threshold,
+        mcfg.class_names or sources["id_train"].classes,
+        max_per_set=cfg.attention_samples,
+        device=plan.device,
+        layer=cfg.attention_layer,
+    )
+    res.tests = {"scorer": name, "threshold": threshold, **res.tests}
+    return res
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for dist in (
+        "oodlens",
+        "torch",
+        "torchvision",
+        "timm",
+        "captum",
+        "numpy",
+        "scipy",
+        "scikit-learn",
+        "pandas",
+        "pluggy",
+    ):
+        with contextlib.suppress(md.PackageNotFoundError):
+            out[dist] = md.version(dist)
+    return out
+
+
+def _plugins() -> dict[str, Any]:
+    """Installed plugin distributions with their versions, and the plugins that failed."""
+    import importlib.metadata as md
+
+    plugins, failed = plugin_report()
+    dists: dict[str, str | None] = {}
+    for p in plugins:
+        version = None
+        with contextlib.suppress(md.PackageNotFoundError, ValueError):
+            version = md.version(p.distribution)
+        dists[p.distribution] = version
+    return {
+        "distributions": dists,
+        "failed": [
+            {"plugin": f.plugin, "distribution": f.distribution, "stage": f.stage, "error": f.error}
+            for f in failed
+        ],
+    }

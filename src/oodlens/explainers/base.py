@@ -1,0 +1,62 @@
+"""The :class:`Explainer` interface and the :class:`Explanation` record (no torch import)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..params import Constraint, validate_params
+from .attention import attention_area
+
+__all__ = ["Explainer", "Explanation"]
+
+
+class Explainer:
+    """Base class of explainers: constructed with what is fixed (the model, a layer,
+    options); one verb, :meth:`explain`.
+
+    Class attributes:
+        name: registry name (e.g. ``"gradcam"``).
+        description: one line for listings.
+        parameter_constraints: ``{parameter: [constraints]}`` (see :mod:`oodlens.params`),
+            checked by :func:`oodlens.create_explainer` before the explainer is built.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    parameter_constraints: ClassVar[Mapping[str, Sequence[Constraint | None]]] = {}
+
+    @classmethod
+    def check_params(cls, params: Mapping[str, Any]) -> None:
+        """Validate ``params`` against ``parameter_constraints``.
+
+        Raises:
+            InvalidParameterError: naming the parameter, its value and the valid range.
+        """
+        validate_params(cls.__name__, params, cls.parameter_constraints)
+
+    def explain(self, images: Any, target: Any = None) -> Any:
+        """(N, H, W) maps in [0, 1] for (N, C, H, W) ``images`` (a torch tensor)."""
+        raise NotImplementedError
+
+
+@dataclass
+class Explanation:
+    """Saliency maps and predictions for a set of images."""
+
+    ids: list[str]  #: image ids (paths)
+    images: np.ndarray  #: (N, H, W, 3) uint8 images as the model saw them (resized)
+    cams: np.ndarray  #: (N, H, W) maps in [0, 1]
+    raw_cams: np.ndarray  #: (N, H, W) the same before min-max scaling (non-negative)
+    predictions: np.ndarray  #: (N,) predicted class
+    softmax: np.ndarray  #: (N,) max softmax probability
+    class_names: tuple[str, ...]  #: names of the model's classes
+    scores: dict[str, np.ndarray]  #: scorer name -> (N,) score
+
+    @property
+    def area(self) -> np.ndarray:
+        """(N,) attention area at threshold 0.5."""
+        return attention_area(self.cams, 0.5)

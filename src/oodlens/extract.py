@@ -1,0 +1,235 @@
+"""One-pass extraction of :class:`Outputs` from a timm backbone, and the cached extraction
+shared by the CLI, the harness and the explain workflow."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .backbones import ModelConfig, create_backbone, forward_all, get_head
+from .cache import Cache
+from .datasets import CorruptImageError, DatasetSource
+from .outputs import Outputs
+
+__all__ = [
+    "ImageDataset",
+    "ExtractionReport",
+    "LazyBackbone",
+    "extract_outputs",
+    "cached_extract",
+]
+
+log = logging.getLogger(__name__)
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """A :class:`DatasetSource` as a torch dataset of ``(image, label, ok, id, error)``:
+    a corrupt image gives a zero placeholder with ``ok=False`` and its error text."""
+
+    def __init__(
+        self,
+        source: DatasetSource,
+        transform: Callable[[Any], torch.Tensor],
+        shape: tuple[int, ...],
+    ) -> None:
+        self.source, self.transform, self.shape = source, transform, shape
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, bool, str, str]:
+        try:
+            return self.transform(self.source.loader(i)), int(self.source.labels[i]), True, "", ""
+        except CorruptImageError as exc:
+            return (
+                torch.zeros(self.shape),
+                int(self.source.labels[i]),
+                False,
+                self.source.ids[i],
+                str(exc),
+            )
+
+
+@dataclass
+class ExtractionReport:
+    """What extraction skipped: corrupt files, by path (only with ``skip_corrupt=True``)."""
+
+    corrupt: list[str] = field(default_factory=list)
+
+
+def extract_outputs(
+    model: nn.Module,
+    source: DatasetSource,
+    transform: Callable[[Any], torch.Tensor],
+    input_size: tuple[int, int, int],
+    device: str | torch.device = "cpu",
+    batch_size: int = 128,
+    num_workers: int = 0,
+    skip_corrupt: bool = False,
+    progress: bool = True,
+    report: ExtractionReport | None = None,
+) -> Outputs:
+    """Run ``model`` once over ``source``: logits, penultimate features, labels and head.
+
+    One forward pass per batch under ``torch.inference_mode()``; the model's train/eval mode
+    is restored afterwards.
+
+    Args:
+        model: a timm model (``forward_features`` / ``forward_head`` / ``get_classifier``).
+        source: the dataset.
+        transform: PIL image -> (C, H, W) tensor.
+        input_size: (C, H, W) of the transformed images (for placeholder rows).
+        device: where to run (a parameter, never assumed).
+        batch_size, num_workers: DataLoader settings.
+        skip_corrupt: drop unreadable images (listed in ``report``) instead of raising.
+        progress: show a tqdm progress bar on stderr.
+        report: filled with the skipped files.
+
+    Raises:
+        CorruptImageError: unreadable images and ``skip_corrupt=False``; the message lists them.
+    """
+    from tqdm.auto import tqdm
+
+    device = torch.device(device)
+    loader = torch.utils.data.DataLoader(
+        ImageDataset(source, transform, input_size),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        shuffle=False,
+    )
+    was_training = model.training
+    model.eval().to(device)
+    logits, feats, labels, bad, messages = [], [], [], [], []
+    try:
+        with torch.inference_mode():
+            for x, y, ok, path, err in tqdm(
+                loader,
+                desc=f"extract {source.spec}",
+                disable=None if progress else True,
+                leave=False,
+            ):
+                failed = [i for i, good in enumerate(ok.tolist()) if not good]
+                bad.extend(path[i] for i in failed)
+                messages.extend(err[i] for i in failed)
+                keep = ok.bool()
+                if not keep.any():
+                    continue
+                z, f = forward_all(model, x[keep].to(device, non_blocking=True))
+                logits.append(z.float().cpu().numpy())
+                feats.append(f.float().cpu().numpy())
+                labels.append(y[keep].numpy())
+    finally:
+        model.train(was_training)
+    if bad:
+        if not skip_corrupt:
+            shown = "\n  ".join(messages[:10])
+            raise CorruptImageError(
+                f"{len(bad)} unreadable image(s) in {source.spec!r}:\n  {shown}"
+                + (f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else "")
+                + "\nRemove or replace them, or allow skipping them (--skip-corrupt / skip_corrupt=True)."
+            )
+        log.warning("Skipped %d unreadable image(s) in %s: %s", len(bad), source.spec, messages[:5])
+        if report is not None:
+            report.corrupt.extend(bad)
+    if not logits:
+        raise ValueError(
+            f"No readable images in {source.spec!r}: all {len(source)} failed to load "
+            "(skipped as corrupt)."
+        )
+    head = get_head(model)
+    return Outputs(
+        logits=np.concatenate(logits),
+        labels=np.concatenate(labels),
+        features=np.concatenate(feats),
+        head_weight=None if head is None else head.weight.detach().float().cpu().numpy(),
+        head_bias=None
+        if head is None
+        else (
+            head.bias.detach().float().cpu().numpy()
+            if head.bias is not None
+            else np.zeros(head.out_features, np.float32)
+        ),
+        class_names=None,
+    )
+
+
+class LazyBackbone:
+    """A backbone built on first call, so a fully cached run never builds the network.
+
+    Args:
+        name: timm model name.
+        checkpoint: local checkpoint, or ``None`` for timm's pretrained weights.
+        img_size: input size override.
+    """
+
+    def __init__(self, name: str, checkpoint: str | None, img_size: int | None) -> None:
+        self.name, self.checkpoint, self.img_size = name, checkpoint, img_size
+        self.model: nn.Module | None = None
+        self.config: ModelConfig | None = None
+
+    def __call__(self) -> nn.Module:
+        if self.model is None:
+            self.model, self.config = create_backbone(
+                self.name,
+                pretrained=self.checkpoint is None,
+                checkpoint=self.checkpoint,
+                img_size=self.img_size,
+            )
+        return self.model
+
+
+def cached_extract(
+    get_model: Callable[[], nn.Module],
+    model_name: str,
+    weights_id: str,
+    source: DatasetSource,
+    transform: Any,
+    input_size: tuple[int, int, int],
+    cache: Cache,
+    device: Any = "cpu",
+    batch_size: int = 256,
+    num_workers: int = 0,
+    skip_corrupt: bool = False,
+    progress: bool = True,
+) -> tuple[Outputs, bool, list[str]]:
+    """Outputs of the model on ``source``, from the cache when an entry exists for the same
+    (model name, weights hash, dataset fingerprint, transform, extraction version).
+    ``get_model()`` returns the network; it is called only on a cache miss.
+
+    Returns the outputs, whether it was a cache hit, and the skipped corrupt files.
+    """
+    key = cache.key(
+        {
+            "model": model_name,
+            "weights": weights_id,
+            "data": source.fingerprint(),
+            "transform": repr(transform),
+            "skip_corrupt": skip_corrupt,
+        }
+    )
+    cached = cache.get_outputs(key)
+    if cached is not None:
+        return cached, True, []
+    rep = ExtractionReport()
+    # extract_outputs runs under inference_mode itself; the model is built outside it, so that
+    # its parameters stay ordinary tensors (Grad-CAM needs gradients through them later)
+    out = extract_outputs(
+        get_model(),
+        source,
+        transform,
+        input_size,
+        device=device,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        skip_corrupt=skip_corrupt,
+        progress=progress,
+        report=rep,
+    )
+    cache.put_outputs(key, out)
+    return out, False, rep.corrupt

@@ -1,0 +1,219 @@
+"""Every figure oodlens draws, with matplotlib's object API (no display needed), through one
+grid helper and one save helper."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .explainers.base import Explanation
+from .files import atomic_path
+from .metrics import risk_coverage_curve
+from .outputs import Outputs
+
+__all__ = [
+    "figure_grid",
+    "save_figure",
+    "plot_logit_kde",
+    "plot_explanations",
+    "plot_roc",
+    "plot_score_distributions",
+    "plot_risk_coverage",
+    "FIGURE_FORMATS",
+]
+
+#: File formats a figure can be saved in (by suffix).
+FIGURE_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
+
+
+def _figure(size: tuple[float, float]) -> Any:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=size, layout="constrained")
+
+
+def figure_grid(
+    n_panels: int, cols: int = 3, panel: tuple[float, float] = (4.2, 3.2)
+) -> tuple[Any, np.ndarray]:
+    """A figure with ``n_panels`` axes in a grid of at most ``cols`` columns (unused axes
+    hidden). Returns ``(figure, flat array of axes)``."""
+    cols = max(1, min(cols, n_panels))
+    rows = math.ceil(n_panels / cols)
+    fig = _figure((panel[0] * cols, panel[1] * rows))
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax in axes[n_panels:]:
+        ax.set_visible(False)
+    return fig, axes
+
+
+def save_figure(fig: Any, path: str | os.PathLike[str], dpi: int = 110) -> Path:
+    """Save ``fig`` atomically; a path without a suffix gets ``.png``. Returns the path
+    actually written (so callers report the real file name)."""
+    path = Path(path)
+    suffix = path.suffix.lower().lstrip(".")
+    if not suffix:
+        path = path.with_name(path.name + ".png")
+        suffix = "png"
+    if suffix not in FIGURE_FORMATS:
+        raise ValueError(
+            f"Cannot save a figure as {str(path)!r}: use one of the suffixes "
+            f"{', '.join('.' + f for f in FIGURE_FORMATS)}."
+        )
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=suffix)
+    return path
+
+
+def plot_roc(
+    scores: Mapping[str, Mapping[str, np.ndarray]],
+    ood_names: Sequence[str],
+    title: str,
+    path: str | os.PathLike[str],
+) -> Path:
+    """ROC curves: one panel per OOD set, one curve per scorer (``scores[scorer]["id"]`` and
+    ``scores[scorer][ood_name]``)."""
+    from sklearn.metrics import roc_curve
+
+    fig, axes = figure_grid(len(ood_names), cols=len(ood_names), panel=(4.0, 3.6))
+    for ax, name in zip(axes, ood_names, strict=False):
+        for spec, data in scores.items():
+            s_id, s_ood = data["id"], data[name]
+            fpr, tpr, _ = roc_curve(
+                np.r_[np.ones(len(s_id)), np.zeros(len(s_ood))], np.r_[s_id, s_ood]
+            )
+            ax.plot(fpr, tpr, lw=1.3, label=spec)
+        ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+        ax.set_title(f"ID test vs {name}")
+        ax.set_xlabel("OOD accepted (FPR)")
+        ax.set_ylabel("ID accepted (TPR)")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def plot_score_distributions(
+    scores: Mapping[str, Mapping[str, np.ndarray]],
+    ood_names: Sequence[str],
+    path: str | os.PathLike[str],
+) -> Path:
+    """Histograms of ID test vs each OOD set's scores, one panel per scorer."""
+    fig, axes = figure_grid(len(scores))
+    for ax, (spec, data) in zip(axes, scores.items(), strict=False):
+        allv = np.concatenate(list(data.values()))
+        lo, hi = np.percentile(allv, [0.5, 99.5])
+        bins = np.linspace(lo, hi if hi > lo else lo + 1, 50)
+        ax.hist(data["id"], bins=bins, density=True, alpha=0.5, label="ID test")
+        for name in ood_names:
+            ax.hist(data[name], bins=bins, density=True, histtype="step", lw=1.4, label=name)
+        ax.set_title(spec, fontsize=9)
+        ax.set_xlabel("score (higher = more ID)")
+    axes[0].legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def plot_risk_coverage(
+    id_scores: Mapping[str, np.ndarray],
+    id_correct: np.ndarray,
+    title: str,
+    path: str | os.PathLike[str],
+) -> Path:
+    """Risk-coverage curves on ID test, one per scorer."""
+    fig, axes = figure_grid(1, panel=(5.0, 3.8))
+    ax = axes[0]
+    for spec, s_id in id_scores.items():
+        cov, risk, _ = risk_coverage_curve(s_id, id_correct)
+        ax.step(cov, risk, where="post", lw=1.3, label=spec)
+    ax.set_xlabel("coverage (share of ID test accepted)")
+    ax.set_ylabel("risk (error rate among accepted)")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def plot_logit_kde(
+    scorer,
+    train: Outputs,
+    path: str | os.PathLike[str],
+    max_panels: int = 12,
+    threshold: float | None = None,
+) -> Path:
+    """Training-logit histograms with the fitted densities, like the origin's figure.
+
+    Marginal mode: one panel per logit column (the histogram of that column over all
+    training rows). Class-conditional mode (``top_k=1``): one panel per class (the histogram
+    of the top logit of that class's training rows).
+
+    Args:
+        scorer: a fitted ``logit_kde`` scorer.
+        train: the outputs it was fitted on.
+        path: image file to write (format from the suffix, e.g. ``.png``).
+        max_panels: draw at most this many columns / classes.
+        threshold: optional density threshold to draw as a horizontal line.
+
+    Returns:
+        The path written.
+    """
+    marginal = scorer.mode == "marginal"
+    n = min(train.n_classes, max_panels)
+    fig, axes = figure_grid(n, cols=4, panel=(3.2, 2.56))
+    names = train.class_names or tuple(str(i) for i in range(train.n_classes))
+    logits = np.asarray(train.logits, dtype=np.float64)
+    for j, ax in zip(range(n), axes, strict=False):
+        values = logits[:, j] if marginal else logits[train.labels == j].max(axis=1)
+        if values.size == 0:
+            ax.set_title(f"class {names[j]}: no training rows")
+            continue
+        pad = 0.1 * (values.max() - values.min() + 1e-9)
+        xs = np.linspace(values.min() - pad, values.max() + pad, 400)
+        ax.hist(
+            values, bins=40, density=True, alpha=0.45, color="tab:blue", label="training logits"
+        )
+        ax.plot(xs, scorer.density(xs, j), color="tab:red", lw=1.6, label="fitted KDE")
+        if threshold is not None:
+            ax.axhline(threshold, color="k", ls="--", lw=1, label=f"threshold {threshold:g}")
+        what = f"logit {names[j]}" if marginal else f"class {names[j]}: top logit"
+        ax.set_title(what, fontsize=10)
+        ax.set_xlabel("logit")
+        ax.set_ylabel("density")
+    axes[0].legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def plot_explanations(
+    exp: Explanation, path: str | os.PathLike[str], columns: int = 6, title: str | None = None
+) -> Path:
+    """A grid: each image above its Grad-CAM overlay, titled with the predicted class, the
+    softmax score, every scorer's score and the attention area (like the origin's figures)."""
+    from matplotlib import colormaps
+
+    n = len(exp.ids)
+    cols = max(1, min(columns, n))
+    rows = math.ceil(n / cols)
+    fig = _figure((2.6 * cols, 5.6 * rows))
+    axes = np.atleast_2d(fig.subplots(2 * rows, cols, squeeze=False))
+    heat = colormaps["jet"]
+    area = exp.area
+    for k in range(rows * cols):
+        r, c = divmod(k, cols)
+        top, bottom = axes[2 * r, c], axes[2 * r + 1, c]
+        top.axis("off")
+        bottom.axis("off")
+        if k >= n:
+            continue
+        img = exp.images[k].astype(np.float64) / 255.0
+        overlay = 0.55 * img + 0.45 * heat(exp.cams[k])[..., :3]
+        top.imshow(img)
+        top.set_title(Path(exp.ids[k]).name[:24], fontsize=7)
+        bottom.imshow(np.clip(overlay, 0, 1))
+        lines = [f"{exp.class_names[exp.predictions[k]]}  p={exp.softmax[k]:.3f}"]
+        lines += [f"{name}={vals[k]:.4g}" for name, vals in exp.scores.items()]
+        lines.append(f"area@0.5={area[k]:.2f}")
+        bottom.set_title("\n".join(lines), fontsize=7)
+    if title:
+        fig.suptitle(title)
+    return save_figure(fig, path, dpi=100)

@@ -1,0 +1,12 @@
+"""Scorers: the :class:`Scorer` interface and the built-in output-based scorers.
+
+Create registered scorers (built-in or from plugins) with :func:`oodlens.create_scorer`.
+"""
+
+from __future__ import annotations
+
+from .base import REQUIREMENTS, Scorer, check_requirements
+from .logit_kde import LogitKDE
+from .logits import MSP, Energy, MaxLogit
+
+__all__ = ["REQUIREMENTS", "Scorer", "check_requirements", "MSP", "Energy", "MaxLogit", "LogitKDE"]
