@@ -35,7 +35,8 @@ _MOVED = {"extract_outputs": "oodlens.extract", "ExtractionReport": "oodlens.ext
 
 def __getattr__(name: str) -> Any:
     if name in _MOVED:
-        raise AttributeError(f"oodlens.backbones.{name} moved: use {_MOVED[name]}.{name}.")
+        # ImportError (not AttributeError), so that `from oodlens.backbones import ...` shows it
+        raise ImportError(f"oodlens.backbones.{name} moved: use {_MOVED[name]}.{name}.")
     raise AttributeError(f"module 'oodlens.backbones' has no attribute {name!r}")
 
 

@@ -309,16 +309,16 @@ def _explain_arguments(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``oodlens`` command."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    common.add_argument(
-        "-v", "--verbose", action="store_true", help="full tracebacks and plugin failure details"
-    )
     parser = argparse.ArgumentParser(
-        prog="oodlens",
-        description="OOD detection and explanation for image classifiers.",
-        parents=[common],
+        prog="oodlens", description="OOD detection and explanation for image classifiers."
     )
+    # the same flags before or after the command; after it, they only override when given
+    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    for p in (parser, common):
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+        p.add_argument(
+            "-v", "--verbose", action="store_true", help="full tracebacks and plugin details"
+        )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("scorers", help="list the installed scorers", parents=[common])
     p.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. '*kde*'")
@@ -369,29 +369,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="oodlens: %(levelname)s: %(message)s")
-    previous = warnings.showwarning
-    warnings.showwarning = _show_warning(args.verbose)
-    try:
-        return int(args.func(args))
-    except KeyboardInterrupt:
-        print("oodlens: interrupted", file=sys.stderr)
-        return 130
-    except (
-        ValueError,
-        KeyError,
-        TypeError,
-        OSError,
-        RuntimeError,
-        ImportError,
-        PluginError,
-    ) as exc:
-        if args.verbose:
-            traceback.print_exc()
-        text = " ".join(str(exc).split("\n", 1)[:1]) if isinstance(exc, OSError) else str(exc)
-        print(f"oodlens: error: {text}", file=sys.stderr)
-        return 2
-    finally:
-        warnings.showwarning = previous
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", registry.PluginLoadWarning)
+        warnings.showwarning = _show_warning(args.verbose)
+        try:
+            return int(args.func(args))
+        except KeyboardInterrupt:
+            print("oodlens: interrupted", file=sys.stderr)
+            return 130
+        except (
+            ValueError,
+            KeyError,
+            TypeError,
+            OSError,
+            RuntimeError,
+            ImportError,
+            PluginError,
+        ) as exc:
+            if args.verbose:
+                traceback.print_exc()
+            text = str(exc).split("\n", 1)[0] if isinstance(exc, OSError) else str(exc)
+            print(f"oodlens: error: {text}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

@@ -67,7 +67,11 @@ def check_writable_dir(path: str | os.PathLike[str], what: str) -> Path:
     probe = path
     while not probe.exists():
         probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+    if not probe.is_dir():
+        raise NotADirectoryError(
+            f"{what} {str(path)!r} cannot be created: {str(probe)!r} is a file, not a folder."
+        )
+    if not os.access(probe, os.W_OK | os.X_OK):
         raise PermissionError(
             f"{what} {str(path)!r} is not writable (no write access to {str(probe)!r})."
         )

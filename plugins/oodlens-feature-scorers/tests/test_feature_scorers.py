@@ -1,18 +1,21 @@
 """The oodlens-feature-scorers plugin: discovery through its installed metadata, each scorer
-against an independent computation, and parity with pytorch-ood."""
+against an independent computation, parity with pytorch-ood, memory-mapped and blocked
+computation, and parameter validation. Uses oodlens's public API only."""
 
 from __future__ import annotations
 
+import tracemalloc
 from importlib.metadata import entry_points
 
 import numpy as np
+import oodlens_feature_scorers
 import pytest
 from scipy.special import logsumexp
 from scipy.stats import spearmanr
 from sklearn.neighbors import NearestNeighbors
 
 import oodlens
-from oodlens._registry import list_entries
+from oodlens.registry import list_entries
 from oodlens.testing import synthetic_outputs
 
 PLUGIN = "oodlens-feature-scorers"
@@ -164,7 +167,7 @@ def test_missing_fields_are_named(data, name, drop, missing):
         oodlens.create_scorer(name).fit(oodlens.Outputs(**kwargs))
 
 
-def test_bad_inputs_and_params(data):
+def test_bad_inputs(data):
     train, _ = data
     labels = train.labels.copy()
     labels[labels == 2] = 1
@@ -172,13 +175,47 @@ def test_bad_inputs_and_params(data):
         oodlens.create_scorer("mahalanobis").fit(
             oodlens.Outputs(logits=train.logits, labels=labels, features=train.features)
         )
+    unknown = train.labels.copy()
+    unknown[0] = -1
+    with pytest.raises(ValueError, match=r"mahalanobis: training labels must be in \[0, 4\)"):
+        oodlens.create_scorer("mahalanobis").fit(
+            oodlens.Outputs(logits=train.logits, labels=unknown, features=train.features)
+        )
     few = train.subset(slice(0, 10))
     with pytest.raises(ValueError, match=r"k=50 must be an integer in \[1, 10\]"):
         oodlens.create_scorer("knn").fit(few)
     with pytest.raises(ValueError, match=r"dim=16 must be an integer in \[1, 15\]"):
         oodlens.create_scorer("vim", dim=16).fit(train)
-    with pytest.raises(ValueError, match="percentile=0"):
-        oodlens.create_scorer("react", percentile=0).fit(train)
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "message"),
+    [
+        ("knn", {"k": 0}, r"k=0 is not valid; it must be an int in \[1, inf\)"),
+        ("knn", {"k": 2.5}, r"k=2.5 is not valid; it must be an int in \[1, inf\)"),
+        ("knn", {"use_faiss": "yes"}, r"use_faiss='yes' is not valid; it must be True or False"),
+        (
+            "react",
+            {"percentile": 0},
+            r"percentile=0 is not valid; it must be a float in \(0, 100\]",
+        ),
+        ("react", {"percentile": 101}, r"percentile=101 is not valid; .* \(0, 100\]"),
+        ("mahalanobis", {"reg": -1}, r"reg=-1 is not valid; it must be a float in \[0, inf\)"),
+        ("mahalanobis", {"reg": float("nan")}, r"reg=nan is not valid"),
+        ("vim", {"dim": 0}, r"dim=0 is not valid; it must be an int in \[1, inf\) or None"),
+    ],
+)
+def test_parameter_constraints_fail_before_fit(name, params, message):
+    with pytest.raises(oodlens.InvalidParameterError, match=message):
+        oodlens.create_scorer(name, **params)
+
+
+def test_parameter_constraints_checked_again_at_fit(data):
+    train, _ = data
+    scorer = oodlens.create_scorer("react")
+    scorer.percentile = 0
+    with pytest.raises(oodlens.InvalidParameterError, match=r"percentile=0 is not valid"):
+        scorer.fit(train)
 
 
 def test_singular_covariance_is_regularised(data):
@@ -197,3 +234,134 @@ def test_singular_covariance_is_regularised(data):
     assert np.isfinite(s).all()
     with pytest.raises(ValueError, match="covariance is singular"):
         oodlens.create_scorer("mahalanobis", reg=0.0).fit(t)
+
+
+SETTINGS = [
+    ("mahalanobis", {}),
+    ("knn", {"k": 7, "use_faiss": False}),
+    ("knn", {"k": 1, "use_faiss": False}),
+    ("vim", {"dim": 8}),
+    ("react", {"percentile": 80}),
+]
+
+
+def _memmapped(outputs, tmp_path, tag):
+    """The same outputs with memory-mapped (read-only) float32 features."""
+    path = tmp_path / f"{tag}.npy"
+    np.save(path, outputs.features.astype(np.float32))
+    features = np.load(path, mmap_mode="r")
+    assert isinstance(features, np.memmap)
+    return oodlens.Outputs(
+        logits=outputs.logits,
+        labels=outputs.labels,
+        features=features,
+        head_weight=outputs.head_weight,
+        head_bias=outputs.head_bias,
+    )
+
+
+def _as_float32(outputs):
+    return oodlens.Outputs(
+        logits=outputs.logits,
+        labels=outputs.labels,
+        features=outputs.features.astype(np.float32),
+        head_weight=outputs.head_weight,
+        head_bias=outputs.head_bias,
+    )
+
+
+@pytest.mark.parametrize(("name", "params"), SETTINGS)
+def test_memmap_features_score_as_in_memory(data, tmp_path, name, params):
+    train, test = data
+    mm_train, mm_test = _memmapped(train, tmp_path, "train"), _memmapped(test, tmp_path, "test")
+    expected = oodlens.create_scorer(name, **params).fit(_as_float32(train))
+    got = oodlens.create_scorer(name, **params).fit(mm_train)
+    assert isinstance(mm_train.features, np.memmap)  # fitting did not replace the memmap
+    np.testing.assert_allclose(
+        got.score(mm_test), expected.score(_as_float32(test)), rtol=1e-12, atol=1e-12
+    )
+    np.testing.assert_allclose(got.score(test), expected.score(test), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(("name", "params"), SETTINGS)
+@pytest.mark.parametrize("memmap", [False, True])
+def test_many_small_blocks_equal_one_block(data, tmp_path, monkeypatch, name, params, memmap):
+    train, test = data
+    if memmap:
+        train, test = _memmapped(train, tmp_path, "train"), _memmapped(test, tmp_path, "test")
+    monkeypatch.setattr(oodlens_feature_scorers, "BLOCK_VALUES", 1 << 30)
+    one = oodlens.create_scorer(name, **params).fit(train)
+    one_scores = one.score(test)
+    calls = []
+    real = oodlens_feature_scorers.iter_row_chunks
+
+    def counting(array, rows):
+        calls.append(rows)
+        return real(array, rows)
+
+    monkeypatch.setattr(oodlens_feature_scorers, "iter_row_chunks", counting)
+    monkeypatch.setattr(oodlens_feature_scorers, "BLOCK_VALUES", 64)  # a few rows per block
+    many = oodlens.create_scorer(name, **params).fit(train)
+    many_scores = many.score(test)
+    assert calls and max(calls) < 50  # the plugin did read in small blocks
+    np.testing.assert_allclose(many_scores, one_scores, rtol=1e-10, atol=1e-10)
+    for attr, value in vars(one).items():
+        if attr.endswith("_") and isinstance(value, np.ndarray):
+            np.testing.assert_allclose(vars(many)[attr], value, rtol=1e-10, atol=1e-10)
+
+
+def test_memmap_is_never_loaded_whole(tmp_path, monkeypatch):
+    """Fitting and scoring on memory-mapped features allocate about one block, never a
+    float64 copy of the whole matrix (25.6 MB here; knn's float32 bank is its fitted state)."""
+    rng = np.random.default_rng(0)
+    n, d, c = 100_000, 32, 4
+    path = tmp_path / "features.npy"
+    np.save(path, rng.normal(size=(n, d)).astype(np.float32))
+    head_weight, head_bias = rng.normal(size=(c, d)), rng.normal(size=c)
+    train = oodlens.Outputs(
+        logits=np.zeros((n, c)),
+        labels=np.arange(n) % c,
+        features=np.load(path, mmap_mode="r"),
+        head_weight=head_weight,
+        head_bias=head_bias,
+    )
+    test = train.subset(slice(0, 1000))
+    monkeypatch.setattr(oodlens_feature_scorers, "BLOCK_VALUES", 1 << 15)  # 1024 rows
+    whole64 = n * d * 8
+    bank32 = n * d * 4
+    for name, params, fit_extra in [
+        ("mahalanobis", {}, 0),
+        ("vim", {"dim": 16}, 0),
+        ("knn", {"k": 5, "use_faiss": False}, bank32),
+    ]:
+        scorer = oodlens.create_scorer(name, **params)
+        tracemalloc.start()
+        try:
+            scorer.fit(train)
+            fit_peak = tracemalloc.get_traced_memory()[1]
+            before = tracemalloc.get_traced_memory()[0]
+            tracemalloc.reset_peak()
+            scorer.score(test)
+            score_peak = tracemalloc.get_traced_memory()[1] - before
+        finally:
+            tracemalloc.stop()
+        assert fit_peak < fit_extra + whole64 // 8, (name, fit_peak)
+        assert score_peak < whole64 // 8, (name, score_peak)
+    # react: the threshold is oodlens.arrays.streamed_percentile; scoring is blocked here
+    scorer = oodlens.create_scorer("react").fit(train)
+    tracemalloc.start()
+    try:
+        scorer.score(train)
+        score_peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert score_peak < n * 8 + whole64 // 8, score_peak  # the (N,) scores plus blocks
+
+
+def test_import_does_not_load_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, oodlens_feature_scorers; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -34,5 +34,6 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(".gradcam", __name__), name)
     if name in _MOVED:
-        raise AttributeError(f"oodlens.explainers.{name} moved: use {_MOVED[name]}.")
+        # ImportError (not AttributeError), so that `from oodlens.explainers import ...` shows it
+        raise ImportError(f"oodlens.explainers.{name} moved: use {_MOVED[name]}.")
     raise AttributeError(f"module 'oodlens.explainers' has no attribute {name!r}")

@@ -1,38 +1,40 @@
 r"""Feature-space OOD scorers for oodlens, registered through the ``oodlens`` entry point.
 
 Only oodlens's public API is used. Every score is **higher = more in-distribution**.
+
+Features may be memory-mapped (``np.load(..., mmap_mode="r")``, or outputs cached by
+oodlens): fitting and scoring read them in row blocks of about :data:`BLOCK_VALUES` numbers
+(see :func:`oodlens.arrays.iter_row_chunks`) and never convert the whole matrix to float64.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 from scipy.special import logsumexp
 
 import oodlens
+from oodlens.arrays import check_fit_labels, iter_row_chunks, rows_per_chunk, streamed_percentile
+from oodlens.params import Boolean, Interval
 
-__all__ = ["Mahalanobis", "KNN", "ViM", "ReAct", "register_scorers"]
+__all__ = ["Mahalanobis", "KNN", "ViM", "ReAct", "register_scorers", "BLOCK_VALUES"]
 
 log = logging.getLogger(__name__)
-_BLOCK = 1 << 22
+
+#: About how many numbers one row block holds while fitting and scoring (bounds the memory
+#: taken beyond the fitted state).
+BLOCK_VALUES = 1 << 22
 
 
-def _labels_for_fit(name: str, train: oodlens.Outputs) -> tuple[np.ndarray, int]:
-    c = train.n_classes
-    y = train.labels
-    if y.min() < 0 or y.max() >= c:
-        raise ValueError(f"{name}: training labels must be in [0, {c}), got {y.min()}..{y.max()}.")
-    counts = np.bincount(y, minlength=c)
-    empty = np.flatnonzero(counts == 0)
-    if empty.size:
-        raise ValueError(
-            f"{name}: class(es) {empty.tolist()[:10]} have no training rows, so no class mean can be "
-            "estimated. Fit on a training set that covers every class."
-        )
-    return y, c
+def _blocks(array: np.ndarray, rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """``(start, float64 block)`` over the rows of ``array``, about BLOCK_VALUES numbers each."""
+    if rows is None:
+        rows = rows_per_chunk(array.shape[1], BLOCK_VALUES)
+    for start, block in iter_row_chunks(array, rows):
+        yield start, np.asarray(block, dtype=np.float64)
 
 
 class Mahalanobis(oodlens.Scorer):
@@ -45,6 +47,11 @@ class Mahalanobis(oodlens.Scorer):
     on penultimate features :math:`f`, without the paper's input preprocessing and feature
     ensembles. Paper: https://arxiv.org/abs/1807.03888 ; reference code:
     https://github.com/pokaxpoka/deep_Mahalanobis_detector
+
+    The means and the covariance are accumulated over row blocks in one pass
+    (:math:`N\hat\Sigma = \sum_i g_i g_i^\top - \sum_c n_c \bar g_c \bar g_c^\top` with
+    :math:`g = f - f_0` shifted by the first training row, which keeps the subtraction well
+    conditioned).
 
     Regularisation: :math:`\lambda = \text{reg} \cdot \operatorname{tr}(\hat\Sigma)/D`
     (default ``reg=1e-6``) keeps the covariance invertible when it is singular (fewer
@@ -60,36 +67,49 @@ class Mahalanobis(oodlens.Scorer):
         "Mahalanobis distance to the closest class mean, shared covariance (Lee et al. 2018)"
     )
     requires = frozenset({"features", "labels"})
+    parameter_constraints = {"reg": [Interval(float, 0, None, closed="left")]}
 
     def __init__(self, reg: float = 1e-6) -> None:
         self.reg = reg
 
     def _fit(self, train: oodlens.Outputs) -> None:
-        if not (np.isfinite(self.reg) and self.reg >= 0):
-            raise ValueError(f"mahalanobis: reg={self.reg!r} must be a finite number >= 0.")
-        y, c = _labels_for_fit("mahalanobis", train)
-        f = np.asarray(train.features, dtype=np.float64)
-        means = np.stack([f[y == k].mean(axis=0) for k in range(c)])
-        centred = f - means[y]
-        cov = centred.T @ centred / f.shape[0]
-        d = cov.shape[0]
+        counts = check_fit_labels("mahalanobis", train.labels, train.n_classes)
+        y = train.labels
+        c, d = train.n_classes, train.features.shape[1]
+        shift = np.asarray(train.features[0], dtype=np.float64)  # conditions the subtraction
+        sums = np.zeros((c, d))  # per-class sums of g = f - shift
+        outer = np.zeros((d, d))  # sum of g g^T
+        for start, f in _blocks(train.features):
+            g = f - shift
+            outer += g.T @ g
+            yb = np.asarray(y[start : start + len(g)])
+            order = np.argsort(yb, kind="stable")
+            classes, first = np.unique(yb[order], return_index=True)
+            sums[classes] += np.add.reduceat(g[order], first, axis=0)
+        n = int(counts.sum())
+        means_g = sums / counts[:, None]
+        cov = (outer - (means_g * counts[:, None]).T @ means_g) / n
+        cov = (cov + cov.T) / 2.0
         ridge = self.reg * np.trace(cov) / d
         if ridge == 0.0 and np.linalg.matrix_rank(cov) < d:
             raise ValueError(
                 f"mahalanobis: the feature covariance is singular (rank {np.linalg.matrix_rank(cov)} < {d}) "
                 "and reg=0; use reg > 0 (default 1e-6)."
             )
-        self.means_ = means
+        self.means_ = means_g + shift
         self.precision_ = np.linalg.inv(cov + ridge * np.eye(d))
 
     def _score(self, outputs: oodlens.Outputs) -> np.ndarray:
-        f = np.asarray(outputs.features, dtype=np.float64)
         # (f-mu)^T P (f-mu) = f^T P f - 2 f^T P mu + mu^T P mu, for all classes at once
-        fp = f @ self.precision_
-        quad_f = np.einsum("nd,nd->n", fp, f)
         quad_mu = np.einsum("cd,cd->c", self.means_ @ self.precision_, self.means_)
-        dist = quad_f[:, None] - 2.0 * fp @ self.means_.T + quad_mu[None, :]
-        return -np.maximum(dist.min(axis=1), 0.0)
+        rows = rows_per_chunk(outputs.features.shape[1] + len(self.means_), BLOCK_VALUES)
+        out = np.empty(outputs.n_samples)
+        for start, f in _blocks(outputs.features, rows):
+            fp = f @ self.precision_
+            quad_f = np.einsum("nd,nd->n", fp, f)
+            dist = quad_f[:, None] - 2.0 * fp @ self.means_.T + quad_mu[None, :]
+            out[start : start + len(f)] = -np.maximum(dist.min(axis=1), 0.0)
+        return out
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -102,10 +122,13 @@ class KNN(oodlens.Scorer):
 
     .. math:: s(x) = -\lVert z - z_{(k)} \rVert_2, \qquad z = f / \lVert f \rVert_2
 
-    where :math:`z_{(k)}` is the k-th nearest normalised training feature. Exact search by a
-    chunked matrix product (:math:`\lVert z - t\rVert^2 = 2 - 2 z^\top t` for unit vectors);
-    faiss (``IndexFlatL2``) is used instead when installed and ``use_faiss`` is true.
-    Paper: https://arxiv.org/abs/2204.06507 ; code: https://github.com/deeplearning-wisc/knn-ood
+    where :math:`z_{(k)}` is the k-th nearest normalised training feature. The fitted bank
+    holds the normalised training features as float32. Exact search by blocked matrix
+    products (:math:`\lVert z - t\rVert^2 = 2 - 2 z^\top t` for unit vectors) in float64,
+    keeping the running k largest similarities per query, so memory beyond the bank stays
+    bounded; faiss (``IndexFlatL2``) is used instead when installed and ``use_faiss`` is
+    true. Paper: https://arxiv.org/abs/2204.06507 ; code:
+    https://github.com/deeplearning-wisc/knn-ood
 
     Args:
         k: which neighbour (default 50, the paper's choice for CIFAR-10); must not exceed the
@@ -116,18 +139,22 @@ class KNN(oodlens.Scorer):
     name = "knn"
     description = "distance to the k-th nearest normalised training feature (Sun et al. 2022)"
     requires = frozenset({"features"})
+    parameter_constraints = {"k": [Interval(int, 1, None)], "use_faiss": [Boolean()]}
 
     def __init__(self, k: int = 50, use_faiss: bool = True) -> None:
         self.k = k
         self.use_faiss = use_faiss
 
     def _fit(self, train: oodlens.Outputs) -> None:
-        n = train.n_samples
-        if not (isinstance(self.k, int | np.integer) and 1 <= self.k <= n):
+        n, d = train.features.shape
+        if self.k > n:
             raise ValueError(
                 f"knn: k={self.k!r} must be an integer in [1, {n}] (the number of training rows)."
             )
-        self.bank_ = _normalise(np.asarray(train.features, dtype=np.float32))
+        bank = np.empty((n, d), dtype=np.float32)
+        for start, block in iter_row_chunks(train.features, rows_per_chunk(d, BLOCK_VALUES)):
+            bank[start : start + len(block)] = _normalise(np.asarray(block, dtype=np.float32))
+        self.bank_ = bank
         self.index_ = None
         if self.use_faiss:
             try:
@@ -139,17 +166,27 @@ class KNN(oodlens.Scorer):
                 self.index_.add(self.bank_)
 
     def _score(self, outputs: oodlens.Outputs) -> np.ndarray:
-        z = _normalise(np.asarray(outputs.features, dtype=np.float32))
-        if self.index_ is not None:
-            dist2, _ = self.index_.search(z, self.k)
-            return -np.sqrt(np.maximum(dist2[:, -1].astype(np.float64), 0.0))
-        out = np.empty(len(z))
-        block = max(1, _BLOCK // self.bank_.shape[0])
-        bank64 = self.bank_.astype(np.float64)
-        for s in range(0, len(z), block):
-            sim = z[s : s + block].astype(np.float64) @ bank64.T
-            kth = -np.partition(-sim, self.k - 1, axis=1)[:, self.k - 1]
-            out[s : s + block] = -np.sqrt(np.maximum(2.0 - 2.0 * kth, 0.0))
+        k = int(self.k)
+        n_bank, d = self.bank_.shape
+        bank_rows = min(n_bank, rows_per_chunk(d, BLOCK_VALUES))
+        query_rows = rows_per_chunk(max(d, bank_rows + k), BLOCK_VALUES)
+        out = np.empty(outputs.n_samples)
+        for start, block in iter_row_chunks(outputs.features, query_rows):
+            z = _normalise(np.asarray(block, dtype=np.float32))
+            if self.index_ is not None:
+                dist2, _ = self.index_.search(z, k)
+                kth_dist2 = dist2[:, -1].astype(np.float64)
+                out[start : start + len(z)] = -np.sqrt(np.maximum(kth_dist2, 0.0))
+                continue
+            z64 = z.astype(np.float64)
+            top = np.empty((len(z), 0))  # the k largest similarities so far, unordered
+            for b in range(0, n_bank, bank_rows):
+                sim = z64 @ self.bank_[b : b + bank_rows].astype(np.float64).T
+                top = np.concatenate([top, sim], axis=1)
+                if top.shape[1] > k:
+                    top = -np.partition(-top, k - 1, axis=1)[:, :k]
+            kth = top.min(axis=1)
+            out[start : start + len(z)] = -np.sqrt(np.maximum(2.0 - 2.0 * kth, 0.0))
         return out
 
 
@@ -169,8 +206,8 @@ class ViM(oodlens.Scorer):
     https://arxiv.org/abs/2203.10807 ; code: https://github.com/haoqiwang/vim
 
     Args:
-        dim: principal subspace dimension; ``None`` uses the paper's rule (1000 for
-            D >= 2048, 512 for D >= 768, else D // 2).
+        dim: principal subspace dimension, smaller than the feature dimension D; ``None``
+            uses the paper's rule (1000 for D >= 2048, 512 for D >= 768, else D // 2).
     """
 
     name = "vim"
@@ -178,41 +215,54 @@ class ViM(oodlens.Scorer):
         "energy minus the scaled residual norm outside the principal subspace (Wang et al. 2022)"
     )
     requires = frozenset({"features", "head", "logits"})
+    parameter_constraints = {"dim": [Interval(int, 1, None), None]}
 
     def __init__(self, dim: int | None = None) -> None:
         self.dim = dim
 
     def _fit(self, train: oodlens.Outputs) -> None:
-        f = np.asarray(train.features, dtype=np.float64)
-        d = f.shape[1]
+        n, d = train.features.shape
         dim = (
             self.dim
             if self.dim is not None
             else (1000 if d >= 2048 else 512 if d >= 768 else d // 2)
         )
-        if not (isinstance(dim, int | np.integer) and 1 <= dim < d):
+        if not 1 <= dim < d:
             raise ValueError(
                 f"vim: dim={dim!r} must be an integer in [1, {d - 1}] (feature dimension {d})."
             )
         w, b = np.asarray(train.head_weight, np.float64), np.asarray(train.head_bias, np.float64)
         self.origin_ = -np.linalg.pinv(w) @ b
-        x = f - self.origin_
-        eigval, eigvec = np.linalg.eigh(x.T @ x / len(x))
+        xtx = np.zeros((d, d))
+        max_logit_sum = 0.0
+        for _, f in _blocks(train.features):
+            x = f - self.origin_
+            xtx += x.T @ x
+            max_logit_sum += float((f @ w.T + b).max(axis=1).sum())
+        eigval, eigvec = np.linalg.eigh(xtx / n)
         self.residual_basis_ = np.ascontiguousarray(eigvec[:, : d - dim])
-        vlogit = np.linalg.norm(x @ self.residual_basis_, axis=1)
-        if vlogit.mean() <= 0:
+        vlogit_sum = 0.0
+        for _, f in _blocks(train.features):
+            vlogit_sum += float(
+                np.linalg.norm((f - self.origin_) @ self.residual_basis_, axis=1).sum()
+            )
+        if vlogit_sum / n <= 0:
             raise ValueError(
                 "vim: the training features have no residual outside the principal subspace; lower dim."
             )
-        logits = f @ w.T + b
-        self.alpha_ = float(logits.max(axis=1).mean() / vlogit.mean())
+        self.alpha_ = float((max_logit_sum / n) / (vlogit_sum / n))
         self.weight_, self.bias_ = w, b
         self.dim_ = int(dim)
 
     def _score(self, outputs: oodlens.Outputs) -> np.ndarray:
-        f = np.asarray(outputs.features, dtype=np.float64)
-        vlogit = np.linalg.norm((f - self.origin_) @ self.residual_basis_, axis=1) * self.alpha_
-        return logsumexp(f @ self.weight_.T + self.bias_, axis=1) - vlogit
+        rows = rows_per_chunk(outputs.features.shape[1] + len(self.bias_), BLOCK_VALUES)
+        out = np.empty(outputs.n_samples)
+        for start, f in _blocks(outputs.features, rows):
+            vlogit = np.linalg.norm((f - self.origin_) @ self.residual_basis_, axis=1) * self.alpha_
+            out[start : start + len(f)] = (
+                logsumexp(f @ self.weight_.T + self.bias_, axis=1) - vlogit
+            )
+        return out
 
 
 class ReAct(oodlens.Scorer):
@@ -220,8 +270,10 @@ class ReAct(oodlens.Scorer):
 
     .. math:: s(x) = \log \sum_c \exp\big(W \min(f, \tau) + b\big)_c
 
-    where :math:`\tau` is the ``percentile``-th percentile of all training feature values.
-    Paper: https://arxiv.org/abs/2111.12797 ; code: https://github.com/deeplearning-wisc/react
+    where :math:`\tau` is the ``percentile``-th percentile of all training feature values
+    (exact, computed by :func:`oodlens.arrays.streamed_percentile` without loading the
+    features whole). Paper: https://arxiv.org/abs/2111.12797 ; code:
+    https://github.com/deeplearning-wisc/react
 
     Args:
         percentile: clipping percentile in (0, 100] (default 90, as in the paper).
@@ -232,22 +284,24 @@ class ReAct(oodlens.Scorer):
         "energy of the head applied to features clipped at a training percentile (Sun et al. 2021)"
     )
     requires = frozenset({"features", "head"})
+    parameter_constraints = {"percentile": [Interval(float, 0, 100, closed="right")]}
 
     def __init__(self, percentile: float = 90.0) -> None:
         self.percentile = percentile
 
     def _fit(self, train: oodlens.Outputs) -> None:
-        if not (0 < self.percentile <= 100):
-            raise ValueError(f"react: percentile={self.percentile!r} must be in (0, 100].")
-        self.threshold_ = float(
-            np.percentile(np.asarray(train.features, dtype=np.float64), self.percentile)
-        )
+        self.threshold_ = float(streamed_percentile(train.features, self.percentile))
 
     def _score(self, outputs: oodlens.Outputs) -> np.ndarray:
-        f = np.minimum(np.asarray(outputs.features, dtype=np.float64), self.threshold_)
-        return oodlens.functional.energy(
-            f @ np.asarray(outputs.head_weight, np.float64).T + outputs.head_bias
-        )
+        w = np.asarray(outputs.head_weight, np.float64)
+        rows = rows_per_chunk(outputs.features.shape[1] + len(w), BLOCK_VALUES)
+        out = np.empty(outputs.n_samples)
+        for start, f in _blocks(outputs.features, rows):
+            clipped = np.minimum(f, self.threshold_)
+            out[start : start + len(f)] = oodlens.functional.energy(
+                clipped @ w.T + outputs.head_bias
+            )
+        return out
 
 
 @oodlens.hookimpl
