@@ -510,5 +510,9 @@ def test_old_module_paths_name_their_new_home():
         import oodlens.benchmark  # noqa: F401
     with pytest.raises(ImportError, match="use oodlens.extract.extract_outputs"):
         from oodlens.backbones import extract_outputs  # noqa: F401
+    with pytest.raises(ImportError, match="use oodlens.load_dataset"):
+        from oodlens.datasets import load_dataset  # noqa: F401
+    with pytest.raises(ImportError, match="use oodlens.plots.plot_explanations"):
+        from oodlens.diagnose import plot_explanations  # noqa: F401
     with pytest.raises(ImportError, match="use oodlens.create_explainer"):
         from oodlens.explainers import create_explainer  # noqa: F401

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import struct
 from collections.abc import Callable
@@ -14,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .errors import moved_names
 from .files import atomic_path
 
 __all__ = [
@@ -30,17 +30,9 @@ __all__ = [
     "resolve_device",
 ]
 
-_MOVED = {"extract_outputs": "oodlens.extract", "ExtractionReport": "oodlens.extract"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        # ImportError (not AttributeError), so that `from oodlens.backbones import ...` shows it
-        raise ImportError(f"oodlens.backbones.{name} moved: use {_MOVED[name]}.{name}.")
-    raise AttributeError(f"module 'oodlens.backbones' has no attribute {name!r}")
-
-
-log = logging.getLogger(__name__)
+__getattr__ = moved_names(
+    __name__, {"extract_outputs": "oodlens.extract", "ExtractionReport": "oodlens.extract"}
+)
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from .errors import moved_names
+
 __all__ = [
     "DatasetSource",
     "CorruptImageError",
@@ -45,6 +47,8 @@ __all__ = [
     "load_noise_source",
     "load_torchvision_source",
 ]
+
+__getattr__ = moved_names(__name__, {"load_dataset": "oodlens", "list_datasets": "oodlens"})
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 SPLITS = ("all", "train", "test")

@@ -16,6 +16,7 @@ import torch
 from .backbones import build_transform, create_backbone, resolve_device
 from .cache import Cache, file_sha256
 from .datasets import DatasetSource, files_source, split_spec
+from .errors import moved_names
 from .explainers import Explanation, attention_area_mass
 from .explainers.gradcam import GradCAM, minmax_normalize
 from .extract import cached_extract, extract_outputs
@@ -25,6 +26,10 @@ from .registry import create_scorer, load_dataset, parse_scorer_spec
 __all__ = ["explain_source", "explain_images", "attention_analysis", "AttentionResult"]
 
 log = logging.getLogger(__name__)
+
+__getattr__ = moved_names(
+    __name__, {"plot_explanations": "oodlens.plots", "Explanation": "oodlens.explainers"}
+)
 
 
 def _display(source: DatasetSource, index: Sequence[int], size: tuple[int, int]) -> np.ndarray:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, NoReturn
+
 __all__ = [
+    "moved_names",
     "NotFittedError",
     "MissingOutputsError",
     "UnknownNameError",
@@ -38,3 +42,21 @@ class InvalidParameterError(ValueError, TypeError):
 
     Both a ``ValueError`` and a ``TypeError``, so callers catching either see it.
     """
+
+
+def moved_names(module: str, moved: dict[str, str]) -> Callable[[str], NoReturn]:
+    """A module ``__getattr__`` for names that moved elsewhere: using one raises an
+    ``ImportError`` naming the new place (an ``ImportError``, not an ``AttributeError``, so
+    that ``from module import name`` shows the message instead of a generic one).
+
+    Args:
+        module: the module's name, e.g. ``"oodlens.backbones"``.
+        moved: old name -> where it lives now, e.g. ``{"extract_outputs": "oodlens.extract"}``.
+    """
+
+    def __getattr__(name: str) -> Any:
+        if name in moved:
+            raise ImportError(f"{module}.{name} moved: use {moved[name]}.{name}.")
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+
+    return __getattr__

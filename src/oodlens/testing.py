@@ -108,6 +108,8 @@ def check_scorer(name: str, params: dict[str, Any] | None = None) -> None:
     ood = synthetic_outputs(150, seed=2, kind="ood")
 
     scorer = create_scorer(name, **params)
+    unknown = set(type(scorer).parameter_constraints) - set(scorer.param_names())
+    assert not unknown, f"parameter_constraints name parameters __init__ lacks: {sorted(unknown)}"
     for key, value in params.items():
         assert getattr(scorer, key) is value, f"__init__ must store {key!r} verbatim"
     fitted = [k for k in vars(scorer) if k.endswith("_") and not k.startswith("__")]

@@ -264,15 +264,11 @@ def _backbone(plan: _Plan, model_name: str, ckpt: str | None):
         mcfg = dataclasses.replace(mcfg, img_size=cfg.img_size)
     sources = dict(plan.sources)
     n_classes = len(sources["id_train"].classes)
-    what = (
-        "the model trained here"
-        if ckpt and plan.cfg.checkpoints == ()
-        else (f"Checkpoint {ckpt!r}" if ckpt else f"Pretrained {model_name!r}")
-    )
     if mcfg.class_names:
         for key, label in (("id_train", "ID train"), ("id_test", "ID test")):
             sources[key] = align_classes(sources[key], mcfg.class_names, label)
     elif mcfg.num_classes != n_classes:
+        what = f"Checkpoint {ckpt!r}" if ckpt else f"Pretrained {model_name!r}"
         raise ValueError(
             f"{what} has {mcfg.num_classes} classes but the ID set {cfg.id!r} has {n_classes}"
             + (

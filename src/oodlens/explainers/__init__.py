@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from ..errors import moved_names
 from .attention import attention_area, attention_area_mass
 from .base import Explainer, Explanation
 
@@ -24,16 +25,10 @@ __all__ = [
 ]
 
 _LAZY = {"GradCAM", "resolve_target_layer", "minmax_normalize"}
-_MOVED = {
-    "list_explainers": "oodlens.list_explainers",
-    "create_explainer": "oodlens.create_explainer",
-}
+_moved = moved_names(__name__, {"list_explainers": "oodlens", "create_explainer": "oodlens"})
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(".gradcam", __name__), name)
-    if name in _MOVED:
-        # ImportError (not AttributeError), so that `from oodlens.explainers import ...` shows it
-        raise ImportError(f"oodlens.explainers.{name} moved: use {_MOVED[name]}.")
-    raise AttributeError(f"module 'oodlens.explainers' has no attribute {name!r}")
+    return _moved(name)
