@@ -95,12 +95,16 @@ def test_1_test_classes_are_matched_by_name(tmp_path, capsys):
         ood=(oodlens.OODSet("noise", "noise:gaussian,n=20,size=16"),),
         scorers=("msp",),
         cache_dir=str(tmp_path / "cache"),
+        val_fraction=0.0,
+        calib_fraction=0.3,
         progress=False,
     )
-    test = res.runs[0].outputs["id_test"]
-    np.testing.assert_array_equal(test.labels, [0] * 8 + [2] * 8)
-    # oodlens train evaluates with the same by-name labels as the harness
-    assert summary["test_accuracy"] == pytest.approx(res.runs[0].id_correct.mean())
+    test, calib = res.runs[0].outputs["id_test"], res.runs[0].outputs["id_calib"]
+    labels = np.concatenate([test.labels, calib.labels])
+    np.testing.assert_array_equal(np.sort(labels), [0] * 8 + [2] * 8)
+    # oodlens train evaluates with the same by-name labels as the harness (all 16 test rows)
+    correct = np.concatenate([test.correct(), calib.correct()])
+    assert summary["test_accuracy"] == pytest.approx(correct.mean())
     # a test class the model does not know is an error naming it
     colour_folder(data, (), ("d",))
     rc, _, err = run_cli(
@@ -128,6 +132,8 @@ def test_2_trained_checkpoint_cache_follows_the_data(tmp_path):
         "ood": (oodlens.OODSet("noise", "noise:gaussian,n=20,size=16"),),
         "scorers": ("msp",),
         "cache_dir": str(tmp_path / "cache"),
+        "val_fraction": 0.0,
+        "calib_fraction": 0.4,
         "progress": False,
     }
     first = run_benchmark(**kw).info["train"]["resnet18/seed0"]

@@ -53,7 +53,7 @@ def test_digits_scores_are_what_the_scorers_give(digits_result, cache_dir):
     """The harness's scores equal a scorer fitted by hand on the cached outputs."""
     cache = Cache(cache_dir)
     files = sorted((cache_dir / "outputs").glob("*.npz"))
-    assert len(files) == 4  # id train, id test, two OOD sets
+    assert len(files) == 6  # id train, val, calib, id test, two OOD sets
     outs = [oodlens.Outputs.load(f) for f in files]
     by_size = {o.n_samples: o for o in outs}
     run = digits_result.runs[0]
@@ -107,14 +107,14 @@ def test_one_forward_pass_and_cache_hits(digits_result, cache_dir, digits_train,
     ] + [500]
     assert counter.images == sum(sizes), "each image goes through the network exactly once"
     assert counter.calls == sum(-(-n // 100) for n in sizes)  # one call per batch
-    assert r1.info["cache_misses"] == 4 and r1.info["cache_hits"] == 0
+    assert r1.info["cache_misses"] == 6 and r1.info["cache_hits"] == 0
     assert list(r1.table.scorer.unique()) == [
         *oodlens.list_scorers(),
         "logit_kde:mode=class_conditional",
     ]
     counter.calls = 0
     r2 = run_benchmark(cache_dir=str(cache_dir), train=digits_train, progress=False)
-    assert counter.calls == 0 and r2.info["cache_hits"] == 4
+    assert counter.calls == 0 and r2.info["cache_hits"] == 6
     pd.testing.assert_frame_equal(r1.table, r2.table)
 
 
@@ -248,6 +248,8 @@ def test_image_folder_end_to_end_with_checkpoint_and_corrupt_image(tmp_path):
         checkpoints=(str(ckpt),),
         scorers=("msp", "logit_kde"),
         cache_dir=str(tmp_path / "cache"),
+        val_fraction=0.0,
+        calib_fraction=0.4,  # 10 test images: a large enough calib split
     )
     with pytest.raises(
         oodlens.datasets.CorruptImageError,

@@ -127,6 +127,10 @@ def test_train_then_bench_on_folders_with_checkpoint(tmp_path, cache_dir):
         "--scorers",
         "msp",
         "energy",
+        "--val-fraction",
+        "0",
+        "--calib-fraction",
+        "0.45",
         "-q",
     )
     assert r.returncode == 0, r.stderr

@@ -20,7 +20,10 @@ EXTRA_PARAMS: dict[str, list[dict]] = {
         {"mode": "class_conditional", "method": "exact"},
         {"mode": "class_conditional", "top_k": 2},
         {"mode": "class_conditional", "top_k": 2, "method": "exact", "bandwidth": "cv"},
+        {"bw_multiplier": 0.5},
     ],
+    "react": [{"percentile_on": "val"}],
+    "knn": [{"k": 1}],
 }
 
 CASES = [(name, {}) for name in oodlens.list_scorers()] + [

@@ -15,6 +15,7 @@ from . import registry
 from .bench.config import BenchmarkConfig, load_config, parse_ood_spec
 from .bench.report import FORMATS, TERMINAL_COLUMNS, to_markdown
 from .errors import PluginError
+from .metrics import CONVENTIONS
 from .train import TrainConfig
 
 __all__ = ["main", "build_parser"]
@@ -76,10 +77,22 @@ def _bench_config(args: argparse.Namespace) -> BenchmarkConfig:
         changes["id"] = args.id
     if args.ood:
         changes["ood"] = tuple(parse_ood_spec(o) for o in args.ood)
+    if args.ood_val:
+        changes["ood_val"] = tuple(parse_ood_spec(o) for o in args.ood_val)
     for opt in ("scorers", "seeds"):
         if getattr(args, opt):
             changes[opt] = tuple(getattr(args, opt))
-    for opt in ("device", "batch_size", "img_size", "cache_dir", "threshold", "attention_layer"):
+    for opt in (
+        "device",
+        "batch_size",
+        "img_size",
+        "cache_dir",
+        "threshold",
+        "attention_layer",
+        "convention",
+        "val_fraction",
+        "calib_fraction",
+    ):
         if getattr(args, opt) is not None:
             changes[opt] = getattr(args, opt)
     for flag, field_name, value in (
@@ -87,6 +100,7 @@ def _bench_config(args: argparse.Namespace) -> BenchmarkConfig:
         ("skip_corrupt", "skip_corrupt", True),
         ("attention", "attention", True),
         ("pretrained", "pretrained", True),
+        ("tune", "tune", True),
     ):
         if getattr(args, flag):
             changes[field_name] = value
@@ -257,6 +271,32 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--img-size", type=int)
     p.add_argument("--threshold", type=float, help="extra fixed operating threshold (e.g. 0.04)")
+    p.add_argument(
+        "--convention",
+        choices=CONVENTIONS,
+        help="metric definitions: oodlens (default) or openood (OpenOOD v1.5's evaluator)",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        help="share of held-out ID data for the val split (tuning; default 0.1)",
+    )
+    p.add_argument(
+        "--calib-fraction",
+        type=float,
+        help="share of held-out ID data for the calib split (operating threshold; default 0.1)",
+    )
+    p.add_argument(
+        "--ood-val",
+        action="append",
+        metavar="[GROUP:]NAME=SPEC",
+        help="OOD validation set for --tune (repeatable); never one of the test sets",
+    )
+    p.add_argument(
+        "--tune",
+        action="store_true",
+        help="search each scorer's grid (declared, or k=1|10|50 in its spec) on ID val + OOD val",
+    )
     p.add_argument(
         "--format",
         action="append",

@@ -13,7 +13,8 @@ Grammar: ``KIND:ARG,key=value,...[@SPLIT]`` or a folder path ``PATH[@SPLIT]``.
 
 ``@train`` / ``@test`` pick a deterministic split: a folder's own ``train/`` and ``test/``
 sub-folders when present, otherwise a stable 80/20 split by a hash of each sample's id (file
-path, or index for built-in sets); torchvision sets use their official split. ``@all`` (the
+path relative to the folder, or index for built-in sets, so a copy of the data elsewhere
+splits the same way); torchvision sets use their official split. ``@all`` (the
 default) takes everything.
 
 New kinds come from plugins through the ``register_datasets`` hook; resolve any spec with
@@ -39,6 +40,7 @@ __all__ = [
     "DatasetSource",
     "CorruptImageError",
     "align_classes",
+    "holdout_split",
     "parse_spec",
     "files_source",
     "split_spec",
@@ -69,6 +71,9 @@ class DatasetSource:
         loader: ``loader(i) -> PIL.Image`` (RGB); raises :class:`CorruptImageError`.
         labels: (N,) int labels.
         fingerprint_extra: anything else that changes the data (e.g. noise seed).
+        keys: stable per-sample names for the deterministic splits (for folders, the path
+            relative to the dataset folder, so a copy elsewhere splits the same way);
+            ``None``: the ids.
     """
 
     spec: str
@@ -77,6 +82,11 @@ class DatasetSource:
     labels: np.ndarray
     loader: Callable[[int], Image.Image] = field(repr=False)
     fingerprint_extra: str = ""
+    keys: list[str] | None = field(default=None, repr=False)
+
+    def split_keys(self) -> list[str]:
+        """The names the deterministic splits hash (``keys``, else ``ids``)."""
+        return self.ids if self.keys is None else self.keys
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -103,6 +113,7 @@ class DatasetSource:
             labels=self.labels[index],
             loader=lambda i: base(index[i]),
             fingerprint_extra=self.fingerprint_extra,
+            keys=None if self.keys is None else [self.keys[i] for i in index],
         )
 
 
@@ -154,7 +165,7 @@ def _hash_split(source: DatasetSource, split: str, test_fraction: float = 0.2) -
     their id form ``test``, the rest ``train`` (independent of order and of other files)."""
     if split == "all":
         return source
-    keys = [hashlib.sha1(sid.encode()).hexdigest() for sid in source.ids]
+    keys = [hashlib.sha1(sid.encode()).hexdigest() for sid in source.split_keys()]
     order = sorted(range(len(keys)), key=keys.__getitem__)
     n_test = round(test_fraction * len(keys))
     test = set(order[:n_test])
@@ -167,6 +178,51 @@ def _hash_split(source: DatasetSource, split: str, test_fraction: float = 0.2) -
             "its own train/ and test/ sub-folders, or use @all."
         )
     return source.subset(pick, f"{source.spec}@{split}")
+
+
+def holdout_split(
+    source: DatasetSource, val_fraction: float, calib_fraction: float
+) -> tuple[DatasetSource, DatasetSource | None, DatasetSource | None]:
+    """Deterministic held-out splits: ``(rest, val, calib)``.
+
+    Each sample goes to ``val`` when a hash of its id, read as a number u in [0, 1), is below
+    ``val_fraction``, to ``calib`` when u lies in the next ``calib_fraction``, else to
+    ``rest``. The assignment depends only on the sample's own id (adding or removing other
+    samples never moves it), and the hash is salted differently from the ``@train/@test``
+    split. A fraction of 0 gives ``None``.
+
+    Raises:
+        ValueError: a positive fraction that selects no sample, or one that leaves nothing.
+    """
+    for name, frac in (("val_fraction", val_fraction), ("calib_fraction", calib_fraction)):
+        if not 0.0 <= frac < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {frac!r}.")
+    if val_fraction + calib_fraction >= 1.0:
+        raise ValueError("val_fraction + calib_fraction must be below 1.")
+    u = np.array(
+        [
+            int(hashlib.sha1(f"holdout:{key}".encode()).hexdigest()[:13], 16)
+            for key in source.split_keys()
+        ]
+    )
+    u = u / float(16**13)
+    groups = np.where(u < val_fraction, 1, np.where(u < val_fraction + calib_fraction, 2, 0))
+    parts: list[DatasetSource | None] = []
+    for k, (label, frac) in enumerate(
+        (("rest", 1.0), ("val", val_fraction), ("calib", calib_fraction))
+    ):
+        index = np.flatnonzero(groups == k).tolist()
+        if frac == 0.0:
+            parts.append(None)
+            continue
+        if not index:
+            raise ValueError(
+                f"The {label} split of {source.spec!r} is empty: {len(source)} sample(s) with "
+                f"val_fraction={val_fraction} and calib_fraction={calib_fraction}. Use more "
+                "data or other fractions."
+            )
+        parts.append(source.subset(index, f"{source.spec}#{label}"))
+    return parts[0], parts[1], parts[2]
 
 
 def _parse_classes(arg: str, valid: Sequence[int], spec: str) -> list[int]:
@@ -305,6 +361,7 @@ def load_folder_source(path: str, split: str, spec: str) -> DatasetSource:
         ids=paths,
         labels=np.array([k for _, k in files], dtype=np.int64),
         loader=lambda i: _open_image(paths[i]),
+        keys=[Path(p).relative_to(root).as_posix() for p in paths],
     )
     return _hash_split(source, split)
 
@@ -434,4 +491,5 @@ def align_classes(source: DatasetSource, classes: Sequence[str], what: str) -> D
         labels=np.where(labels >= 0, remap[np.clip(labels, 0, None)], labels),
         loader=source.loader,
         fingerprint_extra=source.fingerprint_extra,
+        keys=source.keys,
     )

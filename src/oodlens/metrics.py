@@ -20,6 +20,23 @@ OOD detection (:func:`ood_metrics`):
 The two FPR@95 conventions are different numbers; tables from OpenOOD are comparable with
 ``fpr95_ood_recall``, tables from the ODIN and energy papers with ``fpr95``.
 
+``ood_metrics(..., convention="openood")`` instead returns OpenOOD v1.5's own definitions of
+its four columns (its evaluator since December 2023), for tables that sit beside OpenOOD's:
+
+* ``auroc`` -- as above;
+* ``aupr_in`` / ``aupr_out`` -- the **trapezoidal** area under the precision-recall points of
+  every distinct threshold plus the point (recall 0, precision 1), with ID / OOD positive
+  (scikit-learn's ``auc(recall, precision)`` on ``precision_recall_curve``); on tied, binary
+  or constant scores it exceeds the step-wise average precision by up to ~25 points;
+* ``fpr95`` -- OOD positive, ranked by the negated score: the share of ID samples rejected at
+  the first ROC point whose OOD recall reaches 95%, where the ROC points are those left after
+  scikit-learn's ``roc_curve(drop_intermediate=True)`` removes points on straight runs. It
+  equals ``fpr95_ood_recall`` except on tied scores, where the 95% point can fall inside a
+  removed run.
+
+See docs/concepts.md for every convention side by side (ours, OpenOOD before and after
+August 2023, pytorch-ood).
+
 Selective classification on ID data (:func:`selective_metrics`), with misclassification as
 the event: samples are accepted from the highest score down; at coverage :math:`c` the risk
 is the error rate among the accepted. Samples with tied scores are accepted together, so the
@@ -49,6 +66,7 @@ from collections.abc import Sequence
 import numpy as np
 
 __all__ = [
+    "CONVENTIONS",
     "HIGHER_IS_BETTER",
     "auroc",
     "average_precision",
@@ -61,6 +79,9 @@ __all__ = [
 
 _EPS = 1e-9
 _EXACT_INT = 2**53  # integers beyond this are not all representable in float64
+
+#: Metric conventions accepted by :func:`ood_metrics` (see the module docstring).
+CONVENTIONS = ("oodlens", "openood")
 
 #: Every metric the harness reports, and whether higher is better (for bold-facing the best).
 HIGHER_IS_BETTER: dict[str, bool] = {
@@ -169,13 +190,7 @@ def average_precision(pos_scores: np.ndarray, neg_scores: np.ndarray) -> float:
     pos_scores, neg_scores = _exact_pair(pos_scores, neg_scores)
     pos = _scores("pos_scores", pos_scores)
     neg = _scores("neg_scores", neg_scores)
-    s = np.concatenate([pos, neg])
-    y = np.concatenate([np.ones(pos.size), np.zeros(neg.size)])
-    order = np.argsort(-s, kind="mergesort")
-    s, y = s[order], y[order]
-    last = np.r_[np.flatnonzero(np.diff(s)), s.size - 1]  # last index of each tie group
-    tp = np.cumsum(y)[last]
-    fp = (last + 1) - tp
+    tp, fp = _counts_by_threshold(pos, neg)
     precision = tp / (tp + fp)
     recall = tp / pos.size
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
@@ -193,26 +208,42 @@ def threshold_at_acceptance(scores: np.ndarray, acceptance: float = 0.95) -> flo
     return float(np.sort(s)[::-1][k - 1])
 
 
-def ood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray) -> dict[str, float]:
+def ood_metrics(
+    id_scores: np.ndarray, ood_scores: np.ndarray, convention: str = "oodlens"
+) -> dict[str, float]:
     """OOD-detection metrics of ID vs OOD scores (higher = more ID).
 
     Args:
         id_scores: (N_id,) scores of in-distribution samples.
         ood_scores: (N_ood,) scores of out-of-distribution samples.
-
-    Returns:
-        ``auroc``, ``aupr_in``, ``aupr_out``, ``fpr95``, ``fpr95_ood_recall`` and
-        ``threshold95`` as floats; see the module docstring for the definitions.
+        convention: ``"oodlens"`` (default): ``auroc``, ``aupr_in``, ``aupr_out`` (step-wise
+            average precision), ``fpr95`` (OOD accepted at 95% ID acceptance),
+            ``fpr95_ood_recall`` and ``threshold95``; ``"openood"``: ``auroc``,
+            ``aupr_in``, ``aupr_out`` and ``fpr95`` exactly as OpenOOD v1.5's evaluator
+            computes them (trapezoidal AUPR, FPR of ID at 95% OOD recall). All fractions.
 
     Example:
         >>> m = ood_metrics(np.array([3.0, 2.0, 1.0]), np.array([0.0, 1.5]))
         >>> round(m["auroc"], 4)
         0.8333
+        >>> round(ood_metrics([1.0, 1.0], [1.0, 0.0], convention="openood")["aupr_in"], 4)
+        0.7917
     """
+    if convention not in CONVENTIONS:
+        raise ValueError(
+            f"convention={convention!r} is not valid; use one of {', '.join(CONVENTIONS)}."
+        )
     raw_id = np.asarray(id_scores)
     id_scores, ood_scores = _exact_pair(id_scores, ood_scores)
     ind = _scores("id_scores", id_scores)
     ood = _scores("ood_scores", ood_scores)
+    if convention == "openood":
+        return {
+            "auroc": auroc(ind, ood),
+            "aupr_in": _trapezoid_aupr(ind, ood),
+            "aupr_out": _trapezoid_aupr(-ood, -ind),
+            "fpr95": _openood_fpr(ind, ood, 0.95),
+        }
     t95 = threshold_at_acceptance(ind, 0.95)
     k = max(1, math.ceil(0.95 * ood.size - _EPS))
     t_ood = float(np.sort(ood)[k - 1])  # rejects (score <= t) at least 95% of OOD
@@ -225,6 +256,40 @@ def ood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray) -> dict[str, floa
         # the original score at the threshold (ranks stand in for integers beyond 2**53)
         "threshold95": float(raw_id[int(np.argmax(ind == t95))]),
     }
+
+
+def _counts_by_threshold(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cumulative (true positives, false positives) accepting ``score >= t`` for every
+    distinct score t, from the highest down (ties enter together)."""
+    s = np.concatenate([pos, neg])
+    y = np.concatenate([np.ones(pos.size), np.zeros(neg.size)])
+    order = np.argsort(-s, kind="mergesort")
+    s, y = s[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), s.size - 1]
+    tp = np.cumsum(y)[last]
+    return tp, (last + 1) - tp
+
+
+def _trapezoid_aupr(pos: np.ndarray, neg: np.ndarray) -> float:
+    """Trapezoidal area under the precision-recall points (one per distinct threshold) joined
+    to (recall 0, precision 1): OpenOOD's ``auc(recall, precision)``."""
+    tp, fp = _counts_by_threshold(pos, neg)
+    precision = np.r_[1.0, tp / (tp + fp)]
+    recall = np.r_[0.0, tp / pos.size]
+    return float(np.sum(np.diff(recall) * (precision[1:] + precision[:-1]) / 2.0))
+
+
+def _openood_fpr(ind: np.ndarray, ood: np.ndarray, recall: float) -> float:
+    """Share of ID rejected at the first ROC point (OOD positive, ranked by the negated
+    score) with OOD recall >= ``recall``, after dropping the points scikit-learn's
+    ``roc_curve(drop_intermediate=True)`` drops (those where neither count changes slope)."""
+    tps, fps = _counts_by_threshold(-ood, -ind)
+    if tps.size > 2:
+        keep = np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True]
+        tps, fps = tps[keep], fps[keep]
+    tpr = np.r_[0.0, tps / tps[-1]]
+    fpr = np.r_[0.0, fps / fps[-1]]
+    return float(fpr[int(np.argmax(tpr >= recall))])
 
 
 def risk_coverage_curve(

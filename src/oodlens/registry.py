@@ -39,6 +39,7 @@ __all__ = [
     "list_scorers",
     "create_scorer",
     "create_scorer_from_spec",
+    "Grid",
     "parse_scorer_spec",
     "list_explainers",
     "create_explainer",
@@ -386,15 +387,21 @@ def create_scorer(name: str, **params: Any) -> Scorer:
     return scorer
 
 
+class Grid(tuple):
+    """Values of one parameter to search, written ``k=1|10|50`` in a scorer spec."""
+
+
 def parse_scorer_spec(spec: str) -> tuple[str, dict[str, Any]]:
     """``"logit_kde:mode=class_conditional,top_k=2"`` -> ``("logit_kde", {...})``.
 
     Values are Python literals where they parse (numbers, True/False/None), strings
-    otherwise.
+    otherwise. ``a|b|c`` is a search grid (a :class:`Grid`), for ``oodlens bench --tune``.
 
     Example:
         >>> parse_scorer_spec("msp:temperature=2")
         ('msp', {'temperature': 2})
+        >>> parse_scorer_spec("knn:k=10|50")
+        ('knn', {'k': Grid((10, 50))})
     """
     name, _, rest = spec.partition(":")
     params: dict[str, Any] = {}
@@ -404,18 +411,29 @@ def parse_scorer_spec(spec: str) -> tuple[str, dict[str, Any]]:
         k, v = (s.strip() for s in token.split("=", 1))
         if not k:
             raise ValueError(f"Scorer spec {spec!r}: a parameter name is empty in {token!r}.")
-        try:
-            params[k] = ast.literal_eval(v)
-        except (ValueError, SyntaxError):
-            params[k] = v
+        values = [_literal(x.strip()) for x in v.split("|")]
+        params[k] = Grid(values) if len(values) > 1 else values[0]
     if not name.strip():
         raise ValueError(f"Scorer spec {spec!r} has no scorer name; write e.g. 'msp'.")
     return name.strip(), params
 
 
+def _literal(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
 def create_scorer_from_spec(spec: str) -> Scorer:
-    """``create_scorer`` from a spec string such as ``"msp:temperature=2"``."""
+    """``create_scorer`` from a spec string such as ``"msp:temperature=2"`` (no grid)."""
     name, params = parse_scorer_spec(spec)
+    grids = sorted(k for k, v in params.items() if isinstance(v, Grid))
+    if grids:
+        raise ValueError(
+            f"Scorer spec {spec!r} has a search grid ({', '.join(grids)}); grids are searched "
+            "only with --tune (tune=True), on held-out validation data."
+        )
     return create_scorer(name, **params)
 
 

@@ -104,6 +104,7 @@ def check_scorer(name: str, params: dict[str, Any] | None = None) -> None:
     """
     params = dict(params or {})
     train = synthetic_outputs(400, seed=0)
+    val = synthetic_outputs(200, seed=3)  # held-out ID data, for scorers that require "val"
     test = synthetic_outputs(150, seed=1)
     ood = synthetic_outputs(150, seed=2, kind="ood")
 
@@ -123,7 +124,7 @@ def check_scorer(name: str, params: dict[str, Any] | None = None) -> None:
     else:
         raise AssertionError("scoring before fit must raise NotFittedError")
 
-    assert scorer.fit(train) is scorer, "fit must return self"
+    assert scorer.fit(train, val=val) is scorer, "fit must return self"
     scores = scorer.score(test)
     assert isinstance(scores, np.ndarray) and scores.dtype == np.float64
     assert scores.shape == (test.n_samples,), f"score shape {scores.shape}"
@@ -137,8 +138,11 @@ def check_scorer(name: str, params: dict[str, Any] | None = None) -> None:
 
     for requirement in sorted(set(scorer.requirements()) - {"logits"}):
         fresh = create_scorer(name, **params)
+        if requirement == "val":
+            _expect_missing(lambda f=fresh: f.fit(train), "val", "fit without val")
+            continue
         _expect_missing(
-            lambda r=requirement, f=fresh: f.fit(_without(train, r)), requirement, "fit"
+            lambda r=requirement, f=fresh: f.fit(_without(train, r), val=val), requirement, "fit"
         )
         if requirement != "labels":
             _expect_missing(

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .datasets import DatasetSource, align_classes, split_spec
+from .datasets import DatasetSource, align_classes, holdout_split, split_spec
 from .files import check_new_or_owned_file
 from .registry import load_dataset
 
@@ -39,6 +39,9 @@ class TrainConfig:
     rotation: float = 20.0  #: random rotation, degrees
     shear: float = 10.0  #: random affine shear, degrees
     crop_scale: tuple[float, float] = (0.8, 1.0)  #: random resized crop scale
+    #: (val, calib) fractions of the training split held out and never trained on (see
+    #: :func:`oodlens.datasets.holdout_split`); the harness uses them as its val and calib
+    holdout: tuple[float, float] = (0.0, 0.0)
     extra: dict[str, Any] = field(default_factory=dict)  #: free-form notes stored in the checkpoint
 
 
@@ -121,6 +124,8 @@ def train_model(
     dev = resolve_device(device)
     torch.manual_seed(cfg.seed)
     train_src = load_dataset(split_spec(cfg.data, "train"))
+    if any(cfg.holdout):
+        train_src = holdout_split(train_src, *cfg.holdout)[0]
     test_src = align_classes(
         load_dataset(split_spec(cfg.data, "test")), train_src.classes, "Test split"
     )

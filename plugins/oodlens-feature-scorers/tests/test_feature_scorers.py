@@ -79,7 +79,7 @@ def test_knn_against_sklearn(data, use_faiss):
 def test_vim_step_by_step(data):
     train, test = data
     w, b, f = train.head_weight, train.head_bias, train.features
-    u = -np.linalg.pinv(w) @ b  # the new origin
+    u = -np.linalg.lstsq(w, b, rcond=None)[0]  # the new origin (full-rank head: exact)
     x = f - u
     eigval, eigvec = np.linalg.eigh(
         np.cov(x.T, bias=True, aweights=None) + np.outer(x.mean(0), x.mean(0))
@@ -90,6 +90,38 @@ def test_vim_step_by_step(data):
     expected = logsumexp(test.features @ w.T + b, axis=1) - vlogit
     got = oodlens.create_scorer("vim", dim=8).fit(train).score(test)
     np.testing.assert_allclose(got, expected, rtol=1e-7, atol=1e-7)
+
+
+def test_vim_origin_is_the_minimum_norm_solution_for_a_rank_deficient_head():
+    """A head whose rows sum to zero (softmax-equivalent) is rank C-1 up to rounding: its
+    smallest singular value (~1e-14 relative in practice) must be dropped, not inverted, so
+    the origin is the minimum-norm solution, and the scores match pytorch-ood's ViM."""
+    train = synthetic_outputs(600, n_classes=4, dim=64, seed=0)
+    test = synthetic_outputs(200, n_classes=4, dim=64, seed=1)
+    uu, sv, vt = np.linalg.svd(train.head_weight - train.head_weight.mean(axis=0), False)
+    sv[-1] = 5e-15 * sv[0]  # rounding noise: above numpy's default cut-off, below max(C, D)*eps
+    w = (uu * sv) @ vt
+    b = train.head_bias + 0.3  # a softmax-equivalent head: any common shift of the bias
+    assert np.allclose(w.sum(axis=0), 0.0, atol=1e-12)
+
+    def with_head(o):
+        return oodlens.Outputs(
+            logits=o.features @ w.T + b, labels=o.labels, features=o.features,
+            head_weight=w, head_bias=b,
+        )  # fmt: skip
+
+    tr, te = with_head(train), with_head(test)
+    vim = oodlens.create_scorer("vim", dim=32).fit(tr)
+    r = w.shape[0] - 1  # minimum-norm solution from the SVD truncated at the true rank
+    expected = -(vt[:r].T @ ((uu[:, :r].T @ b) / sv[:r]))
+    np.testing.assert_allclose(vim.origin_, expected, atol=1e-9)
+    assert np.linalg.norm(np.linalg.pinv(w) @ b) > 1e3 * np.linalg.norm(expected)  # the old way
+    torch = pytest.importorskip("torch")
+    pood = pytest.importorskip("pytorch_ood.detector")
+    t = lambda a: torch.tensor(a, dtype=torch.float64)  # noqa: E731
+    theirs = pood.ViM(None, d=32, w=t(w), b=t(b)).fit_features(t(tr.features), None)
+    theirs = theirs.predict_features(t(te.features)).numpy()
+    assert spearmanr(vim.score(te), -theirs).statistic >= 0.9999
 
 
 def test_react_by_hand(data):

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..metrics import CONVENTIONS
 from ..registry import list_scorers
 from ..train import TrainConfig
 
@@ -108,7 +109,21 @@ class BenchmarkConfig:
     cache_dir: str | None = None  #: default: $OODLENS_CACHE_DIR or ~/.cache/oodlens
     use_cache: bool = True  #: False: extract (and train) again, store nothing
     threshold: float | None = None  #: an extra fixed operating threshold (e.g. density 0.04)
-    id_acceptance: float = 0.95  #: operating threshold: accept this share of ID test
+    #: operating threshold: accept this share of the ID ``calib`` split (never the test rows)
+    id_acceptance: float = 0.95
+    #: metric definitions: "oodlens" or "openood" (OpenOOD v1.5's evaluator; see metrics)
+    convention: str = "oodlens"
+    #: held-out ID splits the network never saw, both excluded from fitting and from the
+    #: test rows: carved out of ID test for a given checkpoint (or pretrained weights), out
+    #: of the training split (before training) for a model trained here
+    val_fraction: float = 0.1  #: share for ``val`` (tuning; scorers that fit on held-out data)
+    calib_fraction: float = 0.1  #: share for ``calib`` (the operating threshold)
+    #: OOD validation sets for --tune; never among the test rows
+    ood_val: tuple[OODSet, ...] = ()
+    tune: bool = False  #: search each scorer's tuning grid on ID val + OOD val (by AUROC)
+    protocol: str | None = None  #: the protocol preset the sets came from (informational)
+    #: protocol sets that were not found (name, group, where to put them), recorded
+    missing_sets: tuple[Mapping[str, Any], ...] = ()
     skip_corrupt: bool = False  #: skip unreadable images (listed in results) instead of failing
     attention: bool = False  #: also measure Grad-CAM attention areas (see oodlens.diagnose)
     attention_scorer: str | None = None  #: whose threshold splits ID errors (default logit_kde)
@@ -116,16 +131,19 @@ class BenchmarkConfig:
     attention_layer: str | None = None  #: Grad-CAM layer (default: automatic, see GradCAM)
 
     def __post_init__(self) -> None:
-        ood = tuple(
-            o if isinstance(o, OODSet) else OODSet(**o) if isinstance(o, Mapping) else o
-            for o in self.ood
-        )
-        bad = [o for o in ood if not isinstance(o, OODSet)]
-        if bad:
-            raise TypeError(
-                f"BenchmarkConfig.ood entries must be OOD sets (name, spec, group), got {bad[:2]}."
+        for name in ("ood", "ood_val"):
+            sets = tuple(
+                o if isinstance(o, OODSet) else OODSet(**o) if isinstance(o, Mapping) else o
+                for o in getattr(self, name)
             )
-        object.__setattr__(self, "ood", ood)
+            bad = [o for o in sets if not isinstance(o, OODSet)]
+            if bad:
+                raise TypeError(
+                    f"BenchmarkConfig.{name} entries must be OOD sets (name, spec, group), "
+                    f"got {bad[:2]}."
+                )
+            object.__setattr__(self, name, sets)
+        object.__setattr__(self, "missing_sets", tuple(dict(m) for m in self.missing_sets))
         for name, kind in (("models", str), ("checkpoints", str), ("seeds", int), ("scorers", str)):
             object.__setattr__(self, name, _tuple_of(name, getattr(self, name), kind))
         if not isinstance(self.id, str) or not self.id.strip():
@@ -148,6 +166,31 @@ class BenchmarkConfig:
             raise ValueError("BenchmarkConfig.seeds is empty.")
         if not 0.0 < self.id_acceptance <= 1.0:
             raise ValueError(f"id_acceptance must be in (0, 1], got {self.id_acceptance!r}.")
+        if self.convention not in CONVENTIONS:
+            raise ValueError(
+                f"convention={self.convention!r} is not valid; use one of {', '.join(CONVENTIONS)}."
+            )
+        if not 0.0 <= self.val_fraction < 0.5:
+            raise ValueError(f"val_fraction must be in [0, 0.5), got {self.val_fraction!r}.")
+        if not 0.0 < self.calib_fraction < 0.5:
+            raise ValueError(
+                f"calib_fraction must be in (0, 0.5) (the operating threshold is chosen on the "
+                f"calib split), got {self.calib_fraction!r}."
+            )
+        test_names = {o.name for o in self.ood} | {o.spec for o in self.ood}
+        clash = [o.name for o in self.ood_val if o.name in test_names or o.spec in test_names]
+        if clash:
+            raise ValueError(
+                f"OOD validation set(s) {clash} are also test sets; an OOD validation set must "
+                "never appear in the test rows. Give --ood-val a set that is not among --ood."
+            )
+        if self.tune and not self.ood_val:
+            raise ValueError(
+                "tune=True (--tune) searches on an OOD validation set: give one with "
+                "--ood-val NAME=SPEC (a set that is not among the test sets)."
+            )
+        if self.tune and self.val_fraction == 0.0:
+            raise ValueError("tune=True (--tune) needs an ID val split: val_fraction > 0.")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}.")
         if not isinstance(self.train, Mapping):

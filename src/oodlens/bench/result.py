@@ -37,6 +37,10 @@ class RunScores:
     #: "id_train", "id_test", OOD names
     outputs: dict[str, Outputs] = field(default_factory=dict, repr=False)
     checkpoint: str | None = None  #: the weights used (None: timm pretrained or not kept)
+    #: scorer -> operating threshold, chosen on the ID calib split (accepts id_acceptance)
+    thresholds: dict[str, float] = field(default_factory=dict)
+    #: scorer -> {"chosen", "grid", "trials"} when tuned (on ID val + OOD val only)
+    tuning: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -158,6 +162,8 @@ class BenchmarkResult:
             if self.attention is None
             else self.attention.to_dict(orient="records"),
             "attention_tests": self.attention_tests,
+            "thresholds": {f"{r.backbone}/seed{r.seed}": r.thresholds for r in self.runs},
+            "tuning": {f"{r.backbone}/seed{r.seed}": r.tuning for r in self.runs if r.tuning},
             "table": self.table.to_dict(orient="records"),
         }
         (out / "results.json").write_text(json.dumps(json_safe(payload), indent=2, default=str))

@@ -17,10 +17,11 @@ import numpy as np
 import pandas as pd
 
 from ..cache import Cache, file_sha256
-from ..datasets import DatasetSource, align_classes, split_spec
-from ..metrics import ood_metrics, rejection_report, selective_metrics
+from ..datasets import DatasetSource, align_classes, holdout_split, split_spec
+from ..metrics import ood_metrics, rejection_report, selective_metrics, threshold_at_acceptance
 from ..outputs import Outputs
 from ..registry import (
+    create_scorer,
     create_scorer_from_spec,
     get_entry,
     load_dataset,
@@ -29,6 +30,7 @@ from ..registry import (
 )
 from .config import BenchmarkConfig, expand_scorers
 from .result import BenchmarkResult, RunScores, ScorerFailure
+from .tune import candidates, tune_scorer
 
 __all__ = ["run_benchmark"]
 
@@ -131,8 +133,11 @@ def _prepare(cfg: BenchmarkConfig) -> _Plan:
     cache.check_writable()
     specs = expand_scorers(cfg.scorers)
     dists = {}
-    for spec in specs:  # names and parameter values, before any work
-        create_scorer_from_spec(spec)
+    for spec in specs:  # names and parameter values (every grid candidate), before any work
+        if cfg.tune:
+            candidates(spec)
+        else:
+            create_scorer_from_spec(spec)
         dists[spec] = get_entry("scorer", parse_scorer_spec(spec)[0]).distribution
     if cfg.attention_scorer is not None and cfg.attention_scorer not in specs:
         raise ValueError(
@@ -148,19 +153,29 @@ def _prepare(cfg: BenchmarkConfig) -> _Plan:
                     f"not {model!r}; pass --model {stored.model}."
                 )
     train = load_dataset(split_spec(cfg.id, "train"))
-    sources = {
-        "id_train": train,
-        "id_test": align_classes(
-            load_dataset(split_spec(cfg.id, "test")), train.classes, "ID test"
-        ),
-    }
+    test = align_classes(load_dataset(split_spec(cfg.id, "test")), train.classes, "ID test")
+    # val and calib come from ID data the network never saw: out of the training split
+    # (held out before training) when the model is trained here, else out of ID test
+    trained_here = not cfg.checkpoints and not cfg.pretrained
+    rest, val, calib = holdout_split(
+        train if trained_here else test, cfg.val_fraction, cfg.calib_fraction
+    )
+    train, test = (rest, test) if trained_here else (train, rest)
+    sources = {"id_train": train, "id_test": test, "id_calib": calib}
+    if val is not None:
+        sources["id_val"] = val
     sources.update({o.name: load_dataset(o.spec) for o in cfg.ood})
+    sources.update({f"ood_val:{o.name}": load_dataset(o.spec) for o in cfg.ood_val})
     info: dict[str, Any] = {
         "corrupt": {},
         "train": {},
         "cache_hits": 0,
         "cache_misses": 0,
         "warnings": _overlaps(sources),
+        "splits": {
+            "held_out_from": "ID train (before training)" if trained_here else "ID test",
+            **{k: len(v) for k, v in sources.items() if k.startswith("id_")},
+        },
         "scorer_distributions": dists,
         "versions": _versions(),
         "plugins": _plugins(),
@@ -171,7 +186,7 @@ def _prepare(cfg: BenchmarkConfig) -> _Plan:
 def _overlaps(sources: dict[str, DatasetSource]) -> list[str]:
     """Warnings for OOD sets that share samples (same file or id) with the ID data."""
     out = []
-    id_ids = {k: set(sources[k].ids) for k in ("id_train", "id_test")}
+    id_ids = {k: set(v.ids) for k, v in sources.items() if k.startswith("id_")}
     for name, src in sources.items():
         if name in id_ids:
             continue
@@ -217,7 +232,12 @@ def _trained_checkpoint(
 
     cfg = plan.cfg
     tcfg = TrainConfig(
-        model=model, data=cfg.id, img_size=cfg.img_size or 224, seed=seed, **dict(cfg.train)
+        model=model,
+        data=cfg.id,
+        img_size=cfg.img_size or 224,
+        seed=seed,
+        holdout=(cfg.val_fraction, cfg.calib_fraction),
+        **dict(cfg.train),
     )
     key = plan.cache.key(
         {
@@ -265,8 +285,8 @@ def _backbone(plan: _Plan, model_name: str, ckpt: str | None):
     sources = dict(plan.sources)
     n_classes = len(sources["id_train"].classes)
     if mcfg.class_names:
-        for key, label in (("id_train", "ID train"), ("id_test", "ID test")):
-            sources[key] = align_classes(sources[key], mcfg.class_names, label)
+        for key in [k for k in sources if k.startswith("id_")]:
+            sources[key] = align_classes(sources[key], mcfg.class_names, key.replace("_", " "))
     elif mcfg.num_classes != n_classes:
         what = f"Checkpoint {ckpt!r}" if ckpt else f"Pretrained {model_name!r}"
         raise ValueError(
@@ -314,20 +334,35 @@ def _extract(
 
 
 def _score(plan: _Plan, run: RunScores, failures: list[ScorerFailure]) -> list[dict[str, Any]]:
-    """Fit and score every scorer; a failing scorer is recorded and skipped."""
+    """Tune (with ``tune``), fit and score every scorer; a failing scorer is recorded and
+    skipped. The operating threshold comes from the ``calib`` split."""
     rows: list[dict[str, Any]] = []
-    sel_cache: dict[str, dict[str, float]] = {}
+    out = run.outputs
+    ood_val = {k.split(":", 1)[1]: v for k, v in out.items() if k.startswith("ood_val:")}
     for spec in plan.scorers:
         dist = plan.distributions[spec]
-        stage = "fit"
+        stage = "tune" if plan.cfg.tune else "fit"
         try:
+            name, params = parse_scorer_spec(spec)
+            if plan.cfg.tune:
+                t0 = time.perf_counter()
+                tuned = tune_scorer(spec, out["id_train"], out["id_val"], ood_val)
+                plan.timings["tune"] = plan.timings.get("tune", 0.0) + time.perf_counter() - t0
+                run.tuning[spec] = {
+                    "chosen": tuned.params,
+                    "grid": tuned.searched,
+                    "trials": tuned.trials,
+                }
+                params = tuned.params
+                stage = "fit"
             t0 = time.perf_counter()
-            scorer = create_scorer_from_spec(spec).fit(run.outputs["id_train"])
+            scorer = create_scorer(name, **params).fit(out["id_train"], val=out.get("id_val"))
             plan.timings["fit"] += time.perf_counter() - t0
             stage = "score"
             t0 = time.perf_counter()
-            scores = {"id": scorer.score(run.outputs["id_test"])}
-            scores.update({o.name: scorer.score(run.outputs[o.name]) for o in plan.cfg.ood})
+            scores = {"id": scorer.score(out["id_test"])}
+            scores.update({o.name: scorer.score(out[o.name]) for o in plan.cfg.ood})
+            calib = scorer.score(out["id_calib"])
             plan.timings["score"] += time.perf_counter() - t0
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}".splitlines()[0]
@@ -335,8 +370,9 @@ def _score(plan: _Plan, run: RunScores, failures: list[ScorerFailure]) -> list[d
             failures.append(ScorerFailure(spec, dist, run.backbone, run.seed, stage, error))
             continue
         run.scores[spec] = scores
-        sel_cache[spec] = selective_metrics(scores["id"], run.id_correct)
-        rows += _metric_rows(plan.cfg, run, spec, scores, sel_cache[spec])
+        run.thresholds[spec] = threshold_at_acceptance(calib, plan.cfg.id_acceptance)
+        sel = selective_metrics(scores["id"], run.id_correct)
+        rows += _metric_rows(plan.cfg, run, spec, scores, sel)
     return rows
 
 
@@ -344,15 +380,14 @@ def _metric_rows(
     cfg: BenchmarkConfig, run: RunScores, spec: str, scores, sel
 ) -> list[dict[str, Any]]:
     base = {"backbone": run.backbone, "seed": run.seed, "scorer": spec}
+    threshold = run.thresholds[spec]
     per_set = []
     for o in cfg.ood:
         row = {**base, "ood": o.name, "group": o.group}
-        row.update(ood_metrics(scores["id"], scores[o.name]))
+        row.update(ood_metrics(scores["id"], scores[o.name], convention=cfg.convention))
         row["id_accuracy"], row["aurc"], row["eaurc"] = sel["accuracy"], sel["aurc"], sel["eaurc"]
-        rej = rejection_report(
-            scores["id"], run.id_correct, scores[o.name], id_acceptance=cfg.id_acceptance
-        )
-        row.update({k: v for k, v in rej.items() if k != "threshold"})
+        rej = rejection_report(scores["id"], run.id_correct, scores[o.name], threshold=threshold)
+        row.update(rej)
         if cfg.threshold is not None:
             fixed = rejection_report(
                 scores["id"], run.id_correct, scores[o.name], threshold=cfg.threshold
@@ -390,9 +425,7 @@ def _attention(plan: _Plan, model, transform, sources, run: RunScores, mcfg):
     if name not in run.scores:
         raise ValueError(f"attention_scorer {name!r} failed in this run; see the failures.")
     scores = run.scores[name]
-    threshold = rejection_report(scores["id"], run.id_correct, id_acceptance=cfg.id_acceptance)[
-        "threshold"
-    ]
+    threshold = run.thresholds[name]
     res = attention_analysis(
         model,
         transform,

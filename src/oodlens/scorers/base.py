@@ -20,6 +20,7 @@ REQUIREMENTS: dict[str, tuple[str, ...]] = {
     "features": ("features",),
     "head": ("head_weight", "head_bias"),
     "labels": ("labels",),
+    "val": (),  # held-out ID validation outputs passed to fit(train, val=...)
 }
 
 
@@ -58,12 +59,16 @@ class Scorer:
             (see :mod:`oodlens.params`), checked by :meth:`check_params` when the scorer is
             created through :func:`oodlens.create_scorer` and again at ``fit``, so a bad
             value fails before any model runs.
+        tuning_grid: ``{parameter: [values]}`` that ``oodlens bench --tune`` searches on held-
+            out ID validation data and an OOD validation set (never on test rows).
         description: one line for ``oodlens scorers``.
     """
 
     name: ClassVar[str] = ""
     requires: ClassVar[frozenset[str]] = frozenset({"logits"})
     parameter_constraints: ClassVar[Mapping[str, Sequence[Constraint | None]]] = {}
+    #: values ``--tune`` searches (on ID val + OOD val, by AUROC) for each parameter
+    tuning_grid: ClassVar[Mapping[str, Sequence[Any]]] = {}
     description: ClassVar[str] = ""
 
     def requirements(self) -> frozenset[str]:
@@ -78,15 +83,33 @@ class Scorer:
         """
         validate_params(type(self).__name__, self.get_params(), self.parameter_constraints)
 
-    def fit(self, train: Outputs) -> Scorer:
+    def fit(self, train: Outputs, val: Outputs | None = None) -> Scorer:
         """Fit on the classifier's outputs on its (in-distribution) training data.
 
-        Never fit on OOD data. Returns ``self``.
+        Args:
+            train: outputs on the ID training data. Never fit on OOD data.
+            val: outputs on held-out ID validation data the classifier never saw (the
+                harness's ``val`` split), for scorers that fit something on held-out data
+                (they list ``"val"`` in :meth:`requirements` and take ``val`` in ``_fit``);
+                ignored by the others.
+
+        Returns ``self``.
         """
         self.check_params()
         requires = self.requirements()
-        check_requirements(f"Scorer {self.name!r}", requires, train)
-        self._fit(train)
+        owner = f"Scorer {self.name!r}"
+        check_requirements(owner, requires - {"val"}, train)
+        if "val" in requires:
+            if val is None:
+                raise MissingOutputsError(
+                    f"{owner} requires 'val': held-out ID validation outputs, passed as "
+                    "fit(train, val=...) (the harness passes its val split)."
+                )
+            check_requirements(owner, requires - {"val", "labels"}, val)
+        if "val" in inspect.signature(self._fit).parameters:
+            self._fit(train, val=val)
+        else:
+            self._fit(train)
         self.n_classes_ = train.n_classes
         self.n_features_in_ = train.features.shape[1] if "features" in requires else None
         return self
@@ -126,7 +149,9 @@ class Scorer:
         return scores
 
     def _fit(self, train: Outputs) -> None:
-        """Learn fitted state (attributes ending in ``_``). Default: nothing to learn."""
+        """Learn fitted state (attributes ending in ``_``). Default: nothing to learn.
+
+        Subclasses that fit on held-out data define ``_fit(self, train, val=None)``."""
 
     def _score(self, outputs: Outputs) -> np.ndarray:
         raise NotImplementedError

@@ -99,6 +99,8 @@ class LogitKDE(Scorer):
         grid_resolution: grid points per bandwidth (>= 4).
         on_small_class: ``"raise"`` or ``"zero"`` (see above).
         random_state: seed of the held-out split for ``bandwidth="cv"``.
+        bw_multiplier: multiplies the bandwidth factor chosen by ``bandwidth`` (default 1.0);
+            ``oodlens bench --tune`` searches it over 0.25-4 on held-out validation data.
 
     Attributes:
         bandwidth_factors_: (G,) factor of each KDE (G = C columns or C classes).
@@ -125,7 +127,9 @@ class LogitKDE(Scorer):
         "grid_resolution": [Interval(int, 4, None)],
         "on_small_class": [Options(("raise", "zero"))],
         "random_state": [Interval(int, 0, None)],
+        "bw_multiplier": [Interval(float, 0, None, closed="neither")],
     }
+    tuning_grid = {"bw_multiplier": [0.25, 0.5, 1.0, 2.0, 4.0]}
 
     def __init__(
         self,
@@ -136,6 +140,7 @@ class LogitKDE(Scorer):
         grid_resolution: int = 32,
         on_small_class: str = "raise",
         random_state: int = 0,
+        bw_multiplier: float = 1.0,
     ) -> None:
         self.mode = mode
         self.bandwidth = bandwidth
@@ -144,6 +149,7 @@ class LogitKDE(Scorer):
         self.grid_resolution = grid_resolution
         self.on_small_class = on_small_class
         self.random_state = random_state
+        self.bw_multiplier = bw_multiplier
 
     def requirements(self) -> frozenset[str]:
         """Logits; the class-conditional mode also needs training labels."""
@@ -153,10 +159,12 @@ class LogitKDE(Scorer):
 
     def _factor(self, n: int, d: int, sample: np.ndarray | None, rng: np.random.Generator) -> float:
         if self.bandwidth == "cv":
-            return _cv_multiplier(sample, rng) * _kde.bandwidth_factor("scott", n, d)
-        if isinstance(self.bandwidth, str):
-            return _kde.bandwidth_factor(self.bandwidth, n, d)
-        return float(self.bandwidth)
+            base = _cv_multiplier(sample, rng) * _kde.bandwidth_factor("scott", n, d)
+        elif isinstance(self.bandwidth, str):
+            base = _kde.bandwidth_factor(self.bandwidth, n, d)
+        else:
+            base = float(self.bandwidth)
+        return self.bw_multiplier * base
 
     # ------------------------------------------------------------------ fitting
     def _fit(self, train: Outputs) -> None:

@@ -18,7 +18,7 @@ from scipy.special import logsumexp
 
 import oodlens
 from oodlens.arrays import check_fit_labels, iter_row_chunks, rows_per_chunk, streamed_percentile
-from oodlens.params import Boolean, Interval
+from oodlens.params import Boolean, Interval, Options
 
 __all__ = ["Mahalanobis", "KNN", "ViM", "ReAct", "register_scorers", "BLOCK_VALUES"]
 
@@ -137,6 +137,7 @@ class KNN(oodlens.Scorer):
     """
 
     name = "knn"
+    tuning_grid = {"k": [1, 10, 20, 50, 100, 200, 500, 1000]}  # OpenOOD's search
     description = "distance to the k-th nearest normalised training feature (Sun et al. 2022)"
     requires = frozenset({"features"})
     parameter_constraints = {"k": [Interval(int, 1, None)], "use_faiss": [Boolean()]}
@@ -202,7 +203,12 @@ class ViM(oodlens.Scorer):
         \qquad \alpha = \frac{\operatorname{mean}_i \max_c z_{ic}}{\operatorname{mean}_i
         \lVert R^\top (f_i - u) \rVert_2}
 
-    (the log of the ViM probability ratio, as in the official code). Paper:
+    (the log of the ViM probability ratio, as in the official code). :math:`W^{+}` is the
+    pseudo-inverse with the singular-value cut-off :math:`\max(C, D)\,\varepsilon` (as
+    ``torch.linalg.pinv`` and pytorch-ood), so :math:`u` is the minimum-norm solution even for
+    a rank-deficient head (e.g. rows summing to zero, as in any softmax-equivalent head,
+    whose smallest singular value is ~1e-14 and is dropped rather than inverted; the
+    official code's ``np.linalg.pinv`` default would invert it). Paper:
     https://arxiv.org/abs/2203.10807 ; code: https://github.com/haoqiwang/vim
 
     Args:
@@ -211,6 +217,7 @@ class ViM(oodlens.Scorer):
     """
 
     name = "vim"
+    tuning_grid = {"dim": [64, 128, 256, 512, 1000]}  # values >= D are skipped when tuning
     description = (
         "energy minus the scaled residual norm outside the principal subspace (Wang et al. 2022)"
     )
@@ -232,7 +239,10 @@ class ViM(oodlens.Scorer):
                 f"vim: dim={dim!r} must be an integer in [1, {d - 1}] (feature dimension {d})."
             )
         w, b = np.asarray(train.head_weight, np.float64), np.asarray(train.head_bias, np.float64)
-        self.origin_ = -np.linalg.pinv(w) @ b
+        # minimum-norm solution of W u = -b; the cut-off max(C, D) * eps drops the ~1e-14
+        # singular value of a head whose rows sum to zero (softmax-equivalent heads), which
+        # numpy's default cut-off (1e-15) would invert, throwing the origin far away
+        self.origin_ = -np.linalg.pinv(w, rcond=max(w.shape) * np.finfo(np.float64).eps) @ b
         xtx = np.zeros((d, d))
         max_logit_sum = 0.0
         for _, f in _blocks(train.features):
@@ -270,13 +280,17 @@ class ReAct(oodlens.Scorer):
 
     .. math:: s(x) = \log \sum_c \exp\big(W \min(f, \tau) + b\big)_c
 
-    where :math:`\tau` is the ``percentile``-th percentile of all training feature values
-    (exact, computed by :func:`oodlens.arrays.streamed_percentile` without loading the
-    features whole). Paper: https://arxiv.org/abs/2111.12797 ; code:
-    https://github.com/deeplearning-wisc/react
+    where :math:`\tau` is the ``percentile``-th percentile of all feature values of the
+    training outputs (``percentile_on="train"``, the paper's choice) or of the held-out ID
+    validation outputs (``percentile_on="val"``, OpenOOD's choice, which also tunes the
+    percentile over 85-99 on validation data: ``tuning_grid``). Exact, computed by
+    :func:`oodlens.arrays.streamed_percentile` without loading the features whole. Paper:
+    https://arxiv.org/abs/2111.12797 ; code: https://github.com/deeplearning-wisc/react
 
     Args:
-        percentile: clipping percentile in (0, 100] (default 90, as in the paper).
+        percentile: clipping percentile in (0, 100], in percent like every percentile
+            parameter of oodlens (default 90, as in the paper).
+        percentile_on: ``"train"`` (default) or ``"val"``: whose features set the clip.
     """
 
     name = "react"
@@ -284,13 +298,24 @@ class ReAct(oodlens.Scorer):
         "energy of the head applied to features clipped at a training percentile (Sun et al. 2021)"
     )
     requires = frozenset({"features", "head"})
-    parameter_constraints = {"percentile": [Interval(float, 0, 100, closed="right")]}
+    parameter_constraints = {
+        "percentile": [Interval(float, 0, 100, closed="right")],
+        "percentile_on": [Options(("train", "val"))],
+    }
+    tuning_grid = {"percentile": [85, 90, 95, 99]}
 
-    def __init__(self, percentile: float = 90.0) -> None:
+    def __init__(self, percentile: float = 90.0, percentile_on: str = "train") -> None:
         self.percentile = percentile
+        self.percentile_on = percentile_on
 
-    def _fit(self, train: oodlens.Outputs) -> None:
-        self.threshold_ = float(streamed_percentile(train.features, self.percentile))
+    def requirements(self) -> frozenset[str]:
+        """Features and head; with ``percentile_on="val"`` also the ``val`` outputs."""
+        extra = {"val"} if self.percentile_on == "val" else set()
+        return frozenset({"features", "head"} | extra)
+
+    def _fit(self, train: oodlens.Outputs, val: oodlens.Outputs | None = None) -> None:
+        source = val if self.percentile_on == "val" else train
+        self.threshold_ = float(streamed_percentile(source.features, self.percentile))
 
     def _score(self, outputs: oodlens.Outputs) -> np.ndarray:
         w = np.asarray(outputs.head_weight, np.float64)
