@@ -17,6 +17,7 @@ from PIL import Image
 import oodlens
 from oodlens import cli
 from oodlens.bench import run_benchmark
+from oodlens.datasets import holdout_split
 from oodlens.registry import reload_plugins
 from oodlens.testing import synthetic_outputs
 from oodlens.train import TrainConfig, train_model
@@ -139,8 +140,9 @@ def test_2_trained_checkpoint_cache_follows_the_data(tmp_path):
     first = run_benchmark(**kw).info["train"]["resnet18/seed0"]
     assert "cached" not in first
     assert run_benchmark(**kw).info["train"]["resnet18/seed0"]["cached"] is True
-    # changed images: a new model is trained, not the old one silently reused
-    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(data / "train" / "a" / "a0.png")
+    # changed training images: a new model is trained, not the old one silently reused
+    trained_on = holdout_split(oodlens.load_dataset(f"{data}@train"), 0.0, 0.4)[0]
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(trained_on.ids[0])
     assert "cached" not in run_benchmark(**kw).info["train"]["resnet18/seed0"]
     # a new class: trained again with three classes (no talk of a cache checkpoint)
     colour_folder(data, ("c",), ("c",), n=6)

@@ -171,8 +171,10 @@ def test_reports_parse_back(digits_result, tmp_path):
     for fig in payload["figures"]:
         assert (out / fig).read_bytes()[:4] == b"\x89PNG"
     md = (out / "results.md").read_text().splitlines()
-    assert md[0].startswith("| backbone | scorer | ood | auroc")
-    assert len({line.count("|") for line in md}) == 1
+    assert md[0].startswith("OOD detection, metrics in % under the oodlens convention")
+    table = [line for line in md if line.startswith("|")]
+    assert table[0].startswith("| backbone | scorer | ood | auroc")
+    assert len({line.count("|") for line in table}) == 1
     assert "**" in (out / "results.md").read_text()
     tex = (out / "results.tex").read_text()
     assert tex.count("\\begin{tabular}") == tex.count("\\end{tabular}") == 1
@@ -181,6 +183,7 @@ def test_reports_parse_back(digits_result, tmp_path):
     rows = [r for r in body.split("\n") if r.strip().endswith("\\\\")]
     assert len({r.count("&") for r in rows}) == 1 and len(rows) == len(summary) + 1
     assert tex.count("{") == tex.count("}")
+    assert "\\caption{OOD detection, metrics in \\% under the oodlens convention" in tex
     assert "\\textbf{" in tex and "logit\\_kde" in tex
 
 

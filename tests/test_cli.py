@@ -80,7 +80,8 @@ def test_bench_default_demo_prints_table(cache_dir, tmp_path):
     )
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[0].startswith("| backbone | scorer | ood | auroc | fpr95")
+    assert lines[0].startswith("OOD detection, metrics in % under the oodlens convention")
+    assert lines[1].startswith("| backbone | scorer | ood | auroc | fpr95")
     body = [line for line in lines if line.startswith("| resnet18")]
     assert len(body) == 2 * 5  # two scorers x (2 sets + near + far + mean)
     assert "higher score = more in-distribution" in r.stdout

@@ -25,7 +25,12 @@ def test_plugin_page_shows_the_tested_example_verbatim():
 def test_every_hook_is_documented():
     doc = (ROOT / "docs" / "plugins.md").read_text()
     hooks = [name for name in dir(hookspecs) if name.startswith("register_")]
-    assert hooks == ["register_datasets", "register_explainers", "register_scorers"]
+    assert hooks == [
+        "register_datasets",
+        "register_explainers",
+        "register_protocols",
+        "register_scorers",
+    ]
     for hook in hooks:
         assert f"`{hook}(register)`" in doc
         assert getattr(hookspecs, hook).__doc__.strip()

@@ -177,8 +177,11 @@ def save_checkpoint(model: nn.Module, config: ModelConfig, path: str | os.PathLi
 
 
 def check_model_name(name: str) -> None:
-    """Raise ``ValueError`` (with close matches) unless ``name`` is a timm model name."""
+    """Raise ``ValueError`` (with close matches) unless ``name`` is a timm model name (or one
+    of OpenOOD's reference networks, registered with timm by :mod:`oodlens.openood_models`)."""
     import timm
+
+    from . import openood_models  # noqa: F401  (registers OpenOOD's networks with timm)
 
     if not isinstance(name, str) or not timm.is_model(name):
         import difflib
@@ -213,7 +216,11 @@ def create_backbone(
     import timm
 
     check_model_name(name)
+    from .openood_models import adapt_state_dict
+
     state, config = (None, None) if checkpoint is None else load_checkpoint(checkpoint)
+    if state is not None:
+        state = adapt_state_dict(name, state)
     if config is not None and config.model != name:
         raise ValueError(
             f"Checkpoint {str(checkpoint)!r} was trained as {config.model!r}, not {name!r}; pass --model {config.model}."
@@ -322,6 +329,8 @@ def build_transform(
 
     if isinstance(model, str):
         from timm.models import get_pretrained_cfg
+
+        check_model_name(model)
 
         pcfg = get_pretrained_cfg(model)
         cfg = resolve_data_config({}, pretrained_cfg=pcfg.to_dict() if pcfg is not None else {})

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .files import check_writable_dir
+from .files import atomic_path, check_writable_dir
 from .outputs import Outputs
 
 __all__ = ["default_cache_dir", "file_sha256", "Cache", "EXTRACTION_VERSION"]
@@ -91,6 +91,23 @@ class Cache:
         if not self.enabled:
             return None
         return outputs.save(self.outputs_path(key))
+
+    def get_json(self, kind: str, key: str) -> Any:
+        """A cached JSON value (e.g. ``kind="hashes"``), or ``None`` (miss or unreadable)."""
+        if not self.enabled:
+            return None
+        path = self.directory / kind / f"{key}.json"
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def put_json(self, kind: str, key: str, value: Any) -> None:
+        """Store a JSON value atomically (nothing when the cache is off)."""
+        if not self.enabled:
+            return
+        with atomic_path(self.directory / kind / f"{key}.json") as tmp:
+            tmp.write_text(json.dumps(value))
 
     def checkpoint_path(self, key: str, model: str) -> Path:
         """Where the checkpoint of a model trained with this key lives (or will)."""

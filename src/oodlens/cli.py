@@ -13,7 +13,13 @@ from typing import Any
 
 from . import registry
 from .bench.config import BenchmarkConfig, load_config, parse_ood_spec
-from .bench.report import FORMATS, TERMINAL_COLUMNS, to_markdown
+from .bench.report import (
+    DEFAULT_FORMATS,
+    FORMATS,
+    TERMINAL_COLUMNS,
+    openood_markdown,
+    to_markdown,
+)
 from .errors import PluginError
 from .metrics import CONVENTIONS
 from .train import TrainConfig
@@ -67,7 +73,21 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def _bench_config(args: argparse.Namespace) -> BenchmarkConfig:
-    cfg = load_config(args.config, data_root=args.data_root) if args.config else BenchmarkConfig()
+    if args.protocol and args.config:
+        raise ValueError("Give --protocol or --config, not both.")
+    if args.protocol:
+        cfg = BenchmarkConfig.from_protocol(
+            args.protocol,
+            args.data_root,
+            download=args.download,
+            strict=args.strict,
+            ood=tuple(parse_ood_spec(o) for o in args.ood or ()),
+        )
+        args.ood = None  # merged by name into the protocol's sets
+    elif args.config:
+        cfg = load_config(args.config, data_root=args.data_root)
+    else:
+        cfg = BenchmarkConfig()
     changes: dict[str, Any] = {}
     if args.model:
         changes["models"] = tuple(args.model)
@@ -113,15 +133,30 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import check_report_dir, run_benchmark
 
     cfg = _bench_config(args)
-    formats = [f for spec in (args.format or [",".join(FORMATS)]) for f in spec.split(",") if f]
+    formats = [
+        f for spec in (args.format or [",".join(DEFAULT_FORMATS)]) for f in spec.split(",") if f
+    ]
     bad = sorted(set(formats) - set(FORMATS))
     if bad:
         raise ValueError(f"--format {bad} is not valid; use {', '.join(FORMATS)}.")
     if args.out:
         check_report_dir(args.out)
+    for m in cfg.missing_sets:
+        print(
+            f"protocol {cfg.protocol}: {m['group']}-OOD set {m['name']!r} not found; skipped "
+            f"(put it at {m['put_it_at'][0]}"
+            + (f", or use --download for {m['torchvision']}" if m.get("torchvision") else "")
+            + "; --strict makes this an error)."
+        )
     result = run_benchmark(cfg, progress=not args.quiet)
+    print(result.caption())
     if not result.table.empty:
-        print(to_markdown(result.summary(), columns=TERMINAL_COLUMNS))
+        if "openood" in formats:
+            print(openood_markdown(result.summary()))
+        else:
+            print(to_markdown(result.summary(), columns=TERMINAL_COLUMNS))
+    for line in result.footnotes():
+        print(line)
     t = result.timings
     print(
         f"train {t['train']:.1f}s, extract {t['extract']:.1f}s ({result.info['cache_hits']} cached, "
@@ -242,7 +277,22 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
 def _bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML or TOML benchmark config (options below override it)")
     p.add_argument(
-        "--data-root", help="replaces {data_root} in --config (default $OODLENS_DATA_ROOT)"
+        "--protocol",
+        help="a benchmark preset: OpenOOD v1.5's cifar10, cifar100, imagenet200, imagenet1k "
+        "(sets found under --data-root; --ood adds sets or replaces those of the same name)",
+    )
+    p.add_argument(
+        "--strict", action="store_true", help="with --protocol: a missing set is an error"
+    )
+    p.add_argument(
+        "--download",
+        action="store_true",
+        help="with --protocol: fetch sets not under --data-root from torchvision (internet)",
+    )
+    p.add_argument(
+        "--data-root",
+        help="where --protocol finds its sets; replaces {data_root} in --config "
+        "(default $OODLENS_DATA_ROOT)",
     )
     p.add_argument("--model", action="append", help="timm model name (repeatable)")
     p.add_argument(
@@ -300,7 +350,8 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--format",
         action="append",
-        help=f"table formats for --out: {','.join(FORMATS)} (default all)",
+        help=f"table formats: {','.join(FORMATS)} (default {','.join(DEFAULT_FORMATS)}); openood "
+        "prints and writes OpenOOD's layout (one row per scorer, near/far means)",
     )
     p.add_argument(
         "--out", help="write tables, plots and results.json to this folder (new, empty or a report)"

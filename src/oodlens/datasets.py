@@ -23,6 +23,7 @@ New kinds come from plugins through the ``register_datasets`` hook; resolve any 
 
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
 import os
@@ -41,6 +42,7 @@ __all__ = [
     "CorruptImageError",
     "align_classes",
     "holdout_split",
+    "content_hashes",
     "parse_spec",
     "files_source",
     "split_spec",
@@ -225,6 +227,22 @@ def holdout_split(
     return parts[0], parts[1], parts[2]
 
 
+def content_hashes(source: DatasetSource) -> list[str]:
+    """SHA-1 of each image's decoded pixels (size and RGB bytes): equal hashes are exactly
+    the same image, whatever the file format or name. Corrupt images hash as ``""``."""
+    out = []
+    for i in range(len(source)):
+        try:
+            img = source.loader(i)
+        except CorruptImageError:
+            out.append("")
+            continue
+        h = hashlib.sha1(f"{img.size}".encode())
+        h.update(img.tobytes())
+        out.append(h.hexdigest())
+    return out
+
+
 def _parse_classes(arg: str, valid: Sequence[int], spec: str) -> list[int]:
     if not arg:
         return list(valid)
@@ -338,6 +356,8 @@ def load_folder_source(path: str, split: str, spec: str) -> DatasetSource:
         raise ValueError(f"Dataset spec {spec!r} points to a file, not a folder of images.")
     if split != "all" and (root / split).is_dir():
         root, split = root / split, "all"
+    elif split == "test" and (root / "train").is_dir() and (root / "val").is_dir():
+        root, split = root / "val", "all"  # ImageNet's layout: its val set is the test set
     is_img = lambda p: p.is_file() and p.suffix.lower() in IMG_EXTENSIONS  # noqa: E731
     subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     class_dirs = [d for d in subdirs if any(is_img(p) for p in d.rglob("*"))]
@@ -388,7 +408,14 @@ def load_torchvision_source(
     root = options.get("root", str(default_cache_dir() / "torchvision"))
     cls = getattr(tvd, arg)
     kwargs: dict[str, Any] = {"root": root, "download": True}
-    if split != "all":
+    # other options go to the dataset class, as Python literals where they parse
+    for key, value in options.items():
+        if key != "root":
+            try:
+                kwargs[key] = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                kwargs[key] = value
+    if split != "all" and "split" not in options:
         import inspect
 
         params = inspect.signature(cls.__init__).parameters

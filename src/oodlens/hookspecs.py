@@ -56,3 +56,17 @@ def register_datasets(register: Callable[..., Any]) -> None:
         :class:`oodlens.datasets.DatasetSource`.
     :returns: nothing; the return value is ignored.
     """
+
+
+@hookspec
+def register_protocols(register: Callable[..., Any]) -> None:
+    """Register benchmark protocols: named presets of an ID set and OOD sets (e.g. OpenOOD's
+    ``cifar10``), used by ``oodlens bench --protocol NAME``.
+
+    :param register: call ``register(name, protocol, description)``: ``protocol`` is a
+        mapping with ``id`` (``folders``: candidate folders under the data root, optional
+        ``torchvision`` spec), ``ood`` (a list of sets, each with ``name``, ``group``,
+        ``folders`` and optional ``torchvision``) and optional ``img_size``; see
+        ``oodlens/protocols/openood_v1_5.yaml``.
+    :returns: nothing; the return value is ignored.
+    """

@@ -227,7 +227,7 @@ def ood_metrics(
         >>> round(m["auroc"], 4)
         0.8333
         >>> round(ood_metrics([1.0, 1.0], [1.0, 0.0], convention="openood")["aupr_in"], 4)
-        0.7917
+        0.8333
     """
     if convention not in CONVENTIONS:
         raise ValueError(

@@ -17,7 +17,7 @@ import inspect
 import threading
 import traceback
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -45,6 +45,8 @@ __all__ = [
     "create_explainer",
     "list_datasets",
     "load_dataset",
+    "list_protocols",
+    "get_protocol",
     "get_entry",
     "list_entries",
     "plugin_report",
@@ -58,12 +60,14 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "oodlens.default_plugins.scorers",
     "oodlens.default_plugins.explainers",
     "oodlens.default_plugins.datasets",
+    "oodlens.default_plugins.protocols",
 )
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
 KINDS = {
     "scorer": "register_scorers",
     "explainer": "register_explainers",
     "dataset": "register_datasets",
+    "protocol": "register_protocols",
 }
 
 
@@ -79,9 +83,9 @@ class PluginLoadWarning(RuntimeWarning):
 class Entry:
     """One registered object."""
 
-    kind: str  #: "scorer", "explainer" or "dataset"
+    kind: str  #: "scorer", "explainer", "dataset" or "protocol"
     name: str  #: registry name
-    obj: Any  #: the class (scorer, explainer) or loader function (dataset)
+    obj: Any  #: the class (scorer, explainer), loader function (dataset) or mapping (protocol)
     description: str  #: one line
     distribution: str  #: the distribution that registered it (e.g. "oodlens")
     plugin: str  #: the plugin (module or object) name inside pluggy
@@ -270,6 +274,23 @@ class Registry:
                     return
                 staged.append(Entry(kind, obj, loader, description, dist, pname))
                 return
+            if kind == "protocol":
+                if not (isinstance(obj, str) and obj and isinstance(loader, Mapping)) or not {
+                    "id",
+                    "ood",
+                } <= set(loader):
+                    rejected.append(
+                        (
+                            repr(obj),
+                            PluginError(
+                                "register() for protocols expects (name: str, protocol: a "
+                                "mapping with 'id' and 'ood', description)"
+                            ),
+                        )
+                    )
+                    return
+                staged.append(Entry(kind, obj, loader, description, dist, pname))
+                return
             base = Scorer if kind == "scorer" else Explainer
             try:
                 name, desc, requires = _validate_class(kind, base, obj)
@@ -390,6 +411,9 @@ def create_scorer(name: str, **params: Any) -> Scorer:
 class Grid(tuple):
     """Values of one parameter to search, written ``k=1|10|50`` in a scorer spec."""
 
+    def __repr__(self) -> str:
+        return f"Grid({tuple(self)!r})"
+
 
 def parse_scorer_spec(spec: str) -> tuple[str, dict[str, Any]]:
     """``"logit_kde:mode=class_conditional,top_k=2"`` -> ``("logit_kde", {...})``.
@@ -449,6 +473,17 @@ def create_explainer(name: str, model: Any, **params: Any) -> Explainer:
     check_param_names("explainer", name, entry.obj, params, skip=1)
     entry.obj.check_params(params)
     return entry.obj(model, **params)
+
+
+def list_protocols(pattern: str | None = None) -> list[str]:
+    """Names of the registered benchmark protocols (e.g. OpenOOD's ``cifar10``)."""
+    return _filter(_REGISTRY.entries("protocol"), pattern)
+
+
+def get_protocol(name: str) -> Mapping[str, Any]:
+    """A registered protocol: its ``id`` and ``ood`` sets (see the ``register_protocols``
+    hook); unknown names list the valid ones."""
+    return get_entry("protocol", name).obj
 
 
 def list_datasets() -> list[str]:

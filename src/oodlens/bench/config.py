@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from ..metrics import CONVENTIONS
-from ..registry import list_scorers
+from ..registry import get_protocol, list_scorers
 from ..train import TrainConfig
 
 __all__ = [
+    "resolve_protocol",
     "GROUPS",
     "OODSet",
     "BenchmarkConfig",
@@ -200,6 +201,27 @@ class BenchmarkConfig:
         if unknown:
             raise ValueError(f"Unknown training option(s) {sorted(unknown)}; valid: {valid}.")
 
+    @classmethod
+    def from_protocol(
+        cls,
+        name: str,
+        data_root: str | os.PathLike[str] | None = None,
+        download: bool = False,
+        strict: bool = False,
+        **overrides: Any,
+    ) -> BenchmarkConfig:
+        """The config of a registered protocol (e.g. OpenOOD's ``"cifar10"``), its sets
+        found under ``data_root`` (see :func:`resolve_protocol`); ``overrides`` replace
+        fields (an ``ood`` override adds sets, or replaces those with the same name)."""
+        resolved = resolve_protocol(name, data_root, download=download, strict=strict)
+        extra = tuple(overrides.pop("ood", ()))
+        names = {o.name for o in extra}
+        resolved["ood"] = tuple(o for o in resolved["ood"] if o.name not in names) + extra
+        resolved["missing_sets"] = tuple(
+            m for m in resolved["missing_sets"] if m["name"] not in names
+        )
+        return cls(**{**resolved, **overrides})
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["train"] = dict(self.train)
@@ -272,3 +294,77 @@ def expand_scorers(specs: Sequence[str]) -> list[str]:
             if s not in out:
                 out.append(s)
     return out
+
+
+def resolve_protocol(
+    name: str,
+    data_root: str | os.PathLike[str] | None = None,
+    download: bool = False,
+    strict: bool = False,
+) -> dict[str, Any]:
+    """Find a protocol's sets under ``data_root`` (default ``$OODLENS_DATA_ROOT``).
+
+    Each set is the first of its listed folders that exists (an ImageFolder; the ID folder
+    holds ``train/`` and ``test/``, or ``val/``); with ``download``, a set no folder holds
+    comes from its torchvision dataset when torchvision has it. Sets still missing are
+    skipped and listed (with where to put them) in ``missing_sets``, or, with ``strict``, an
+    error. Returns ``BenchmarkConfig`` fields: ``id``, ``ood``, ``img_size``, ``protocol``,
+    ``missing_sets``.
+    """
+    protocol = get_protocol(name)
+    root_text = data_root if data_root is not None else os.environ.get("OODLENS_DATA_ROOT")
+    if root_text is None:
+        raise ValueError(
+            f"--protocol {name} looks for its sets under a data root: pass --data-root DIR "
+            "(or set OODLENS_DATA_ROOT)."
+        )
+    root = Path(root_text).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"Data root {str(root)!r} does not exist.")
+
+    def find(entry: Mapping[str, Any]) -> str | None:
+        for folder in entry.get("folders", ()):
+            if (root / folder).is_dir():
+                return str((root / folder).resolve())
+        return entry.get("torchvision") if download else None
+
+    id_spec = find(protocol["id"])
+    if id_spec is None:
+        where = ", ".join(str(root / f) for f in protocol["id"].get("folders", ()))
+        raise FileNotFoundError(
+            f"Protocol {name!r}: its ID set was not found; put it (with train/ and test/ "
+            f"sub-folders) at one of: {where}"
+            + (
+                " (or pass --download to fetch it with torchvision)."
+                if protocol["id"].get("torchvision")
+                else "."
+            )
+        )
+    ood, missing = [], []
+    for entry in protocol["ood"]:
+        spec = find(entry)
+        if spec is not None:
+            ood.append(OODSet(entry["name"], spec, entry["group"]))
+            continue
+        missing.append(
+            {
+                "name": entry["name"],
+                "group": entry["group"],
+                "put_it_at": [str(root / f) for f in entry.get("folders", ())],
+                "torchvision": entry.get("torchvision"),
+            }
+        )
+    if missing and strict:
+        lines = "; ".join(f"{m['name']} ({m['group']}): {m['put_it_at'][0]}" for m in missing)
+        raise FileNotFoundError(f"Protocol {name!r} (--strict): missing set(s): {lines}.")
+    if not ood:
+        raise FileNotFoundError(
+            f"Protocol {name!r}: none of its OOD sets was found under {str(root)!r}."
+        )
+    return {
+        "id": id_spec,
+        "ood": tuple(ood),
+        "img_size": protocol.get("img_size"),
+        "protocol": name,
+        "missing_sets": tuple(missing),
+    }

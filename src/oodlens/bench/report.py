@@ -12,6 +12,10 @@ import pandas as pd
 from ..metrics import HIGHER_IS_BETTER
 
 __all__ = [
+    "CONVENTION_NOTES",
+    "openood_table",
+    "openood_markdown",
+    "openood_latex",
     "format_table",
     "to_markdown",
     "to_latex",
@@ -19,6 +23,7 @@ __all__ = [
     "DEFAULT_COLUMNS",
     "TERMINAL_COLUMNS",
     "FORMATS",
+    "DEFAULT_FORMATS",
 ]
 
 #: Columns shown in the terminal and the Markdown / LaTeX tables.
@@ -43,8 +48,16 @@ TERMINAL_COLUMNS = (
     "aurc",
     "ood_rejected",
 )
-#: Table formats ``--format`` accepts (results.json is always written).
-FORMATS = ("md", "csv", "json", "tex")
+#: Table formats ``--format`` accepts (results.json is always written); ``openood`` is the
+#: OpenOOD layout (one row per scorer, near/far means), as Markdown, CSV and LaTeX.
+FORMATS = ("md", "csv", "json", "tex", "openood")
+#: What ``--out`` writes when ``--format`` is not given.
+DEFAULT_FORMATS = ("md", "csv", "json", "tex")
+#: One line naming each metric convention, for table captions.
+CONVENTION_NOTES = {
+    "oodlens": "oodlens convention (step-wise AUPR; fpr95 = OOD accepted at 95% ID acceptance)",
+    "openood": "OpenOOD v1.5 convention (trapezoidal AUPR; fpr95 = ID rejected at 95% OOD recall)",
+}
 
 
 def _cell(mean: float, std: float, n: int, pct: bool) -> str:
@@ -159,3 +172,89 @@ def json_safe(obj: Any) -> Any:
     if isinstance(obj, np.generic):
         return json_safe(obj.item())
     return obj
+
+
+_OPENOOD_METRICS = {"auroc": "AUROC", "fpr95": "FPR@95"}
+
+
+def openood_table(summary: pd.DataFrame, full: bool = False, bold: str = "**{}**") -> pd.DataFrame:
+    """OpenOOD's layout: one row per (backbone, scorer); near-OOD and far-OOD mean AUROC and
+    FPR@95 columns whose headers give the number of sets behind each mean, then ID accuracy;
+    with ``full``, every OOD set's own columns first. Cells in percent (``mean ± std`` over
+    seeds); the best of each column within a backbone in ``bold``."""
+    sets = summary[~summary.group.isin(["aggregate"])]
+    n_sets = {g: int(sets.loc[sets.group == g, "ood"].nunique()) for g in ("near", "far")}
+    columns: list[tuple[str, str, str]] = []  # (ood row, metric, header)
+    if full:
+        for name in sets.ood.unique():
+            columns += [(name, m, f"{name} {label}") for m, label in _OPENOOD_METRICS.items()]
+    for group in ("near", "far"):
+        if n_sets[group]:
+            suffix = f" ({n_sets[group]} set{'s' if n_sets[group] > 1 else ''})"
+            columns += [
+                (group, m, f"{group} {label}{suffix}") for m, label in _OPENOOD_METRICS.items()
+            ]
+    rows = []
+    keyed = summary.set_index(["backbone", "scorer", "ood"])
+    for (backbone, scorer), block in summary.groupby(["backbone", "scorer"], sort=False):
+        row: dict[str, Any] = {"backbone": backbone, "scorer": scorer}
+        for ood, metric, header in columns:
+            key = (backbone, scorer, ood)
+            row[header] = (
+                (keyed.at[key, metric], keyed.at[key, f"{metric}_std"], keyed.at[key, "n_seeds"])
+                if key in keyed.index
+                else (float("nan"), 0.0, 1)
+            )
+        first = block.iloc[0]
+        row["ID acc."] = (first["id_accuracy"], first.get("id_accuracy_std", 0.0), first["n_seeds"])
+        rows.append(row)
+    raw = pd.DataFrame(rows)
+    out = raw[["backbone", "scorer"]].copy()
+    for header in [h for _, _, h in columns] + ["ID acc."]:
+        means = raw[header].map(lambda c: c[0]).astype(float)
+        higher = "FPR" not in header
+        best = pd.Series(False, index=raw.index)
+        for _, idx in raw.groupby("backbone").groups.items():
+            vals = means.loc[idx]
+            if vals.notna().sum() >= 2:
+                target = vals.max() if higher else vals.min()
+                best.loc[idx] = np.isclose(vals, target, rtol=0, atol=1e-12)
+        cells = [_cell(m, sd, n, pct=True) for m, sd, n in raw[header]]
+        out[header] = [bold.format(c) if b else c for c, b in zip(cells, best, strict=True)]
+    return out
+
+
+def openood_markdown(summary: pd.DataFrame, full: bool = False) -> str:
+    """:func:`openood_table` as a GitHub Markdown table."""
+    t = openood_table(summary, full)
+    head = "| " + " | ".join(t.columns) + " |"
+    sep = (
+        "| "
+        + " | ".join("---" if c in ("backbone", "scorer") else "---:" for c in t.columns)
+        + " |"
+    )
+    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in t.itertuples(index=False)]
+    return "\n".join([head, sep, *body]) + "\n"
+
+
+def openood_latex(summary: pd.DataFrame, caption: str, full: bool = True) -> str:
+    """:func:`openood_table` as a booktabs LaTeX table (every OOD set's columns by default)."""
+    t = openood_table(summary, full, bold="\\textbf{{{}}}")
+    cols = list(t.columns)
+    lines = [
+        "\\begin{table}[t]",
+        "\\centering",
+        f"\\caption{{{caption}}}",
+        "\\begin{tabular}{ll" + "r" * (len(cols) - 2) + "}",
+        "\\toprule",
+        " & ".join(_tex_escape(c) for c in cols) + " \\\\",
+        "\\midrule",
+    ]
+    for row in t.itertuples(index=False):
+        cells = [
+            _tex_escape(str(v)) if i < 2 else str(v).replace("±", "$\\pm$")
+            for i, v in enumerate(row)
+        ]
+        lines.append(" & ".join(cells) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
+    return "\n".join(lines) + "\n"

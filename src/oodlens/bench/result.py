@@ -18,7 +18,17 @@ from ..metrics import HIGHER_IS_BETTER
 from ..outputs import Outputs
 from ..plots import plot_explanations, plot_risk_coverage, plot_roc, plot_score_distributions
 from .config import BenchmarkConfig
-from .report import FORMATS, json_safe, to_latex, to_markdown
+from .report import (
+    CONVENTION_NOTES,
+    DEFAULT_FORMATS,
+    FORMATS,
+    json_safe,
+    openood_latex,
+    openood_markdown,
+    openood_table,
+    to_latex,
+    to_markdown,
+)
 
 __all__ = ["RunScores", "ScorerFailure", "BenchmarkResult", "check_report_dir", "REPORT_VERSION"]
 
@@ -78,6 +88,10 @@ def _is_report(folder: Path) -> bool:
     return isinstance(data, dict) and "config" in data and "table" in data
 
 
+def _tex_caption(text: str) -> str:
+    return text.replace("%", "\\%").replace("_", "\\_")
+
+
 @dataclass
 class BenchmarkResult:
     """What :func:`~oodlens.run_benchmark` returns."""
@@ -107,10 +121,40 @@ class BenchmarkResult:
         out.insert(4, "n_seeds", g.size().to_numpy())
         return out
 
+    def caption(self) -> str:
+        """One line for every table: what the numbers are and under which convention."""
+        cfg = self.config
+        where = f"protocol {cfg.protocol}; " if cfg.protocol else ""
+        return (
+            f"OOD detection, {where}metrics in % under the {CONVENTION_NOTES[cfg.convention]}; "
+            f"rejection rates at the threshold accepting {cfg.id_acceptance:.0%} of the held-out "
+            "ID calib split."
+        )
+
+    def footnotes(self) -> list[str]:
+        """Lines to print under a table: tuned parameters, missing protocol sets."""
+        lines = []
+        for run in self.runs:
+            if run.tuning:
+                chosen = "; ".join(
+                    f"{spec}: {', '.join(f'{k}={v}' for k, v in t['chosen'].items()) or '(no grid)'}"
+                    for spec, t in run.tuning.items()
+                )
+                lines.append(
+                    f"Tuned on ID val + OOD val ({', '.join(o.name for o in self.config.ood_val)}) "
+                    f"by AUROC, {run.backbone} seed {run.seed}: {chosen}."
+                )
+        for m in self.config.missing_sets:
+            lines.append(
+                f"Missing {m['group']}-OOD set {m['name']!r} (not found; put it at "
+                f"{m['put_it_at'][0]}): skipped, not in the means."
+            )
+        return lines
+
     def save(
         self,
         out_dir: str | os.PathLike[str],
-        formats: Sequence[str] = FORMATS,
+        formats: Sequence[str] = DEFAULT_FORMATS,
         plots: bool = True,
     ) -> Path:
         """Write the report folder: ``results.{md,csv,tex}``, ``table_full.csv`` (every row
@@ -131,13 +175,19 @@ class BenchmarkResult:
 
     def _write(self, out: Path, formats: Sequence[str], plots: bool) -> None:
         summary = self.summary()
+        caption = self.caption()
+        notes = "".join(f"\n{line}\n" for line in self.footnotes())
         if "md" in formats:
-            (out / "results.md").write_text(to_markdown(summary))
+            (out / "results.md").write_text(f"{caption}\n\n{to_markdown(summary)}{notes}")
         if "csv" in formats:
             summary.to_csv(out / "results.csv", index=False)
             self.table.to_csv(out / "table_full.csv", index=False)
         if "tex" in formats:
-            (out / "results.tex").write_text(to_latex(summary))
+            (out / "results.tex").write_text(to_latex(summary, caption=_tex_caption(caption)))
+        if "openood" in formats:
+            (out / "openood.md").write_text(f"{caption}\n\n{openood_markdown(summary)}{notes}")
+            openood_table(summary, full=True, bold="{}").to_csv(out / "openood.csv", index=False)
+            (out / "openood.tex").write_text(openood_latex(summary, _tex_caption(caption)))
         figures = self._figures(out) if plots and self.runs and self.runs[0].scores else []
         if self.attention is not None:
             self.attention.to_csv(out / "attention.csv", index=False)

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..cache import Cache, file_sha256
-from ..datasets import DatasetSource, align_classes, holdout_split, split_spec
+from ..datasets import DatasetSource, align_classes, content_hashes, holdout_split, split_spec
 from ..metrics import ood_metrics, rejection_report, selective_metrics, threshold_at_acceptance
 from ..outputs import Outputs
 from ..registry import (
@@ -172,6 +172,7 @@ def _prepare(cfg: BenchmarkConfig) -> _Plan:
         "cache_hits": 0,
         "cache_misses": 0,
         "warnings": _overlaps(sources),
+        "duplicates": {},
         "splits": {
             "held_out_from": "ID train (before training)" if trained_here else "ID test",
             **{k: len(v) for k, v in sources.items() if k.startswith("id_")},
@@ -180,6 +181,7 @@ def _prepare(cfg: BenchmarkConfig) -> _Plan:
         "versions": _versions(),
         "plugins": _plugins(),
     }
+    info["duplicates"] = _duplicates(sources, cache, info["warnings"])
     return _Plan(cfg, device, cache, specs, dists, sources, info)
 
 
@@ -201,6 +203,35 @@ def _overlaps(sources: dict[str, DatasetSource]) -> list[str]:
                 log.warning(msg)
                 out.append(msg)
     return out
+
+
+def _duplicates(
+    sources: dict[str, DatasetSource], cache: Cache, warnings: list[str]
+) -> dict[str, int]:
+    """Exact duplicate images (same decoded pixels) between each ID split and every other
+    set, by content hash (cached per dataset fingerprint). Nonzero counts are warned about:
+    the same image then counts twice (e.g. CIFAR-10 and CINIC-10 share images)."""
+    hashes: dict[str, set[str]] = {}
+    for key, src in sources.items():
+        fp = src.fingerprint()
+        values = cache.get_json("hashes", fp)
+        if values is None:
+            values = content_hashes(src)
+            cache.put_json("hashes", fp, values)
+        hashes[key] = set(values) - {""}
+    counts: dict[str, int] = {}
+    keys = list(sources)
+    for i, a in enumerate(keys):
+        if not a.startswith("id_"):
+            continue
+        for b in keys[i + 1 :]:
+            n = len(hashes[a] & hashes[b])
+            counts[f"{a}|{b}"] = n
+            if n:
+                msg = f"{n} image(s) of {b!r} are exact duplicates of images in {a!r}."
+                log.warning(msg)
+                warnings.append(msg)
+    return counts
 
 
 def _weights(
