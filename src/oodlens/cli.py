@@ -133,9 +133,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import check_report_dir, run_benchmark
 
     cfg = _bench_config(args)
-    formats = [
-        f for spec in (args.format or [",".join(DEFAULT_FORMATS)]) for f in spec.split(",") if f
-    ]
+    # a protocol run shows (and writes) OpenOOD's layout unless --format says otherwise
+    default = (*DEFAULT_FORMATS, "openood") if cfg.protocol else DEFAULT_FORMATS
+    formats = [f for spec in (args.format or [",".join(default)]) for f in spec.split(",") if f]
     bad = sorted(set(formats) - set(FORMATS))
     if bad:
         raise ValueError(f"--format {bad} is not valid; use {', '.join(FORMATS)}.")

@@ -216,7 +216,7 @@ def openood_table(summary: pd.DataFrame, full: bool = False, bold: str = "**{}**
         best = pd.Series(False, index=raw.index)
         for _, idx in raw.groupby("backbone").groups.items():
             vals = means.loc[idx]
-            if vals.notna().sum() >= 2:
+            if vals.notna().sum() >= 2 and vals.nunique() > 1:
                 target = vals.max() if higher else vals.min()
                 best.loc[idx] = np.isclose(vals, target, rtol=0, atol=1e-12)
         cells = [_cell(m, sd, n, pct=True) for m, sd, n in raw[header]]

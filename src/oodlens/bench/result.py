@@ -135,14 +135,16 @@ class BenchmarkResult:
         """Lines to print under a table: tuned parameters, missing protocol sets."""
         lines = []
         for run in self.runs:
-            if run.tuning:
+            tuned = {spec: t for spec, t in run.tuning.items() if t["grid"]}
+            if tuned:
                 chosen = "; ".join(
-                    f"{spec}: {', '.join(f'{k}={v}' for k, v in t['chosen'].items()) or '(no grid)'}"
-                    for spec, t in run.tuning.items()
+                    spec + ": " + ", ".join(f"{k}={t['chosen'][k]}" for k in t["grid"])
+                    for spec, t in tuned.items()
                 )
+                which = run.backbone if run.seed < 0 else f"{run.backbone} seed {run.seed}"
                 lines.append(
                     f"Tuned on ID val + OOD val ({', '.join(o.name for o in self.config.ood_val)}) "
-                    f"by AUROC, {run.backbone} seed {run.seed}: {chosen}."
+                    f"by AUROC, {which}: {chosen}."
                 )
         for m in self.config.missing_sets:
             lines.append(

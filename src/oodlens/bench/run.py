@@ -209,8 +209,9 @@ def _duplicates(
     sources: dict[str, DatasetSource], cache: Cache, warnings: list[str]
 ) -> dict[str, int]:
     """Exact duplicate images (same decoded pixels) between each ID split and every other
-    set, by content hash (cached per dataset fingerprint). Nonzero counts are warned about:
-    the same image then counts twice (e.g. CIFAR-10 and CINIC-10 share images)."""
+    set, and between OOD validation and OOD test sets, by content hash (cached per dataset
+    fingerprint). Nonzero counts are warned about: the same image then counts twice (e.g.
+    CIFAR-10 and CINIC-10 share images)."""
     hashes: dict[str, set[str]] = {}
     for key, src in sources.items():
         fp = src.fingerprint()
@@ -222,9 +223,12 @@ def _duplicates(
     counts: dict[str, int] = {}
     keys = list(sources)
     for i, a in enumerate(keys):
-        if not a.startswith("id_"):
-            continue
         for b in keys[i + 1 :]:
+            kinds = {
+                k.split("_", 1)[0] if k.startswith(("id_", "ood_val:")) else "test" for k in (a, b)
+            }
+            if "id" not in kinds and kinds != {"ood", "test"}:
+                continue  # only pairs with an ID split, or OOD validation vs OOD test
             n = len(hashes[a] & hashes[b])
             counts[f"{a}|{b}"] = n
             if n:
