@@ -30,6 +30,7 @@ LAYERS: dict[str, int] = {
             "explainers",
             "explainers.gradcam",
             "openood_models",
+            "conformal",
         ],
         3,
     ),

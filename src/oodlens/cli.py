@@ -99,6 +99,8 @@ def _bench_config(args: argparse.Namespace) -> BenchmarkConfig:
         changes["ood"] = tuple(parse_ood_spec(o) for o in args.ood)
     if args.ood_val:
         changes["ood_val"] = tuple(parse_ood_spec(o) for o in args.ood_val)
+    if args.alpha:
+        changes["alphas"] = tuple(args.alpha)
     for opt in ("scorers", "seeds"):
         if getattr(args, opt):
             changes[opt] = tuple(getattr(args, opt))
@@ -112,6 +114,7 @@ def _bench_config(args: argparse.Namespace) -> BenchmarkConfig:
         "convention",
         "val_fraction",
         "calib_fraction",
+        "fdr",
     ):
         if getattr(args, opt) is not None:
             changes[opt] = getattr(args, opt)
@@ -154,7 +157,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         if "openood" in formats:
             print(openood_markdown(result.summary()))
         else:
-            print(to_markdown(result.summary(), columns=TERMINAL_COLUMNS))
+            conformal = [
+                c
+                for c in result.table.columns
+                if c.startswith(("frr@", "power@", "fdr@", "fdr_power@"))
+            ]
+            print(to_markdown(result.summary(), columns=(*TERMINAL_COLUMNS, *conformal)))
     for line in result.footnotes():
         print(line)
     t = result.timings
@@ -209,6 +217,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         device=args.device,
         cache=Cache(args.cache_dir),
         progress=not args.quiet,
+        calib=args.calib,
     )
     path = plot_explanations(exp, out, columns=args.columns)
     for k, sid in enumerate(exp.ids):
@@ -343,6 +352,18 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
         help="OOD validation set for --tune (repeatable); never one of the test sets",
     )
     p.add_argument(
+        "--alpha",
+        type=float,
+        nargs="+",
+        help="conformal levels (e.g. 0.05 0.01): realised ID false-rejection rate and OOD power "
+        "of split-conformal p-values calibrated on the calib split",
+    )
+    p.add_argument(
+        "--fdr",
+        type=float,
+        help="Benjamini-Hochberg level on batches of ID test + each OOD set: realised FDR, power",
+    )
+    p.add_argument(
         "--tune",
         action="store_true",
         help="search each scorer's grid (declared, or k=1|10|50 in its spec) on ID val + OOD val",
@@ -389,6 +410,11 @@ def _explain_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--train", help="ID training spec to fit the scorers (default: from the checkpoint)"
+    )
+    p.add_argument(
+        "--calib",
+        help="held-out ID images (a spec the scorers were not fitted on): show each image's "
+        "conformal p-value per scorer",
     )
     p.add_argument("--layer", help="Grad-CAM target layer (default: automatic)")
     p.add_argument("--img-size", type=int)

@@ -15,6 +15,7 @@ import torch
 
 from .backbones import build_transform, create_backbone, resolve_device
 from .cache import Cache, file_sha256
+from .conformal import ConformalRejector
 from .datasets import DatasetSource, files_source, split_spec
 from .errors import moved_names
 from .explainers import Explanation, attention_area_mass
@@ -47,8 +48,10 @@ def explain_source(
     layer: str | None = None,
     device: str | torch.device = "cpu",
     batch_size: int = 32,
+    rejectors: dict[str, ConformalRejector] | None = None,
 ) -> Explanation:
-    """Grad-CAM for ``source`` (or the rows ``index`` of it), plus fitted scorers' scores.
+    """Grad-CAM for ``source`` (or the rows ``index`` of it), plus fitted scorers' scores
+    and, for calibrated ``rejectors``, each image's conformal p-value (as ``"p(name)"``).
 
     ``outputs`` are the extracted outputs of the same rows, for the scorers; when omitted and
     scorers are given, they are extracted here (logits, features and head).
@@ -60,7 +63,7 @@ def explain_source(
     cams = minmax_normalize(raw).numpy()
     logits = explainer.last_logits.numpy()
     probs = torch.softmax(torch.from_numpy(logits).double(), dim=1).numpy()
-    if outputs is None and scorers:
+    if outputs is None and (scorers or rejectors):
         outputs = extract_outputs(
             model,
             source.subset(index, source.spec),
@@ -70,6 +73,8 @@ def explain_source(
             progress=False,
         )
     scores = {name: s.score(outputs) for name, s in (scorers or {}).items()}
+    for name, rejector in (rejectors or {}).items():
+        scores[f"p({name})"] = rejector.p_values(outputs)
     return Explanation(
         ids=[source.ids[i] for i in index],
         images=_display(source, index, cams.shape[1:]),
@@ -94,8 +99,12 @@ def explain_images(
     device: str = "cpu",
     cache: Cache | None = None,
     progress: bool = True,
+    calib: str | None = None,
 ) -> Explanation:
     """The ``oodlens explain`` workflow: Grad-CAM and scorer values for image files.
+
+    With ``calib`` (a spec of held-out ID images the scorers were not fitted on), each
+    scorer also gives each image's split-conformal p-value (see :mod:`oodlens.conformal`).
 
     Scorers (spec strings, e.g. ``"logit_kde:mode=class_conditional"``) are created first
     (so a bad spec fails before any work), then fitted on the model's outputs on its ID
@@ -112,7 +121,7 @@ def explain_images(
     )
     transform, data_cfg = build_transform(net, mcfg.img_size)
     names = mcfg.class_names or tuple(str(i) for i in range(mcfg.num_classes))
-    fitted = {}
+    fitted, rejectors = {}, {}
     if specs:
         train_spec = train or mcfg.extra.get("train", {}).get("data")
         if not train_spec:
@@ -135,7 +144,22 @@ def explain_images(
         fitted = {
             spec: create_scorer(name, **params).fit(train_out) for spec, name, params in specs
         }
-    return explain_source(net, source, transform, names, scorers=fitted, layer=layer, device=dev)
+        if calib is not None:
+            calib_out, _, _ = cached_extract(
+                lambda: net,
+                model,
+                weights,
+                load_dataset(calib),
+                transform,
+                tuple(data_cfg["input_size"]),
+                cache or Cache(),
+                device=dev,
+                progress=progress,
+            )
+            rejectors = {k: ConformalRejector(s).calibrate(calib_out) for k, s in fitted.items()}
+    return explain_source(
+        net, source, transform, names, scorers=fitted, layer=layer, device=dev, rejectors=rejectors
+    )
 
 
 def _summary(values: np.ndarray) -> dict[str, float]:

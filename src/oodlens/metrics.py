@@ -66,6 +66,7 @@ from collections.abc import Sequence
 import numpy as np
 
 __all__ = [
+    "higher_is_better",
     "CONVENTIONS",
     "HIGHER_IS_BETTER",
     "auroc",
@@ -79,6 +80,18 @@ __all__ = [
 
 _EPS = 1e-9
 _EXACT_INT = 2**53  # integers beyond this are not all representable in float64
+
+
+def higher_is_better(column: str) -> bool | None:
+    """Whether a higher value of a table column is better (``None``: not a metric). Covers
+    :data:`HIGHER_IS_BETTER` and the conformal columns ``frr@a`` (false-rejection rate of
+    ID at level a: lower), ``power@a`` (OOD rejected), ``fdr@q`` (realised false discovery
+    rate: lower) and ``fdr_power@q``."""
+    if column in HIGHER_IS_BETTER:
+        return HIGHER_IS_BETTER[column]
+    prefix = column.split("@", 1)[0] if "@" in column else None
+    return {"frr": False, "power": True, "fdr": False, "fdr_power": True}.get(prefix or "")
+
 
 #: Metric conventions accepted by :func:`ood_metrics` (see the module docstring).
 CONVENTIONS = ("oodlens", "openood")

@@ -24,6 +24,7 @@ __all__ = [
     "plot_roc",
     "plot_score_distributions",
     "plot_risk_coverage",
+    "plot_calibration",
     "FIGURE_FORMATS",
 ]
 
@@ -130,6 +131,27 @@ def plot_risk_coverage(
         ax.step(cov, risk, where="post", lw=1.3, label=spec)
     ax.set_xlabel("coverage (share of ID test accepted)")
     ax.set_ylabel("risk (error rate among accepted)")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def plot_calibration(
+    curves: Mapping[str, Mapping[str, Sequence[float]]],
+    title: str,
+    path: str | os.PathLike[str],
+) -> Path:
+    """Realised ID false-rejection rate against the conformal level alpha (one curve per
+    scorer: ``curves[scorer] = {"alpha": [...], "frr": [...]}``) with the y = x line: a
+    valid rejector stays on or under it, up to sampling error."""
+    fig, axes = figure_grid(1, panel=(5.0, 4.2))
+    ax = axes[0]
+    top = max(max(c["alpha"]) for c in curves.values())
+    ax.plot([0, top], [0, top], "k:", lw=1.0, label="y = x (the guarantee)")
+    for spec, c in curves.items():
+        ax.plot(c["alpha"], c["frr"], lw=1.3, marker=".", label=spec)
+    ax.set_xlabel("alpha (conformal level)")
+    ax.set_ylabel("ID test rejected (realised false rejections)")
     ax.set_title(title)
     ax.legend(fontsize=7)
     return save_figure(fig, path)

@@ -122,6 +122,10 @@ class BenchmarkConfig:
     #: OOD validation sets for --tune; never among the test rows
     ood_val: tuple[OODSet, ...] = ()
     tune: bool = False  #: search each scorer's tuning grid on ID val + OOD val (by AUROC)
+    #: conformal levels: per scorer and OOD set, the realised ID false-rejection rate and the
+    #: OOD rejection rate (power) of split-conformal p-values calibrated on ``calib``
+    alphas: tuple[float, ...] = ()
+    fdr: float | None = None  #: Benjamini-Hochberg level on batches of ID test + each OOD set
     protocol: str | None = None  #: the protocol preset the sets came from (informational)
     #: protocol sets that were not found (name, group, where to put them), recorded
     missing_sets: tuple[Mapping[str, Any], ...] = ()
@@ -145,6 +149,16 @@ class BenchmarkConfig:
                 )
             object.__setattr__(self, name, sets)
         object.__setattr__(self, "missing_sets", tuple(dict(m) for m in self.missing_sets))
+        object.__setattr__(
+            self,
+            "alphas",
+            tuple(self.alphas) if not isinstance(self.alphas, float) else (self.alphas,),
+        )
+        bad_alpha = [a for a in self.alphas if not (isinstance(a, float | int) and 0 < a < 1)]
+        if bad_alpha:
+            raise ValueError(f"alphas must be in (0, 1), got {bad_alpha}.")
+        if self.fdr is not None and not 0 < self.fdr < 1:
+            raise ValueError(f"fdr must be in (0, 1), got {self.fdr!r}.")
         for name, kind in (("models", str), ("checkpoints", str), ("seeds", int), ("scorers", str)):
             object.__setattr__(self, name, _tuple_of(name, getattr(self, name), kind))
         if not isinstance(self.id, str) or not self.id.strip():

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..metrics import HIGHER_IS_BETTER
+from ..metrics import higher_is_better
 
 __all__ = [
     "CONVENTION_NOTES",
@@ -78,7 +78,7 @@ def _best_mask(summary: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
             vals = block[col].astype(float)
             if vals.notna().sum() < 2:
                 continue
-            best = vals.max() if HIGHER_IS_BETTER.get(col, True) else vals.min()
+            best = vals.max() if higher_is_better(col) is not False else vals.min()
             mask.loc[block.index[np.isclose(vals, best, rtol=0, atol=1e-12)], col] = True
     return mask
 

@@ -14,9 +14,15 @@ import pandas as pd
 
 from ..explainers.base import Explanation
 from ..files import atomic_dir, check_writable_dir
-from ..metrics import HIGHER_IS_BETTER
+from ..metrics import higher_is_better
 from ..outputs import Outputs
-from ..plots import plot_explanations, plot_risk_coverage, plot_roc, plot_score_distributions
+from ..plots import (
+    plot_calibration,
+    plot_explanations,
+    plot_risk_coverage,
+    plot_roc,
+    plot_score_distributions,
+)
 from .config import BenchmarkConfig
 from .report import (
     CONVENTION_NOTES,
@@ -51,6 +57,8 @@ class RunScores:
     thresholds: dict[str, float] = field(default_factory=dict)
     #: scorer -> {"chosen", "grid", "trials"} when tuned (on ID val + OOD val only)
     tuning: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: scorer -> {"alpha": grid, "frr": realised ID false-rejection rate on ID test} (conformal)
+    calibration: dict[str, dict[str, list[float]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -113,7 +121,7 @@ class BenchmarkResult:
         keys = ["backbone", "scorer", "ood", "group"]
         if self.table.empty:
             return pd.DataFrame(columns=[*keys, "n_seeds"])
-        cols = [m for m in HIGHER_IS_BETTER if m in self.table]
+        cols = [c for c in self.table.columns if higher_is_better(c) is not None]
         g = self.table.groupby(keys, sort=False, dropna=False)[cols]
         mean = g.mean()
         std = g.std(ddof=1).fillna(0.0).add_suffix("_std")
@@ -191,6 +199,14 @@ class BenchmarkResult:
             openood_table(summary, full=True, bold="{}").to_csv(out / "openood.csv", index=False)
             (out / "openood.tex").write_text(openood_latex(summary, _tex_caption(caption)))
         figures = self._figures(out) if plots and self.runs and self.runs[0].scores else []
+        if plots and self.runs and self.runs[0].calibration:
+            run = self.runs[0]
+            path = plot_calibration(
+                run.calibration,
+                f"Conformal calibration on ID test, {run.backbone}",
+                out / "calibration.png",
+            )
+            figures.append(path.name)
         if self.attention is not None:
             self.attention.to_csv(out / "attention.csv", index=False)
             if plots and self.confident_errors:
@@ -215,6 +231,9 @@ class BenchmarkResult:
             else self.attention.to_dict(orient="records"),
             "attention_tests": self.attention_tests,
             "thresholds": {f"{r.backbone}/seed{r.seed}": r.thresholds for r in self.runs},
+            "conformal_calibration": {
+                f"{r.backbone}/seed{r.seed}": r.calibration for r in self.runs if r.calibration
+            },
             "tuning": {f"{r.backbone}/seed{r.seed}": r.tuning for r in self.runs if r.tuning},
             "table": self.table.to_dict(orient="records"),
         }

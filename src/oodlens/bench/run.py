@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..cache import Cache, file_sha256
+from ..conformal import ConformalRejector, benjamini_hochberg, conformal_p_values
 from ..datasets import DatasetSource, align_classes, content_hashes, holdout_split, split_spec
 from ..metrics import ood_metrics, rejection_report, selective_metrics, threshold_at_acceptance
 from ..outputs import Outputs
@@ -407,12 +408,53 @@ def _score(plan: _Plan, run: RunScores, failures: list[ScorerFailure]) -> list[d
         run.scores[spec] = scores
         run.thresholds[spec] = threshold_at_acceptance(calib, plan.cfg.id_acceptance)
         sel = selective_metrics(scores["id"], run.id_correct)
-        rows += _metric_rows(plan.cfg, run, spec, scores, sel)
+        extra = (
+            _conformal(plan, run, spec, scorer, scores) if plan.cfg.alphas or plan.cfg.fdr else {}
+        )
+        rows += _metric_rows(plan.cfg, run, spec, scores, sel, extra)
     return rows
 
 
+def _conformal(
+    plan: _Plan, run: RunScores, spec: str, scorer, scores
+) -> dict[str, dict[str, float]]:
+    """Per OOD set: realised ID false-rejection rate and OOD power of conformal p-values
+    calibrated on the calib split (at each alpha), and BH's realised FDR and power on a
+    batch of all ID test rows plus that set (at ``fdr``)."""
+    cfg = plan.cfg
+    rejector = ConformalRejector(scorer).calibrate(run.outputs["id_calib"])
+    p = {k: conformal_p_values(rejector.calib_scores_, v) for k, v in scores.items()}
+    low = [a for a in cfg.alphas if a < rejector.min_alpha]
+    if low:
+        msg = (
+            f"{spec}: alpha {low} is below 1/(n+1) = {rejector.min_alpha:.4g} with n = "
+            f"{rejector.n_calib} calibration rows, so nothing can be rejected at it; use a "
+            "larger calib split."
+        )
+        if msg not in plan.info["warnings"]:
+            plan.info["warnings"].append(msg)
+    grid = np.round(np.linspace(0.01, 0.5, 50), 4)
+    run.calibration[spec] = {
+        "alpha": grid.tolist(),
+        "frr": [float(np.mean(p["id"] <= a)) for a in grid],
+    }
+    out: dict[str, dict[str, float]] = {}
+    n_id = p["id"].size
+    for o in cfg.ood:
+        row: dict[str, float] = {}
+        for a in cfg.alphas:
+            row[f"frr@{a:g}"] = float(np.mean(p["id"] <= a))
+            row[f"power@{a:g}"] = float(np.mean(p[o.name] <= a))
+        if cfg.fdr is not None:
+            flags = benjamini_hochberg(np.concatenate([p["id"], p[o.name]]), cfg.fdr)
+            row[f"fdr@{cfg.fdr:g}"] = float(flags[:n_id].sum() / max(1, flags.sum()))
+            row[f"fdr_power@{cfg.fdr:g}"] = float(flags[n_id:].mean())
+        out[o.name] = row
+    return out
+
+
 def _metric_rows(
-    cfg: BenchmarkConfig, run: RunScores, spec: str, scores, sel
+    cfg: BenchmarkConfig, run: RunScores, spec: str, scores, sel, extra
 ) -> list[dict[str, Any]]:
     base = {"backbone": run.backbone, "seed": run.seed, "scorer": spec}
     threshold = run.thresholds[spec]
@@ -428,6 +470,7 @@ def _metric_rows(
                 scores["id"], run.id_correct, scores[o.name], threshold=cfg.threshold
             )
             row.update({f"{k}@fixed": v for k, v in fixed.items()})
+        row.update(extra.get(o.name, {}))
         per_set.append(row)
     return per_set + _aggregate_rows(per_set, base)
 

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ..arrays import row_fingerprints
 from ..errors import MissingOutputsError, NotFittedError
 from ..outputs import Outputs
 from ..params import Constraint, validate_params
@@ -112,6 +113,9 @@ class Scorer:
             self._fit(train)
         self.n_classes_ = train.n_classes
         self.n_features_in_ = train.features.shape[1] if "features" in requires else None
+        # which rows were used for fitting (see oodlens.conformal: they cannot calibrate)
+        used = [train] + ([val] if "val" in requires else [])
+        self.fit_rows_ = np.unique(np.concatenate([row_fingerprints(o.logits) for o in used]))
         return self
 
     def score(self, outputs: Outputs) -> np.ndarray:
