@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import logsumexp as _logsumexp
 
-__all__ = ["msp", "energy", "max_logit"]
+__all__ = ["msp", "energy", "max_logit", "neg_entropy", "gen", "log_softmax"]
 
 
 def _check_logits(logits: np.ndarray) -> np.ndarray:
@@ -77,3 +77,47 @@ def max_logit(logits: np.ndarray) -> np.ndarray:
         (N,) scores.
     """
     return _check_logits(logits).max(axis=1)
+
+
+def log_softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """(N, C) log-probabilities of ``softmax(z / T)``, computed stably."""
+    z = _check_logits(logits) / _check_temperature(temperature)
+    return z - _logsumexp(z, axis=1, keepdims=True)
+
+
+def neg_entropy(logits: np.ndarray) -> np.ndarray:
+    r"""Negative predictive entropy: low entropy = confident = in-distribution.
+
+    .. math:: s(x) = \sum_c p_c \log p_c, \qquad p = \operatorname{softmax}(z)
+
+    Args:
+        logits: (N, C) logits.
+
+    Returns:
+        (N,) scores in :math:`[-\log C, 0]`.
+    """
+    logp = log_softmax(logits)
+    return np.sum(np.exp(logp) * logp, axis=1)
+
+
+def gen(logits: np.ndarray, gamma: float = 0.1, top_m: int | None = None) -> np.ndarray:
+    r"""Generalized entropy score (Liu, Lochman, Zach, CVPR 2023, "GEN").
+
+    .. math:: s(x) = -\sum_{j \in \text{top-}M} p_j^{\gamma} (1 - p_j)^{\gamma}
+
+    over the M largest softmax probabilities (all C when ``top_m`` is None). Paper:
+    https://openaccess.thecvf.com/content/CVPR2023/html/Liu_GEN_Pushing_the_Limits_of_Softmax-Based_Out-of-Distribution_Detection_CVPR_2023_paper.html
+
+    Args:
+        logits: (N, C) logits.
+        gamma: exponent in (0, 1) (the paper's default 0.1).
+        top_m: how many of the largest probabilities to sum (the paper uses 100 for
+            ImageNet-1k; None = all classes).
+
+    Returns:
+        (N,) scores, higher = more in-distribution.
+    """
+    p = np.exp(log_softmax(logits))
+    if top_m is not None and top_m < p.shape[1]:
+        p = -np.partition(-p, top_m - 1, axis=1)[:, :top_m]
+    return -np.sum(p**gamma * (1.0 - p) ** gamma, axis=1)

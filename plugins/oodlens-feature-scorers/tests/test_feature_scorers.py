@@ -399,3 +399,65 @@ def test_import_does_not_load_torch():
     code = "import sys, oodlens_feature_scorers; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_rmd_she_nnguide_by_hand(data):
+    train, test = data
+    f, y, z = train.features, train.labels, train.logits
+    # RMD: class Mahalanobis (shared covariance / N) minus a background Gaussian's distance
+    means = np.stack([f[y == k].mean(0) for k in range(4)])
+    centred = f - means[y]
+    prec = np.linalg.inv(
+        centred.T @ centred / len(f)
+        + 1e-6 * np.eye(16) * np.trace(centred.T @ centred / len(f)) / 16
+    )
+    bg = f.mean(0)
+    prec0 = np.linalg.inv(
+        np.cov(f.T, bias=True) + 1e-6 * np.eye(16) * np.trace(np.cov(f.T, bias=True)) / 16
+    )
+    t = test.features
+    dk = np.stack([np.einsum("nd,dk,nk->n", t - m, prec, t - m) for m in means], axis=1)
+    d0 = np.einsum("nd,dk,nk->n", t - bg, prec0, t - bg)
+    np.testing.assert_allclose(
+        oodlens.create_scorer("rmd").fit(train).score(test), -(dk.min(1) - d0), rtol=1e-6, atol=1e-6
+    )
+    # SHE: inner product with the mean feature of correctly predicted training rows of the class
+    ok = z.argmax(1) == y
+    patterns = np.stack([f[ok & (y == k)].mean(0) for k in range(4)])
+    pred = test.logits.argmax(1)
+    np.testing.assert_allclose(
+        oodlens.create_scorer("she").fit(train).score(test),
+        np.sum(t * patterns[pred], axis=1),
+        rtol=1e-10,
+    )
+    # NNGuide: energy times mean of the k largest similarities to energy-scaled unit features
+    bank = f / np.linalg.norm(f, axis=1, keepdims=True) * logsumexp(z, axis=1)[:, None]
+    sim = (t / np.linalg.norm(t, axis=1, keepdims=True)) @ bank.T
+    expected = logsumexp(test.logits, axis=1) * np.sort(sim, axis=1)[:, -7:].mean(1)
+    np.testing.assert_allclose(
+        oodlens.create_scorer("nnguide", k=7).fit(train).score(test), expected, rtol=1e-10
+    )
+
+
+def test_rmd_she_nnguide_parity_with_pytorch_ood(data):
+    torch = pytest.importorskip("torch")
+    pood = pytest.importorskip("pytorch_ood.detector")
+    train, test = data
+    z = torch.tensor(train.features, dtype=torch.float32)  # pytorch-ood works in float32
+    y = torch.tensor(train.labels)
+    zt = torch.tensor(test.features, dtype=torch.float32)
+    w = torch.tensor(train.head_weight, dtype=torch.float32)
+    b = torch.tensor(train.head_bias, dtype=torch.float32)
+
+    def head(f):
+        return f @ w.T + b
+
+    theirs = pood.RMD(None).fit_features(z, y).predict_features(zt).numpy()
+    ours = oodlens.create_scorer("rmd").fit(train).score(test)
+    assert spearmanr(ours, -theirs).statistic >= 0.999
+    theirs = pood.SHE(lambda x: x, head).fit_features(z, y).predict_features(zt).numpy()
+    ours = oodlens.create_scorer("she").fit(train).score(test)
+    np.testing.assert_allclose(ours, -theirs, rtol=1e-4, atol=1e-4)
+    theirs = pood.NNGuide(lambda x: x, head, k=10).fit_features(z, y).predict_features(zt).numpy()
+    ours = oodlens.create_scorer("nnguide", k=10).fit(train).score(test)
+    np.testing.assert_allclose(ours, -theirs, rtol=1e-4, atol=1e-4)

@@ -10,7 +10,7 @@ from ..hookspecs import hookimpl
 
 @hookimpl
 def register_scorers(register: Callable[..., Any]) -> None:
-    from ..scorers import MSP, Energy, LogitKDE, MaxLogit
+    from ..scorers import GEN, MSP, Energy, Entropy, KLMatching, LogitKDE, MaxLogit, TemperatureMSP
 
-    for cls in (MSP, Energy, MaxLogit, LogitKDE):
+    for cls in (MSP, Energy, MaxLogit, LogitKDE, Entropy, GEN, KLMatching, TemperatureMSP):
         register(cls)

@@ -7,6 +7,18 @@ from __future__ import annotations
 
 from .base import REQUIREMENTS, Scorer, check_requirements
 from .logit_kde import LogitKDE
-from .logits import MSP, Energy, MaxLogit
+from .logits import GEN, MSP, Energy, Entropy, KLMatching, MaxLogit, TemperatureMSP
 
-__all__ = ["REQUIREMENTS", "Scorer", "check_requirements", "MSP", "Energy", "MaxLogit", "LogitKDE"]
+__all__ = [
+    "REQUIREMENTS",
+    "Scorer",
+    "check_requirements",
+    "MSP",
+    "Energy",
+    "MaxLogit",
+    "Entropy",
+    "GEN",
+    "KLMatching",
+    "TemperatureMSP",
+    "LogitKDE",
+]

@@ -1,15 +1,17 @@
-"""The logit baselines (MSP, energy, max-logit); the maths lives in :mod:`oodlens.functional`."""
+"""Output-based scorers on the logits (MSP, energy, max-logit, entropy, GEN, KL matching,
+temperature-scaled MSP); the maths lives in :mod:`oodlens.functional`."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from .. import functional as F
+from ..arrays import check_fit_labels, iter_row_chunks, rows_per_chunk
 from ..outputs import Outputs
 from ..params import Interval
 from .base import Scorer
 
-__all__ = ["MSP", "Energy", "MaxLogit"]
+__all__ = ["MSP", "Energy", "MaxLogit", "Entropy", "GEN", "KLMatching", "TemperatureMSP"]
 
 
 class MSP(Scorer):
@@ -72,3 +74,134 @@ class MaxLogit(Scorer):
 
     def _score(self, outputs: Outputs) -> np.ndarray:
         return F.max_logit(outputs.logits)
+
+
+class Entropy(Scorer):
+    r"""Negative predictive entropy (the entropy baseline, e.g. Hendrycks & Gimpel 2017's
+    companion measure; pytorch-ood's ``Entropy`` up to sign).
+
+    .. math:: s(x) = \sum_c p_c \log p_c, \qquad p = \operatorname{softmax}(z)
+
+    No hyperparameters, no fitting; low entropy = confident = in-distribution.
+    """
+
+    name = "entropy"
+    description = "negative entropy of the softmax (confident = in-distribution)"
+
+    def __init__(self) -> None:
+        pass
+
+    def _score(self, outputs: Outputs) -> np.ndarray:
+        return F.neg_entropy(outputs.logits)
+
+
+class GEN(Scorer):
+    r"""Generalized entropy (Liu, Lochman & Zach, CVPR 2023).
+
+    .. math:: s(x) = -\sum_{j \in \text{top-}M} p_j^{\gamma} (1 - p_j)^{\gamma}
+
+    Args:
+        gamma: exponent in (0, 1) (default 0.1, the paper's).
+        top_m: number of largest probabilities summed (default None = all classes; the
+            paper uses 100 for ImageNet-1k, where the tail of near-zero probabilities is long).
+
+    pytorch-ood's ``GEN`` averages instead of summing (the same ranking), with the opposite
+    sign. Paper: https://arxiv.org/abs/2303.16497 ; code:
+    https://github.com/XixiLiu95/GEN
+    """
+
+    name = "gen"
+    description = "generalized entropy of the top-M softmax probabilities (Liu et al. 2023)"
+    parameter_constraints = {
+        "gamma": [Interval(float, 0, 1, closed="neither")],
+        "top_m": [Interval(int, 1, None), None],
+    }
+    tuning_grid = {"gamma": [0.01, 0.1, 0.5, 1.0 - 1e-6]}
+
+    def __init__(self, gamma: float = 0.1, top_m: int | None = None) -> None:
+        self.gamma = gamma
+        self.top_m = top_m
+
+    def _score(self, outputs: Outputs) -> np.ndarray:
+        return F.gen(outputs.logits, self.gamma, self.top_m)
+
+
+class KLMatching(Scorer):
+    r"""KL matching (Hendrycks et al., ICML 2022, "Scaling out-of-distribution detection").
+
+    For each class k, the typical posterior :math:`d_k` is the mean softmax of the training
+    samples **predicted** as k (no labels needed); a sample scores
+
+    .. math:: s(x) = -\min_k \mathrm{KL}\big(p(x) \,\|\, d_k\big)
+
+    The paper fits :math:`d_k` on held-out validation data; here on the training outputs
+    (the harness's usual fitting data), as pytorch-ood does with the data it is given.
+    A class that no training sample is predicted as has no :math:`d_k` and is skipped.
+    Paper: https://arxiv.org/abs/1911.11132
+    """
+
+    name = "kl_matching"
+    description = (
+        "minus the smallest KL divergence to a class's typical posterior (Hendrycks et al. 2022)"
+    )
+
+    def __init__(self) -> None:
+        pass
+
+    def _fit(self, train: Outputs) -> None:
+        sums = np.zeros((train.n_classes, train.n_classes))
+        counts = np.zeros(train.n_classes)
+        for _, block in iter_row_chunks(train.logits, rows_per_chunk(train.n_classes)):
+            p = np.exp(F.log_softmax(block))
+            pred = p.argmax(axis=1)
+            np.add.at(sums, pred, p)
+            counts += np.bincount(pred, minlength=train.n_classes)
+        seen = counts > 0
+        self.typical_ = sums[seen] / counts[seen, None]
+        self.classes_ = np.flatnonzero(seen)
+
+    def _score(self, outputs: Outputs) -> np.ndarray:
+        logd = np.log(np.maximum(self.typical_, np.finfo(np.float64).tiny))
+        out = np.empty(outputs.n_samples)
+        for start, block in iter_row_chunks(outputs.logits, rows_per_chunk(outputs.n_classes)):
+            logp = F.log_softmax(block)
+            p = np.exp(logp)
+            kl = np.sum(p * logp, axis=1, keepdims=True) - p @ logd.T
+            out[start : start + len(block)] = -kl.min(axis=1)
+        return out
+
+
+class TemperatureMSP(Scorer):
+    r"""MSP with a temperature fitted on held-out ID validation data (Guo et al., ICML 2017's
+    temperature scaling, used for OOD detection as in OpenOOD's ``temp_scaling``).
+
+    .. math:: s(x) = \max_c \operatorname{softmax}(z / T)_c, \qquad
+        T = \arg\min_T \; -\tfrac1n \sum_{i \in \text{val}} \log \operatorname{softmax}(z_i/T)_{y_i}
+
+    The temperature minimises the negative log-likelihood of the labelled ``val`` outputs
+    (bounded search over :math:`T \in [0.05, 100]`), never the training rows, on which a
+    network is over-confident. Paper: https://arxiv.org/abs/1706.04599
+    """
+
+    name = "temperature_msp"
+    description = "max softmax at a temperature fitted on ID validation data (Guo et al. 2017)"
+    requires = frozenset({"logits", "val"})
+
+    def __init__(self) -> None:
+        pass
+
+    def _fit(self, train: Outputs, val: Outputs | None = None) -> None:
+        from scipy.optimize import minimize_scalar
+
+        check_fit_labels("temperature_msp (its val outputs)", val.labels, val.n_classes)
+        logits, labels = np.asarray(val.logits, dtype=np.float64), val.labels
+
+        def nll(log_t: float) -> float:
+            logp = F.log_softmax(logits, float(np.exp(log_t)))
+            return float(-np.mean(logp[np.arange(len(labels)), labels]))
+
+        res = minimize_scalar(nll, bounds=(np.log(0.05), np.log(100.0)), method="bounded")
+        self.temperature_ = float(np.exp(res.x))
+
+    def _score(self, outputs: Outputs) -> np.ndarray:
+        return F.msp(outputs.logits, self.temperature_)

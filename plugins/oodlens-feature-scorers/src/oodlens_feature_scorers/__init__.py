@@ -20,7 +20,17 @@ import oodlens
 from oodlens.arrays import check_fit_labels, iter_row_chunks, rows_per_chunk, streamed_percentile
 from oodlens.params import Boolean, Interval, Options
 
-__all__ = ["Mahalanobis", "KNN", "ViM", "ReAct", "register_scorers", "BLOCK_VALUES"]
+__all__ = [
+    "Mahalanobis",
+    "KNN",
+    "ViM",
+    "ReAct",
+    "RMD",
+    "SHE",
+    "NNGuide",
+    "register_scorers",
+    "BLOCK_VALUES",
+]
 
 log = logging.getLogger(__name__)
 
@@ -329,8 +339,151 @@ class ReAct(oodlens.Scorer):
         return out
 
 
+class RMD(Mahalanobis):
+    r"""Relative Mahalanobis distance (Ren et al., 2021, "A simple fix to Mahalanobis distance
+    for improving near-OOD detection").
+
+    .. math:: s(x) = -\min_k ig( d_k(f) - d_0(f) ig)
+
+    with :math:`d_k` the Mahalanobis distance to class k under the shared covariance (as
+    ``mahalanobis``) and :math:`d_0` the distance under one Gaussian fitted to all training
+    features (the "background"), which removes the directions every class shares.
+    Regularisation as in ``mahalanobis`` (``reg``, relative ridge), for both covariances.
+    pytorch-ood's ``RMD`` does not divide the covariances by N: the same ranking.
+    Paper: https://arxiv.org/abs/2106.09022
+    """
+
+    name = "rmd"
+    description = "class Mahalanobis distance minus a background Gaussian's (Ren et al. 2021)"
+
+    def _fit(self, train: oodlens.Outputs) -> None:
+        super()._fit(train)
+        d = train.features.shape[1]
+        shift = np.asarray(train.features[0], dtype=np.float64)
+        total, outer, n = np.zeros(d), np.zeros((d, d)), 0
+        for _, f in _blocks(train.features):
+            g = f - shift
+            total += g.sum(axis=0)
+            outer += g.T @ g
+            n += len(g)
+        mean_g = total / n
+        cov = (outer - n * np.outer(mean_g, mean_g)) / n
+        cov = (cov + cov.T) / 2.0
+        self.background_mean_ = mean_g + shift
+        self.background_precision_ = np.linalg.inv(cov + self.reg * np.trace(cov) / d * np.eye(d))
+
+    def _score(self, outputs: oodlens.Outputs) -> np.ndarray:
+        class_part = super()._score(outputs)  # -min_k d_k
+        out = np.empty(outputs.n_samples)
+        for start, f in _blocks(outputs.features):
+            g = f - self.background_mean_
+            out[start : start + len(f)] = np.einsum("nd,nd->n", g @ self.background_precision_, g)
+        return class_part + out  # -(min_k d_k - d_0)
+
+
+class SHE(oodlens.Scorer):
+    r"""Simplified Hopfield energy (Zhang, Fu, Lü, Zhang, ICLR 2023).
+
+        The stored pattern of class k is the mean penultimate feature of the training samples
+        that are labelled k **and** predicted k; a sample scores the inner product with the
+        pattern of its predicted class:
+
+        .. math:: s(x) = \langle f(x), ar f_{\hat y(x)}
+    angle
+
+        A class without a correctly predicted training sample is an error naming it.
+        Paper: https://openreview.net/forum?id=KkazG4lgKL
+    """
+
+    name = "she"
+    description = (
+        "inner product with the stored mean feature of the predicted class (Zhang et al. 2023)"
+    )
+    requires = frozenset({"features", "labels", "logits"})
+
+    def __init__(self) -> None:
+        pass
+
+    def _fit(self, train: oodlens.Outputs) -> None:
+        check_fit_labels("she", train.labels, train.n_classes)
+        c, d = train.n_classes, train.features.shape[1]
+        sums, counts = np.zeros((c, d)), np.zeros(c)
+        for start, f in _blocks(train.features):
+            y = np.asarray(train.labels[start : start + len(f)])
+            pred = np.asarray(train.logits[start : start + len(f)]).argmax(axis=1)
+            ok = pred == y
+            np.add.at(sums, y[ok], f[ok])
+            counts += np.bincount(y[ok], minlength=c)
+        empty = np.flatnonzero(counts == 0)
+        if empty.size:
+            raise ValueError(
+                f"she: class(es) {empty.tolist()[:10]} have no correctly predicted training "
+                "sample, so no stored pattern; fit on outputs of a model that gets each class "
+                "right at least once."
+            )
+        self.patterns_ = sums / counts[:, None]
+
+    def _score(self, outputs: oodlens.Outputs) -> np.ndarray:
+        out = np.empty(outputs.n_samples)
+        for start, f in _blocks(outputs.features):
+            pred = np.asarray(outputs.logits[start : start + len(f)]).argmax(axis=1)
+            out[start : start + len(f)] = np.einsum("nd,nd->n", f, self.patterns_[pred])
+        return out
+
+
+class NNGuide(oodlens.Scorer):
+    r"""Nearest-neighbour guidance (Park, Jung, Teoh, ICCV 2023).
+
+        The bank holds the training features normalised to unit length and scaled by their
+        energy :math:`E = \log\sum_c e^{z_c}`; a sample scores its own energy times the mean of
+        its k largest inner products with the bank:
+
+        .. math:: s(x) = E(x) \cdot rac1k \sum_{j \in 	ext{top-}k}
+            \Big\langle rac{f(x)}{\lVert f(x)
+    Vert}, E_j rac{f_j}{\lVert f_j
+    Vert} \Big
+    angle
+
+        Args:
+            k: number of neighbours (default 10, pytorch-ood's; the paper uses 100 with a
+                subsampled ImageNet bank); at most the number of training rows.
+
+        Exact search in blocks (the bank is float64, N x D). Paper:
+        https://arxiv.org/abs/2309.14888 ; code: https://github.com/roomo7time/nnguide
+    """
+
+    name = "nnguide"
+    description = "energy times similarity to energy-scaled training features (Park et al. 2023)"
+    requires = frozenset({"features", "logits"})
+    parameter_constraints = {"k": [Interval(int, 1, None)]}
+    tuning_grid = {"k": [1, 10, 50, 100]}
+
+    def __init__(self, k: int = 10) -> None:
+        self.k = k
+
+    def _fit(self, train: oodlens.Outputs) -> None:
+        n, d = train.features.shape
+        if self.k > n:
+            raise ValueError(f"nnguide: k={self.k} exceeds the {n} training rows.")
+        bank = np.empty((n, d))
+        for start, f in _blocks(train.features):
+            z = np.asarray(train.logits[start : start + len(f)], dtype=np.float64)
+            bank[start : start + len(f)] = _normalise(f) * logsumexp(z, axis=1)[:, None]
+        self.bank_ = bank
+
+    def _score(self, outputs: oodlens.Outputs) -> np.ndarray:
+        out = np.empty(outputs.n_samples)
+        rows = max(1, BLOCK_VALUES // max(1, self.bank_.shape[0]))
+        for start, f in _blocks(outputs.features, rows):
+            sim = _normalise(f) @ self.bank_.T
+            top = -np.partition(-sim, self.k - 1, axis=1)[:, : self.k]
+            z = np.asarray(outputs.logits[start : start + len(f)], dtype=np.float64)
+            out[start : start + len(f)] = logsumexp(z, axis=1) * top.mean(axis=1)
+        return out
+
+
 @oodlens.hookimpl
 def register_scorers(register: Callable[[Any], None]) -> None:
-    """Register the four feature-space scorers with oodlens."""
-    for cls in (Mahalanobis, KNN, ViM, ReAct):
+    """Register the feature-space scorers with oodlens."""
+    for cls in (Mahalanobis, KNN, ViM, ReAct, RMD, SHE, NNGuide):
         register(cls)
