@@ -44,7 +44,7 @@ from .arrays import row_fingerprints
 from .errors import NotFittedError
 from .outputs import Outputs
 from .params import Interval, Options, validate_params
-from .scorers.base import Scorer
+from .scorers.base import ModelInputs, Scorer
 
 __all__ = ["ConformalRejector", "benjamini_hochberg", "conformal_p_values"]
 
@@ -148,25 +148,32 @@ class ConformalRejector:
         self.scorer, self.ties, self.delta, self.random_state = scorer, ties, delta, random_state
         self.calib_scores_: np.ndarray | None = None
 
-    def calibrate(self, calib: Outputs) -> ConformalRejector:
-        """Score the held-out ID calibration outputs. Returns ``self``.
+    def calibrate(self, calib: Outputs, model: ModelInputs | None = None) -> ConformalRejector:
+        """Score the held-out ID calibration outputs (``model``: their images, for a
+        model-aware scorer). Returns ``self``.
 
         Raises:
             ValueError: some calibration rows were used to fit the scorer (their p-values
                 would be too small: the guarantee needs rows the scorer never saw).
         """
-        fitted = getattr(self.scorer, "fit_rows_", None)
-        if fitted is not None:
-            used = np.isin(row_fingerprints(calib.logits), fitted)
-            if used.any():
-                raise ValueError(
-                    f"{int(used.sum())} of the {calib.n_samples} calibration rows were used to "
-                    f"fit the scorer {self.scorer.name!r}; conformal p-values need held-out ID "
-                    "rows the scorer never saw (the harness's calib split), or the guarantee "
-                    "does not hold."
-                )
-        self.calib_scores_ = self.scorer.score(calib)
+        self.check_calibration_rows(calib)
+        self.calib_scores_ = self.scorer.score(calib, model=model)
         return self
+
+    def check_calibration_rows(self, calib: Outputs) -> None:
+        """Raise ``ValueError`` if some of ``calib``'s rows were used to fit the scorer (their
+        p-values would be too small: the guarantee needs rows the scorer never saw)."""
+        fitted = getattr(self.scorer, "fit_rows_", None)
+        if fitted is None:
+            return
+        used = np.isin(row_fingerprints(calib.logits), fitted)
+        if used.any():
+            raise ValueError(
+                f"{int(used.sum())} of the {calib.n_samples} calibration rows were used to "
+                f"fit the scorer {self.scorer.name!r}; conformal p-values need held-out ID "
+                "rows the scorer never saw (the harness's calib split), or the guarantee "
+                "does not hold."
+            )
 
     @property
     def n_calib(self) -> int:
@@ -180,12 +187,12 @@ class ConformalRejector:
         """The smallest p-value possible, 1/(n+1): any alpha below it rejects nothing."""
         return 1.0 / (self.n_calib + 1.0)
 
-    def p_values(self, outputs: Outputs) -> np.ndarray:
+    def p_values(self, outputs: Outputs, model: ModelInputs | None = None) -> np.ndarray:
         """(N,) conformal p-values; small = unlike the calibration ID data."""
         n = self.n_calib
         return conformal_p_values(
             self.calib_scores_,
-            self.scorer.score(outputs),
+            self.scorer.score(outputs, model=model),
             ties=self.ties,
             delta=self.delta,
             rng=np.random.default_rng([self.random_state, n]),

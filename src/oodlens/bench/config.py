@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..metrics import CONVENTIONS
-from ..registry import get_protocol, list_scorers
+from ..registry import create_scorer, get_protocol, list_scorers
 from ..train import TrainConfig
 
 __all__ = [
@@ -300,11 +300,18 @@ def load_config(
 
 
 def expand_scorers(specs: Sequence[str]) -> list[str]:
-    """Scorer specs with ``"all"`` (or nothing) replaced by every installed scorer, in order,
-    without duplicates."""
+    """Scorer specs with ``"all"`` (or nothing) replaced by every installed output-based
+    scorer, and ``"all+model"`` by every installed scorer including the model-aware ones
+    (which run in their own passes over the images), in order, without duplicates."""
     out: list[str] = []
     for spec in specs or ("all",):
-        for s in list_scorers() if spec == "all" else [spec]:
+        if spec == "all":
+            names = [n for n in list_scorers() if "model" not in create_scorer(n).requirements()]
+        elif spec == "all+model":
+            names = list_scorers()
+        else:
+            names = [spec]
+        for s in names:
             if s not in out:
                 out.append(s)
     return out

@@ -29,6 +29,7 @@ from ..registry import (
     parse_scorer_spec,
     plugin_report,
 )
+from ..scorers.base import ModelInputs
 from .config import BenchmarkConfig, expand_scorers
 from .result import BenchmarkResult, RunScores, ScorerFailure
 from .tune import candidates, tune_scorer
@@ -47,6 +48,7 @@ class _Plan:
     cache: Cache
     scorers: list[str]  #: scorer specs
     distributions: dict[str, str]  #: scorer spec -> distribution
+    model_aware: dict[str, bool]  #: scorer spec -> needs the network (its own passes)
     sources: dict[str, DatasetSource]  #: "id_train", "id_test", OOD names
     info: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(
@@ -88,7 +90,8 @@ def run_benchmark(
         )
         for m_index, model_name in enumerate(cfg.models):
             for seed, ckpt in _weights(plan, m_index, model_name, scratch, progress):
-                get_model, mcfg, transform, input_size, sources = _backbone(plan, model_name, ckpt)
+                get_model, mcfg, transform, data_cfg, sources = _backbone(plan, model_name, ckpt)
+                input_size = tuple(data_cfg["input_size"])
                 outputs = _extract(
                     plan, get_model, model_name, ckpt, transform, input_size, sources, progress
                 )
@@ -101,7 +104,10 @@ def run_benchmark(
                     outputs,
                     None if scratch is not None else ckpt,
                 )
-                rows += _score(plan, run, failures)
+                model_inputs = _ModelInputsFactory(
+                    plan, get_model, transform, data_cfg, sources, outputs
+                )
+                rows += _score(plan, run, failures, model_inputs)
                 runs.append(run)
                 if cfg.attention:
                     t0 = time.perf_counter()
@@ -134,11 +140,13 @@ def _prepare(cfg: BenchmarkConfig) -> _Plan:
     cache.check_writable()
     specs = expand_scorers(cfg.scorers)
     dists = {}
+    aware = {}
     for spec in specs:  # names and parameter values (every grid candidate), before any work
         if cfg.tune:
-            candidates(spec)
+            scorer = create_scorer(parse_scorer_spec(spec)[0], **candidates(spec)[0])
         else:
-            create_scorer_from_spec(spec)
+            scorer = create_scorer_from_spec(spec)
+        aware[spec] = "model" in scorer.requirements()
         dists[spec] = get_entry("scorer", parse_scorer_spec(spec)[0]).distribution
     if cfg.attention_scorer is not None and cfg.attention_scorer not in specs:
         raise ValueError(
@@ -183,7 +191,7 @@ def _prepare(cfg: BenchmarkConfig) -> _Plan:
         "plugins": _plugins(),
     }
     info["duplicates"] = _duplicates(sources, cache, info["warnings"])
-    return _Plan(cfg, device, cache, specs, dists, sources, info)
+    return _Plan(cfg, device, cache, specs, dists, aware, sources, info)
 
 
 def _overlaps(sources: dict[str, DatasetSource]) -> list[str]:
@@ -334,7 +342,7 @@ def _backbone(plan: _Plan, model_name: str, ckpt: str | None):
             )
         )
     transform, data_cfg = build_transform(model_name, mcfg.img_size)
-    return get_model, mcfg, transform, tuple(data_cfg["input_size"]), sources
+    return get_model, mcfg, transform, data_cfg, sources
 
 
 def _extract(
@@ -369,20 +377,61 @@ def _extract(
     return outputs
 
 
-def _score(plan: _Plan, run: RunScores, failures: list[ScorerFailure]) -> list[dict[str, Any]]:
+class _ModelInputsFactory:
+    """``ModelInputs`` for each dataset of a run (the network and its images), built on first
+    use: only model-aware scorers ask for them, in their own passes over the images."""
+
+    def __init__(self, plan, get_model, transform, data_cfg, sources, outputs) -> None:
+        self.plan, self.get_model, self.transform = plan, get_model, transform
+        self.data_cfg, self.sources, self.outputs = data_cfg, sources, outputs
+
+    def __call__(self, key: str) -> ModelInputs:
+        import torch
+
+        from ..extract import ImageDataset
+
+        source, cfg = self.sources[key], self.plan.cfg
+        input_size = tuple(self.data_cfg["input_size"])
+
+        def batches():
+            loader = torch.utils.data.DataLoader(
+                ImageDataset(source, self.transform, input_size),
+                batch_size=cfg.batch_size,
+                num_workers=cfg.num_workers,
+            )
+            for x, y, ok, _, _ in loader:  # corrupt images are skipped, as in extraction
+                keep = ok.bool()
+                if keep.any():
+                    yield x[keep], y[keep]
+
+        model = self.get_model().eval().to(self.plan.device)
+        std = tuple(float(v) for v in self.data_cfg["std"])
+        return ModelInputs(model, batches, self.plan.device, std, self.outputs[key].n_samples)
+
+
+def _score(
+    plan: _Plan,
+    run: RunScores,
+    failures: list[ScorerFailure],
+    model_inputs: _ModelInputsFactory,
+) -> list[dict[str, Any]]:
     """Tune (with ``tune``), fit and score every scorer; a failing scorer is recorded and
-    skipped. The operating threshold comes from the ``calib`` split."""
+    skipped. The operating threshold comes from the ``calib`` split. Model-aware scorers get
+    the network and the images of each set, and their time is recorded per scorer."""
     rows: list[dict[str, Any]] = []
     out = run.outputs
     ood_val = {k.split(":", 1)[1]: v for k, v in out.items() if k.startswith("ood_val:")}
     for spec in plan.scorers:
         dist = plan.distributions[spec]
         stage = "tune" if plan.cfg.tune else "fit"
+        aware = plan.model_aware[spec]
+        mi = model_inputs if aware else None
+        t_start = time.perf_counter()
         try:
             name, params = parse_scorer_spec(spec)
             if plan.cfg.tune:
                 t0 = time.perf_counter()
-                tuned = tune_scorer(spec, out["id_train"], out["id_val"], ood_val)
+                tuned = tune_scorer(spec, out["id_train"], out["id_val"], ood_val, model=mi)
                 plan.timings["tune"] = plan.timings.get("tune", 0.0) + time.perf_counter() - t0
                 run.tuning[spec] = {
                     "chosen": tuned.params,
@@ -392,38 +441,51 @@ def _score(plan: _Plan, run: RunScores, failures: list[ScorerFailure]) -> list[d
                 params = tuned.params
                 stage = "fit"
             t0 = time.perf_counter()
-            scorer = create_scorer(name, **params).fit(out["id_train"], val=out.get("id_val"))
+            scorer = create_scorer(name, **params).fit(
+                out["id_train"], val=out.get("id_val"), model=mi("id_train") if mi else None
+            )
             plan.timings["fit"] += time.perf_counter() - t0
             stage = "score"
             t0 = time.perf_counter()
-            scores = {"id": scorer.score(out["id_test"])}
-            scores.update({o.name: scorer.score(out[o.name]) for o in plan.cfg.ood})
-            calib = scorer.score(out["id_calib"])
+
+            def score(key: str, scorer=scorer, mi=mi) -> np.ndarray:
+                return scorer.score(out[key], model=mi(key) if mi else None)
+
+            scores = {"id": score("id_test")}
+            scores.update({o.name: score(o.name) for o in plan.cfg.ood})
+            calib = score("id_calib")
             plan.timings["score"] += time.perf_counter() - t0
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}".splitlines()[0]
             log.warning("scorer %r (from %s) failed at %s: %s", spec, dist, stage, error)
             failures.append(ScorerFailure(spec, dist, run.backbone, run.seed, stage, error))
             continue
+        if aware:
+            key = f"model-aware {spec}"
+            plan.timings[key] = plan.timings.get(key, 0.0) + time.perf_counter() - t_start
         run.scores[spec] = scores
         run.thresholds[spec] = threshold_at_acceptance(calib, plan.cfg.id_acceptance)
         sel = selective_metrics(scores["id"], run.id_correct)
         extra = (
-            _conformal(plan, run, spec, scorer, scores) if plan.cfg.alphas or plan.cfg.fdr else {}
+            _conformal(plan, run, spec, scorer, scores, calib)
+            if plan.cfg.alphas or plan.cfg.fdr
+            else {}
         )
         rows += _metric_rows(plan.cfg, run, spec, scores, sel, extra)
     return rows
 
 
 def _conformal(
-    plan: _Plan, run: RunScores, spec: str, scorer, scores
+    plan: _Plan, run: RunScores, spec: str, scorer, scores, calib
 ) -> dict[str, dict[str, float]]:
     """Per OOD set: realised ID false-rejection rate and OOD power of conformal p-values
     calibrated on the calib split (at each alpha), and BH's realised FDR and power on a
     batch of all ID test rows plus that set (at ``fdr``)."""
     cfg = plan.cfg
-    rejector = ConformalRejector(scorer).calibrate(run.outputs["id_calib"])
-    p = {k: conformal_p_values(rejector.calib_scores_, v) for k, v in scores.items()}
+    rejector = ConformalRejector(scorer)
+    rejector.check_calibration_rows(run.outputs["id_calib"])
+    rejector.calib_scores_ = calib
+    p = {k: conformal_p_values(calib, v) for k, v in scores.items()}
     low = [a for a in cfg.alphas if a < rejector.min_alpha]
     if low:
         msg = (

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +14,7 @@ import numpy as np
 from ..metrics import auroc
 from ..outputs import Outputs
 from ..registry import Grid, create_scorer, get_entry, parse_scorer_spec
+from ..scorers.base import ModelInputs
 
 __all__ = ["search_space", "tune_scorer", "TuneResult"]
 
@@ -60,11 +61,17 @@ class TuneResult:
 
 
 def tune_scorer(
-    spec: str, train: Outputs, val: Outputs, ood_val: Mapping[str, Outputs]
+    spec: str,
+    train: Outputs,
+    val: Outputs,
+    ood_val: Mapping[str, Outputs],
+    model: Callable[[str], ModelInputs] | None = None,
 ) -> TuneResult:
     """Choose the candidate with the highest mean AUROC of ID ``val`` vs each OOD validation
     set; ties go to the earlier candidate in grid order. Candidates that fail on this data
-    (e.g. ``k`` above the number of training rows) are recorded and skipped.
+    (e.g. ``k`` above the number of training rows) are recorded and skipped. ``model``
+    gives model-aware scorers the network and images of ``"id_train"``, ``"id_val"`` and
+    ``"ood_val:<name>"``.
 
     Raises:
         ValueError: every candidate failed.
@@ -76,9 +83,20 @@ def tune_scorer(
     trials: list[dict[str, Any]] = []
     for params in candidates(spec):
         try:
-            scorer = create_scorer(name, **params).fit(train, val=val)
-            s_val = scorer.score(val)
-            value = float(np.mean([auroc(s_val, scorer.score(o)) for o in ood_val.values()]))
+            scorer = create_scorer(name, **params).fit(
+                train, val=val, model=model("id_train") if model else None
+            )
+            s_val = scorer.score(val, model=model("id_val") if model else None)
+            value = float(
+                np.mean(
+                    [
+                        auroc(
+                            s_val, scorer.score(o, model=model(f"ood_val:{k}") if model else None)
+                        )
+                        for k, o in ood_val.items()
+                    ]
+                )
+            )
         except (ValueError, RuntimeError) as exc:
             trials.append({"params": params, "error": str(exc).splitlines()[0]})
             log.info("tuning %s: %s skipped (%s)", spec, params, exc)

@@ -5,12 +5,13 @@ Create registered scorers (built-in or from plugins) with :func:`oodlens.create_
 
 from __future__ import annotations
 
-from .base import REQUIREMENTS, Scorer, check_requirements
+from .base import REQUIREMENTS, ModelInputs, Scorer, check_requirements
 from .logit_kde import LogitKDE
 from .logits import GEN, MSP, Energy, Entropy, KLMatching, MaxLogit, TemperatureMSP
 
 __all__ = [
     "REQUIREMENTS",
+    "ModelInputs",
     "Scorer",
     "check_requirements",
     "MSP",

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -13,7 +14,7 @@ from ..errors import MissingOutputsError, NotFittedError
 from ..outputs import Outputs
 from ..params import Constraint, validate_params
 
-__all__ = ["Scorer", "REQUIREMENTS", "check_requirements"]
+__all__ = ["Scorer", "REQUIREMENTS", "ModelInputs", "check_requirements"]
 
 #: What a scorer may require from :class:`Outputs`, and the fields each name stands for.
 REQUIREMENTS: dict[str, tuple[str, ...]] = {
@@ -22,7 +23,35 @@ REQUIREMENTS: dict[str, tuple[str, ...]] = {
     "head": ("head_weight", "head_bias"),
     "labels": ("labels",),
     "val": (),  # held-out ID validation outputs passed to fit(train, val=...)
+    "model": (),  # the network and the images (ModelInputs), for model-aware scorers
 }
+
+
+@dataclass
+class ModelInputs:
+    """What a model-aware scorer receives beside the :class:`Outputs` of the same rows.
+
+    Model-aware scorers (``"model"`` in :meth:`Scorer.requirements`) need the network itself:
+    input gradients (ODIN), gradients of inner parameters (GradNorm on an inner layer) or
+    activations inside the network (ASH/SCALE on an inner layer). The harness builds one
+    ``ModelInputs`` per dataset; the rows match the :class:`Outputs` row for row.
+
+    Attributes:
+        model: the network (a timm model, in eval mode; ``forward_features``,
+            ``forward_head``, ``get_classifier``).
+        batches: ``batches()`` yields ``(images, labels)`` tensors of preprocessed images,
+            in the order of the outputs' rows.
+        device: where ``model`` runs (a ``torch.device``).
+        std: the per-channel standard deviation of the preprocessing normalisation (so that
+            input-space steps such as ODIN's can be taken on the [0, 1] pixel scale).
+        n_samples: number of rows.
+    """
+
+    model: Any
+    batches: Callable[[], Iterable[tuple[Any, Any]]]
+    device: Any
+    std: tuple[float, ...]
+    n_samples: int
 
 
 def check_requirements(owner: str, requires: frozenset[str], outputs: Outputs) -> None:
@@ -84,7 +113,9 @@ class Scorer:
         """
         validate_params(type(self).__name__, self.get_params(), self.parameter_constraints)
 
-    def fit(self, train: Outputs, val: Outputs | None = None) -> Scorer:
+    def fit(
+        self, train: Outputs, val: Outputs | None = None, model: ModelInputs | None = None
+    ) -> Scorer:
         """Fit on the classifier's outputs on its (in-distribution) training data.
 
         Args:
@@ -93,24 +124,26 @@ class Scorer:
                 harness's ``val`` split), for scorers that fit something on held-out data
                 (they list ``"val"`` in :meth:`requirements` and take ``val`` in ``_fit``);
                 ignored by the others.
+            model: for model-aware scorers (``"model"`` in :meth:`requirements`), the network
+                and the training images (:class:`ModelInputs`, rows matching ``train``).
 
         Returns ``self``.
         """
         self.check_params()
         requires = self.requirements()
         owner = f"Scorer {self.name!r}"
-        check_requirements(owner, requires - {"val"}, train)
+        check_requirements(owner, requires - {"val", "model"}, train)
+        self._check_model(owner, requires, model, train)
         if "val" in requires:
             if val is None:
                 raise MissingOutputsError(
                     f"{owner} requires 'val': held-out ID validation outputs, passed as "
                     "fit(train, val=...) (the harness passes its val split)."
                 )
-            check_requirements(owner, requires - {"val", "labels"}, val)
-        if "val" in inspect.signature(self._fit).parameters:
-            self._fit(train, val=val)
-        else:
-            self._fit(train)
+            check_requirements(owner, requires - {"val", "labels", "model"}, val)
+        accepted = inspect.signature(self._fit).parameters
+        kwargs = {k: v for k, v in (("val", val), ("model", model)) if k in accepted}
+        self._fit(train, **kwargs)
         self.n_classes_ = train.n_classes
         self.n_features_in_ = train.features.shape[1] if "features" in requires else None
         # which rows were used for fitting (see oodlens.conformal: they cannot calibrate)
@@ -118,14 +151,33 @@ class Scorer:
         self.fit_rows_ = np.unique(np.concatenate([row_fingerprints(o.logits) for o in used]))
         return self
 
-    def score(self, outputs: Outputs) -> np.ndarray:
-        """Score samples: (N,) float64, higher = more in-distribution."""
+    @staticmethod
+    def _check_model(owner: str, requires: frozenset[str], model: Any, outputs: Outputs) -> None:
+        if "model" not in requires:
+            return
+        if model is None:
+            raise MissingOutputsError(
+                f"{owner} requires 'model': it is model-aware and needs the network and the "
+                "images (oodlens.scorers.ModelInputs) besides the outputs; the harness passes "
+                "them when the scorer is named (or with --scorers all+model)."
+            )
+        if model.n_samples != outputs.n_samples:
+            raise ValueError(
+                f"{owner}: the model inputs have {model.n_samples} images but the outputs "
+                f"{outputs.n_samples} rows; they must describe the same samples."
+            )
+
+    def score(self, outputs: Outputs, model: ModelInputs | None = None) -> np.ndarray:
+        """Score samples: (N,) float64, higher = more in-distribution. ``model``: the network
+        and these samples' images, for model-aware scorers only."""
         if "n_classes_" not in vars(self):
             raise NotFittedError(
                 f"This {type(self).__name__} instance is not fitted yet. Call 'fit' with "
                 "appropriate arguments before using this scorer."
             )
-        check_requirements(f"Scorer {self.name!r}", self.requirements() - {"labels"}, outputs)
+        check_requirements(
+            f"Scorer {self.name!r}", self.requirements() - {"labels", "val", "model"}, outputs
+        )
         if outputs.n_classes != self.n_classes_:
             raise ValueError(
                 f"Scorer {self.name!r} was fitted on {self.n_classes_} classes but these "
@@ -137,7 +189,12 @@ class Scorer:
                 f"Scorer {self.name!r} was fitted on {dim} features but these Outputs have "
                 f"{outputs.features.shape[1]}; use outputs of the same model."
             )
-        scores = np.asarray(self._score(outputs), dtype=np.float64)
+        requires = self.requirements()
+        self._check_model(f"Scorer {self.name!r}", requires, model, outputs)
+        if "model" in requires:
+            scores = np.asarray(self._score(outputs, model=model), dtype=np.float64)
+        else:
+            scores = np.asarray(self._score(outputs), dtype=np.float64)
         if scores.shape != (outputs.n_samples,):
             raise RuntimeError(
                 f"Scorer {self.name!r} returned shape {scores.shape}, expected "
