@@ -15,12 +15,18 @@ from .errors import MissingOutputsError, NotFittedError
 from .metrics import auroc
 from .outputs import Outputs
 from .registry import create_scorer
+from .scorers.base import ModelInputs
 
-__all__ = ["synthetic_outputs", "check_scorer"]
+__all__ = ["synthetic_outputs", "synthetic_model_inputs", "check_scorer"]
 
 
 def synthetic_outputs(
-    n: int = 200, n_classes: int = 4, dim: int = 16, seed: int = 0, kind: str = "id"
+    n: int = 200,
+    n_classes: int = 4,
+    dim: int = 16,
+    seed: int = 0,
+    kind: str = "id",
+    nonnegative: bool = False,
 ) -> Outputs:
     """Outputs of a fixed linear "model" on Gaussian class clusters, with every field.
 
@@ -36,6 +42,8 @@ def synthetic_outputs(
         n_classes: number of classes C (2C <= dim).
         dim: feature dimension D.
         seed: seed of the samples (the model itself is always the same).
+        nonnegative: pass the features through a ReLU (as post-ReLU CNN features are), with
+            the logits computed from them, for scorers defined only on such activations.
         kind: ``"id"`` draws features around the class means; ``"ood"`` draws isotropic
             features near the origin, between the clusters and off the ID subspace, where a
             sensible scorer is less confident than on ID data.
@@ -60,6 +68,8 @@ def synthetic_outputs(
         )
     else:
         features = 0.7 * rng.normal(size=(n, dim))
+    if nonnegative:
+        features = np.maximum(features, 0.0)
     return Outputs(
         logits=features @ weight.T + bias,
         labels=labels,
@@ -67,6 +77,54 @@ def synthetic_outputs(
         head_weight=weight,
         head_bias=bias,
     )
+
+
+def synthetic_model_inputs(outputs: Outputs) -> ModelInputs:
+    """A network and images that reproduce ``outputs`` exactly, for model-aware scorers.
+
+    The images are the features as (N, D, 1, 1) maps, the network's ``forward_features``
+    is a ReLU-free identity (named ``"features"``), global pooling, and the outputs' linear
+    head as ``fc`` (timm's API: ``forward_features``, ``forward_head``, ``get_classifier``),
+    so its logits equal ``outputs.logits`` and input gradients are well defined.
+    """
+    import torch
+    from torch import nn
+
+    if outputs.features is None or outputs.head_weight is None:
+        raise ValueError("synthetic_model_inputs needs outputs with features and a head.")
+
+    class ProbeNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Identity()
+            w = torch.tensor(outputs.head_weight, dtype=torch.float64)
+            self.fc = nn.Linear(w.shape[1], w.shape[0]).double()
+            with torch.no_grad():
+                self.fc.weight.copy_(w)
+                self.fc.bias.copy_(torch.tensor(outputs.head_bias, dtype=torch.float64))
+
+        def forward_features(self, x):
+            return self.features(x)
+
+        def forward_head(self, x, pre_logits: bool = False):
+            x = x.mean(dim=(2, 3))
+            return x if pre_logits else self.fc(x)
+
+        def get_classifier(self):
+            return self.fc
+
+        def forward(self, x):
+            return self.forward_head(self.forward_features(x))
+
+    images = torch.tensor(np.asarray(outputs.features, dtype=np.float64))[:, :, None, None]
+    labels = torch.zeros(len(images), dtype=torch.long)
+
+    def batches():
+        for start in range(0, len(images), 64):
+            yield images[start : start + 64], labels[start : start + 64]
+
+    dim = images.shape[1]
+    return ModelInputs(ProbeNet().eval(), batches, torch.device("cpu"), (1.0,) * dim, len(images))
 
 
 def _without(outputs: Outputs, requirement: str) -> Outputs:
@@ -103,12 +161,20 @@ def check_scorer(name: str, params: dict[str, Any] | None = None) -> None:
     (higher = more in-distribution).
     """
     params = dict(params or {})
-    train = synthetic_outputs(400, seed=0)
-    val = synthetic_outputs(200, seed=3)  # held-out ID data, for scorers that require "val"
-    test = synthetic_outputs(150, seed=1)
-    ood = synthetic_outputs(150, seed=2, kind="ood")
-
     scorer = create_scorer(name, **params)
+    relu = type(scorer).feature_domain == "nonnegative"
+    train = synthetic_outputs(400, seed=0, nonnegative=relu)
+    val = synthetic_outputs(200, seed=3, nonnegative=relu)  # held-out ID data, for "val"
+    test = synthetic_outputs(150, seed=1, nonnegative=relu)
+    ood = synthetic_outputs(150, seed=2, kind="ood", nonnegative=relu)
+    aware = "model" in scorer.requirements()
+
+    def model(outputs: Outputs) -> ModelInputs | None:
+        return synthetic_model_inputs(outputs) if aware else None
+
+    def score(s: Any, outputs: Outputs) -> np.ndarray:
+        return s.score(outputs, model=model(outputs))
+
     unknown = set(type(scorer).parameter_constraints) - set(scorer.param_names())
     assert not unknown, f"parameter_constraints name parameters __init__ lacks: {sorted(unknown)}"
     for key, value in params.items():
@@ -117,45 +183,48 @@ def check_scorer(name: str, params: dict[str, Any] | None = None) -> None:
     assert not fitted, f"__init__ must not set fitted state, found {fitted}"
 
     try:
-        scorer.score(test)
+        score(scorer, test)
     except NotFittedError as exc:
         assert "not fitted" in str(exc)
         assert isinstance(exc, ValueError) and isinstance(exc, AttributeError)
     else:
         raise AssertionError("scoring before fit must raise NotFittedError")
 
-    assert scorer.fit(train, val=val) is scorer, "fit must return self"
-    scores = scorer.score(test)
+    assert scorer.fit(train, val=val, model=model(train)) is scorer, "fit must return self"
+    scores = score(scorer, test)
     assert isinstance(scores, np.ndarray) and scores.dtype == np.float64
     assert scores.shape == (test.n_samples,), f"score shape {scores.shape}"
     assert np.isfinite(scores).all(), "scores must be finite"
 
     perm = np.random.default_rng(0).permutation(test.n_samples)
-    np.testing.assert_allclose(scorer.score(test.subset(perm)), scores[perm], rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(
-        scorer.score(test.subset(slice(0, 7))), scores[:7], rtol=1e-9, atol=1e-12
-    )
+    tol = {"rtol": 1e-6, "atol": 1e-9} if aware else {"rtol": 1e-9, "atol": 1e-12}
+    np.testing.assert_allclose(score(scorer, test.subset(perm)), scores[perm], **tol)
+    np.testing.assert_allclose(score(scorer, test.subset(slice(0, 7))), scores[:7], **tol)
 
     for requirement in sorted(set(scorer.requirements()) - {"logits"}):
         fresh = create_scorer(name, **params)
-        if requirement == "val":
-            _expect_missing(lambda f=fresh: f.fit(train), "val", "fit without val")
+        if requirement in ("val", "model"):
+            kwargs = {"val": val, "model": model(train)}
+            kwargs.pop(requirement)
+            _expect_missing(lambda f=fresh, k=kwargs: f.fit(train, **k), requirement, "fit")
             continue
         _expect_missing(
-            lambda r=requirement, f=fresh: f.fit(_without(train, r), val=val), requirement, "fit"
+            lambda r=requirement, f=fresh: f.fit(_without(train, r), val=val, model=model(train)),
+            requirement,
+            "fit",
         )
         if requirement != "labels":
             _expect_missing(
-                lambda r=requirement: scorer.score(_without(test, r)), requirement, "score"
+                lambda r=requirement: score(scorer, _without(test, r)), requirement, "score"
             )
 
     other = Outputs(logits=np.zeros((3, train.n_classes + 1)))
     try:
-        scorer.score(other)
+        scorer.score(other, model=None)
     except (ValueError, MissingOutputsError):
         pass
     else:
         raise AssertionError("scoring outputs with another number of classes must raise")
 
-    separation = auroc(scores, scorer.score(ood))
+    separation = auroc(scores, score(scorer, ood))
     assert separation > 0.6, f"ID should score higher than OOD (AUROC {separation:.3f})"

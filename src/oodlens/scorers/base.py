@@ -97,6 +97,9 @@ class Scorer:
     name: ClassVar[str] = ""
     requires: ClassVar[frozenset[str]] = frozenset({"logits"})
     parameter_constraints: ClassVar[Mapping[str, Sequence[Constraint | None]]] = {}
+    #: the features the scorer is defined on: "any", or "nonnegative" (post-ReLU
+    #: activations, e.g. ASH); the contract suite checks it on data of that kind
+    feature_domain: ClassVar[str] = "any"
     #: values ``--tune`` searches (on ID val + OOD val, by AUROC) for each parameter
     tuning_grid: ClassVar[Mapping[str, Sequence[Any]]] = {}
     description: ClassVar[str] = ""

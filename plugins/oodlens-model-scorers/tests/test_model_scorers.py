@@ -1,0 +1,207 @@
+"""The oodlens-model-scorers plugin: each scorer against a computation written here and
+against pytorch-ood 0.4.0's detector of the same name on the same inputs (a timm resnet18
+trained from scratch on digits for the model-aware ones), and the model-aware kind through
+the harness. Uses oodlens's public API only."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.special import logsumexp, softmax
+from scipy.stats import spearmanr
+
+import oodlens
+from oodlens.backbones import build_transform
+from oodlens.extract import extract_outputs
+from oodlens.scorers import ModelInputs
+from oodlens.testing import synthetic_outputs
+from oodlens.train import TrainConfig, train_model
+
+NAMES = ("odin", "gradnorm", "ash", "scale", "dice")
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """A resnet18 trained on digits 0-4 (32 px, 2 epochs), its outputs on 200 training and
+    120 test images + 120 OOD images (digits 5-9), and those images as tensors."""
+    ckpt = tmp_path_factory.mktemp("m") / "m.safetensors"
+    train_model(TrainConfig(data="digits:0-4", epochs=2, hflip=False), ckpt, progress=False)
+    model, cfg = oodlens.create_backbone("resnet18", checkpoint=ckpt)
+    transform, data_cfg = build_transform(model, cfg.img_size)
+    out = {}
+    for key, spec, n in (
+        ("train", "digits:0-4@train", 200),
+        ("test", "digits:0-4@test", 60),
+        ("ood", "digits:5-9", 60),
+    ):
+        src = oodlens.load_dataset(spec)
+        src = src.subset(range(n), spec)
+        x = torch.stack([transform(src.loader(i)) for i in range(len(src))])
+        o = extract_outputs(model, src, transform, tuple(data_cfg["input_size"]), progress=False)
+        out[key] = (o, x)
+    test = _concat(out["test"][0], out["ood"][0])
+    x_test = torch.cat([out["test"][1], out["ood"][1]])
+    return model, tuple(data_cfg["std"]), out["train"], (test, x_test)
+
+
+def _concat(a, b):
+    return oodlens.Outputs(
+        logits=np.vstack([a.logits, b.logits]),
+        features=np.vstack([a.features, b.features]),
+        head_weight=a.head_weight,
+        head_bias=a.head_bias,
+    )
+
+
+def _inputs(model, std, x):
+    def batches():
+        for s in range(0, len(x), 32):
+            yield x[s : s + 32], torch.zeros(len(x[s : s + 32]), dtype=torch.long)
+
+    return ModelInputs(model, batches, torch.device("cpu"), std, len(x))
+
+
+def test_discovered_and_light():
+    entries = {e.name: e for e in oodlens.registry.list_entries("scorer")}
+    assert {entries[n].distribution for n in NAMES} == {"oodlens-model-scorers"}
+    assert len(oodlens.list_scorers()) >= 20
+
+
+def test_needs_depend_on_the_parameters():
+    assert "model" in oodlens.create_scorer("odin").requirements()
+    for name in ("ash", "scale", "gradnorm"):
+        assert "model" not in oodlens.create_scorer(name).requirements()
+    assert "model" in oodlens.create_scorer("ash", layer="layer4").requirements()
+    assert "model" in oodlens.create_scorer("gradnorm", layer="layer4.1.conv2").requirements()
+    with pytest.raises(oodlens.MissingOutputsError, match="requires 'model'"):
+        oodlens.create_scorer("odin").fit(synthetic_outputs(50))
+    with pytest.raises(oodlens.InvalidParameterError, match="variant='x' is not valid"):
+        oodlens.create_scorer("ash", variant="x")
+
+
+def test_shaping_by_hand():
+    a = np.array([[4.0, 0.0, 1.0, 3.0], [1.0, 1.0, 2.0, 0.5]])
+    ash = oodlens.create_scorer("ash", variant="s", percentile=50)
+    ash_p = oodlens.create_scorer("ash", variant="p", percentile=50)
+    ash_b = oodlens.create_scorer("ash", variant="b", percentile=50)
+    # keep the top 2 of 4: row 0 keeps 4, 3 (sum 8 -> 7), row 1 keeps 2, 1 (first of the ties)
+    kept = np.array([[4.0, 0, 0, 3.0], [0, 1.0, 2.0, 0]])
+    np.testing.assert_allclose(ash_p._shape(a)[0], kept[0])
+    np.testing.assert_allclose(ash_b._shape(a)[0], [4.0, 0, 0, 4.0])  # 8 / 2
+    np.testing.assert_allclose(ash._shape(a)[0], kept[0] * np.exp(8 / 7))
+    scale = oodlens.create_scorer("scale", percentile=50)
+    np.testing.assert_allclose(scale._shape(a)[0], a[0] * np.exp(8 / 7))
+    np.testing.assert_allclose(scale._shape(a)[1], a[1] * np.exp(4.5 / 3))
+
+
+def test_dice_and_gradnorm_by_hand(digits):
+    _, _, (train, _), (test, _) = digits
+    w, b = train.head_weight.astype(float), train.head_bias.astype(float)
+    contrib = w * train.features.mean(0)
+    mask = contrib > np.percentile(contrib, 70)
+    expected = logsumexp(test.features @ (w * mask).T + b, axis=1)
+    got = oodlens.create_scorer("dice", percentile=70).fit(train).score(test)
+    np.testing.assert_allclose(got, expected, rtol=1e-8)
+    # GradNorm's closed form equals autograd on the head's weight
+    fc = torch.nn.Linear(w.shape[1], w.shape[0]).double()
+    fc.weight.data, fc.bias.data = torch.tensor(w), torch.tensor(b)
+    norms = []
+    for f in torch.tensor(test.features[:20], dtype=torch.float64):
+        fc.zero_grad()
+        loss = -torch.log_softmax(fc(f[None]) / 2.0, dim=1).mean()
+        loss.backward()
+        norms.append(float(fc.weight.grad.abs().sum()))
+    got = oodlens.create_scorer("gradnorm", temperature=2.0).fit(train).score(test)[:20]
+    np.testing.assert_allclose(got, norms, rtol=1e-6)
+
+
+def test_odin_by_hand(digits):
+    model, std, (train, x_train), (test, x) = digits
+    got = (
+        oodlens.create_scorer("odin")
+        .fit(train, model=_inputs(model, std, x_train))
+        .score(test.subset(slice(0, 8)), model=_inputs(model, std, x[:8]))
+    )
+    xs = x[:8].clone().requires_grad_(True)
+    logits = model(xs) / 1000.0
+    torch.nn.functional.cross_entropy(logits, logits.argmax(1)).backward()
+    s = torch.tensor(std).view(1, -1, 1, 1)
+    with torch.no_grad():
+        z = (model(x[:8] - 0.0014 * xs.grad.sign() / s) / 1000.0).double().numpy()
+    np.testing.assert_allclose(got, softmax(z, axis=1).max(1), rtol=1e-6)
+
+
+def test_parity_with_pytorch_ood(digits):
+    pood = pytest.importorskip("pytorch_ood.detector")
+    model, std, (train, x_train), (test, x) = digits
+    fc = model.get_classifier()
+    ood_std = list(std)
+    mi_train = _inputs(model, std, x_train)
+
+    def rho(ours, theirs):
+        return spearmanr(ours, -np.asarray(theirs)).statistic
+
+    mi = _inputs(model, std, x)
+    ours = oodlens.create_scorer("odin").fit(train, model=mi_train).score(test, model=mi)
+    theirs = pood.ODIN(model, eps=0.0014, temperature=1000.0, norm_std=ood_std).predict(x)
+    assert rho(ours, theirs.detach().numpy()) >= 0.999
+
+    ours = oodlens.create_scorer("gradnorm").fit(train).score(test)
+    theirs = pood.GradNorm(model, param_filter=lambda n: n == "fc.weight").predict(x)
+    assert rho(ours, theirs.detach().numpy()) >= 0.999
+    layer = "layer4.1.conv2"
+    g = oodlens.create_scorer("gradnorm", layer=layer)
+    ours = g.fit(train, model=mi_train).score(test, model=mi)
+    theirs = pood.GradNorm(model, param_filter=lambda n: n.startswith(layer + ".")).predict(x)
+    assert rho(ours, theirs.detach().numpy()) >= 0.999
+
+    def pooled_head(a):
+        return fc(a.mean(dim=(2, 3)))
+
+    feats = torch.tensor(test.features)[:, :, None, None].float()
+    for variant in ("p", "b", "s"):
+        ours = oodlens.create_scorer("ash", variant=variant).fit(train).score(test)
+        det = pood.ASH(lambda a: a, pooled_head, variant=f"ash-{variant}", percentile=0.65)
+        assert rho(ours, det.predict(feats).detach().numpy()) >= 0.999, variant
+    ours = oodlens.create_scorer("scale").fit(train).score(test)
+    theirs = pood.SCALE(lambda a: a, pooled_head, percentile=0.85).predict(feats)
+    assert rho(ours, theirs.detach().numpy()) >= 0.999
+    # on an inner layer: the last feature map before pooling, in a model-aware pass
+    ash4 = oodlens.create_scorer("ash", layer="layer4").fit(train, model=mi_train)
+    theirs = pood.ASH(model.forward_features, pooled_head, variant="ash-s", percentile=0.65)
+    assert rho(ash4.score(test, model=mi), theirs.predict(x).detach().numpy()) >= 0.999
+    scale4 = oodlens.create_scorer("scale", layer="layer4").fit(train, model=mi_train)
+    theirs = pood.SCALE(model.forward_features, pooled_head, percentile=0.85)
+    assert rho(scale4.score(test, model=mi), theirs.predict(x).detach().numpy()) >= 0.999
+
+    w, b = torch.tensor(train.head_weight), torch.tensor(train.head_bias)
+    dice = pood.DICE(None, w=w, b=b, p=0.9)
+    dice.fit_features(torch.tensor(train.features), torch.zeros(train.n_samples, dtype=torch.long))
+    theirs = dice.predict_features(torch.tensor(test.features)).numpy()
+    ours = oodlens.create_scorer("dice").fit(train).score(test)
+    assert rho(ours, theirs) >= 0.999
+
+
+def test_vit_features_are_refused():
+    vit_like = synthetic_outputs(100, seed=0)  # features with negative values
+    for name in ("ash", "scale"):
+        with pytest.raises(ValueError, match="not defined for them"):
+            oodlens.create_scorer(name).fit(vit_like)
+
+
+def test_harness_runs_model_aware_scorers_in_their_own_pass(tmp_path):
+    from oodlens.bench import expand_scorers, run_benchmark
+
+    assert "odin" not in expand_scorers(["all"]) and "odin" in expand_scorers(["all+model"])
+    res = run_benchmark(
+        scorers=("msp", "odin", "ash:layer=layer4"),
+        train={"epochs": 1, "hflip": False},
+        cache_dir=str(tmp_path / "cache"),
+        progress=False,
+    )
+    assert not res.failures, res.failures
+    assert {"model-aware odin", "model-aware ash:layer=layer4"} <= set(res.timings)
+    assert set(res.table.scorer) == {"msp", "odin", "ash:layer=layer4"}
+    scores = res.runs[0].scores["odin"]
+    assert scores["id"].shape == (res.runs[0].outputs["id_test"].n_samples,)
