@@ -166,6 +166,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     for line in result.footnotes():
         print(line)
     t = result.timings
+    aware = {k.split(" ", 1)[1]: v for k, v in t.items() if k.startswith("model-aware ")}
+    if aware:
+        costs = ", ".join(f"{k} {v:.1f}s" for k, v in aware.items())
+        where = f"extraction {t['extract']:.1f}s" if t["extract"] else "outputs were cached"
+        print(f"model-aware scorers, their own passes over the images: {costs} ({where})")
     print(
         f"train {t['train']:.1f}s, extract {t['extract']:.1f}s ({result.info['cache_hits']} cached, "
         f"{result.info['cache_misses']} extracted), fit {t['fit']:.2f}s, score {t['score']:.2f}s. "
@@ -318,8 +323,9 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
         "--scorers",
         nargs="+",
         metavar="SCORER",
-        help="scorers, e.g. msp 'logit_kde:mode=class_conditional'; 'all' = every installed scorer "
-        "(default: all plus logit_kde:mode=class_conditional)",
+        help="scorers, e.g. msp 'logit_kde:mode=class_conditional'; 'all' = every installed "
+        "output-based scorer, 'all+model' adds the model-aware ones (odin, ... : own passes "
+        "over the images) (default: all+model plus logit_kde:mode=class_conditional)",
     )
     p.add_argument("--seeds", nargs="+", type=int, help="training seeds (models trained here)")
     p.add_argument("--epochs", type=int, help="training epochs (models trained here)")

@@ -101,8 +101,9 @@ class BenchmarkConfig:
     seeds: tuple[int, ...] = (0,)  #: training seeds (models trained here only)
     #: TrainConfig overrides for models trained here
     train: Mapping[str, Any] = field(default_factory=lambda: {"epochs": 10, "hflip": False})
-    #: "name" or "name:key=value,..."; "all" (or an empty list) = every installed scorer
-    scorers: tuple[str, ...] = ("all", "logit_kde:mode=class_conditional")
+    #: "name" or "name:key=value,..."; "all" (or an empty list) = every installed output-based
+    #: scorer; "all+model" adds the model-aware ones (own passes over the images)
+    scorers: tuple[str, ...] = ("all+model", "logit_kde:mode=class_conditional")
     img_size: int | None = 32  #: input size (None: the model's default)
     device: str = "cpu"  #: "cpu", "cuda", "mps" or "auto"
     batch_size: int = 256  #: extraction batch size

@@ -444,7 +444,8 @@ def _score(
             scorer = create_scorer(name, **params).fit(
                 out["id_train"], val=out.get("id_val"), model=mi("id_train") if mi else None
             )
-            plan.timings["fit"] += time.perf_counter() - t0
+            fit_s = time.perf_counter() - t0
+            plan.timings["fit"] += fit_s
             stage = "score"
             t0 = time.perf_counter()
 
@@ -455,6 +456,9 @@ def _score(
             scores.update({o.name: score(o.name) for o in plan.cfg.ood})
             calib = score("id_calib")
             plan.timings["score"] += time.perf_counter() - t0
+            seconds = plan.info.setdefault("scorer_seconds", {}).setdefault(spec, {})
+            seconds["fit"] = seconds.get("fit", 0.0) + fit_s
+            seconds["score"] = seconds.get("score", 0.0) + time.perf_counter() - t0
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}".splitlines()[0]
             log.warning("scorer %r (from %s) failed at %s: %s", spec, dist, stage, error)
