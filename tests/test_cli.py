@@ -19,15 +19,25 @@ def test_scorers_lists_builtins_with_columns():
     r = run("scorers")
     assert r.returncode == 0, r.stderr
     header = r.stdout.splitlines()[0].split()
-    assert header == ["name", "distribution", "requires", "description"]
-    rows = {line.split()[0]: line for line in r.stdout.splitlines()[2:]}
+    assert header == ["name", "distribution", "needs", "description"]
+    rows = {line.split()[0]: line for line in r.stdout.splitlines()[2:] if line.strip()}
     for name in ("msp", "energy", "max_logit"):
         assert "oodlens" in rows[name] and "logits" in rows[name]
+    # grouped by distribution, oodlens's own first
+    dists = [
+        line.split()[1]
+        for line in r.stdout.splitlines()[2:]
+        if line.startswith(tuple("abcdefghijklmnopqrstuvwxyz"))
+    ]
+    assert dists == sorted(dists, key=lambda d: (d != "oodlens", d))
 
 
 def test_scorers_pattern():
     r = run("scorers", "max_*")
-    assert [line.split()[0] for line in r.stdout.splitlines()[2:]] == ["max_logit"]
+    assert [line.split()[0] for line in r.stdout.splitlines()[2:] if line.strip()][:1] == [
+        "max_logit"
+    ]
+    assert "1 scorers from 1 distribution" in r.stdout
 
 
 def test_plugins_lists_builtin():

@@ -49,3 +49,20 @@ def test_concepts_page_defines_every_metric():
 def test_readme_quick_start_is_the_contract():
     readme = (ROOT / "README.md").read_text()
     assert "make demo" in readme and "make test" in readme
+
+
+def test_the_model_aware_example_passes_the_contract():
+    import types
+
+    from oodlens.testing import check_scorer
+
+    doc = (ROOT / "docs" / "plugins.md").read_text()
+    code = next(b for b in _blocks(doc, "python") if "class InputGradNorm" in b)
+    module = types.ModuleType("input_gradnorm_example")
+    exec(compile(code, "docs/plugins.md", "exec"), module.__dict__)
+    name = oodlens.register_plugin(module, name="input_gradnorm_example")
+    try:
+        assert "input_gradnorm" in oodlens.list_scorers()
+        check_scorer("input_gradnorm")
+    finally:
+        oodlens.unregister_plugin(name)

@@ -38,13 +38,17 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def _cmd_scorers(args: argparse.Namespace) -> int:
+    """The scorers grouped by distribution (oodlens's own first), with what each needs."""
     names = set(registry.list_scorers(args.pattern))
-    rows = [
-        (e.name, e.distribution, ", ".join(e.requires), e.description)
-        for e in registry.list_entries("scorer")
-        if e.name in names
-    ]
-    print(_table(("name", "distribution", "requires", "description"), rows))
+    entries = [e for e in registry.list_entries("scorer") if e.name in names]
+    entries.sort(key=lambda e: (e.distribution != "oodlens", e.distribution, e.name))
+    rows = []
+    for e in entries:
+        needs = sorted(registry.create_scorer(e.name).requirements())
+        rows.append((e.name, e.distribution, ", ".join(needs), e.description))
+    print(_table(("name", "distribution", "needs", "description"), rows))
+    groups = {e.distribution for e in entries}
+    print(f"\n{len(entries)} scorers from {len(groups)} distribution(s); 'model' = model-aware.")
     return 0
 
 
