@@ -205,3 +205,29 @@ def test_harness_runs_model_aware_scorers_in_their_own_pass(tmp_path):
     assert set(res.table.scorer) == {"msp", "odin", "ash:layer=layer4"}
     scores = res.runs[0].scores["odin"]
     assert scores["id"].shape == (res.runs[0].outputs["id_test"].n_samples,)
+
+
+def test_on_a_vision_transformer():
+    """ODIN and GradNorm run on a ViT; ASH on a token layer refuses with a message."""
+    import timm
+
+    vit = timm.create_model("vit_tiny_patch16_224", num_classes=3, img_size=32).eval()
+    x = torch.rand(6, 3, 32, 32)
+    with torch.no_grad():
+        feats = vit.forward_head(vit.forward_features(x), pre_logits=True).double().numpy()
+    head = vit.get_classifier()
+    outputs = oodlens.Outputs(
+        logits=feats @ head.weight.detach().double().numpy().T
+        + head.bias.detach().double().numpy(),
+        features=feats,
+        head_weight=head.weight.detach().double().numpy(),
+        head_bias=head.bias.detach().double().numpy(),
+    )
+    mi = _inputs(vit, (0.5, 0.5, 0.5), x)
+    odin = oodlens.create_scorer("odin").fit(outputs, model=mi).score(outputs, model=mi)
+    assert odin.shape == (6,) and np.isfinite(odin).all()
+    grad = oodlens.create_scorer("gradnorm", layer="head").fit(outputs).score(outputs)
+    assert np.isfinite(grad).all()
+    ash = oodlens.create_scorer("ash", layer="blocks.11").fit(outputs, model=mi)
+    with pytest.raises(ValueError, match=r"needs a \(B, C, H, W\) activation map"):
+        ash.score(outputs, model=mi)
