@@ -3,6 +3,8 @@ temperature-scaled MSP); the maths lives in :mod:`oodlens.functional`."""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from .. import functional as F
@@ -10,6 +12,8 @@ from ..arrays import check_fit_labels, iter_row_chunks, rows_per_chunk
 from ..outputs import Outputs
 from ..params import Interval
 from .base import Scorer
+
+log = logging.getLogger(__name__)
 
 __all__ = ["MSP", "Energy", "MaxLogit", "Entropy", "GEN", "KLMatching", "TemperatureMSP"]
 
@@ -200,8 +204,16 @@ class TemperatureMSP(Scorer):
             logp = F.log_softmax(logits, float(np.exp(log_t)))
             return float(-np.mean(logp[np.arange(len(labels)), labels]))
 
-        res = minimize_scalar(nll, bounds=(np.log(0.05), np.log(100.0)), method="bounded")
+        lo, hi = np.log(0.05), np.log(100.0)
+        res = minimize_scalar(nll, bounds=(lo, hi), method="bounded")
         self.temperature_ = float(np.exp(res.x))
+        if min(res.x - lo, hi - res.x) < 1e-3:
+            log.warning(
+                "temperature_msp: the fitted temperature %.3g sits at the search bound: the "
+                "val outputs are (almost) perfectly classified, so the likelihood has no "
+                "interior optimum and the softmax saturates; MSP at T=1 may rank better.",
+                self.temperature_,
+            )
 
     def _score(self, outputs: Outputs) -> np.ndarray:
         return F.msp(outputs.logits, self.temperature_)
