@@ -18,7 +18,7 @@ LAYERS: dict[str, int] = {
     **dict.fromkeys(
         ["errors", "files", "params", "hookspecs", "functional", "metrics", "arrays"], 0
     ),
-    "outputs": 1,
+    **dict.fromkeys(["outputs", "stats"], 1),
     **dict.fromkeys(["scorers.base", "explainers.attention", "explainers.base", "cache"], 2),
     **dict.fromkeys(
         [
@@ -48,9 +48,9 @@ LAYERS: dict[str, int] = {
         ],
         5,
     ),
-    **dict.fromkeys(["diagnose", "bench.config", "bench.report", "bench.tune"], 6),
+    **dict.fromkeys(["diagnose", "bench.config", "bench.report", "bench.tune", "bench.html"], 6),
     "bench.result": 7,
-    **dict.fromkeys(["bench.run", "bench"], 8),
+    **dict.fromkeys(["bench.run", "bench", "bench.compare"], 8),
     **dict.fromkeys(["cli", "__main__", ""], 9),
 }
 

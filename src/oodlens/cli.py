@@ -105,6 +105,8 @@ def _bench_config(args: argparse.Namespace) -> BenchmarkConfig:
         changes["ood_val"] = tuple(parse_ood_spec(o) for o in args.ood_val)
     if args.alpha:
         changes["alphas"] = tuple(args.alpha)
+    if args.ci is not None:
+        changes["bootstrap"] = args.ci
     for opt in ("scorers", "seeds"):
         if getattr(args, opt):
             changes[opt] = tuple(getattr(args, opt))
@@ -254,6 +256,40 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .bench.compare import compare_scorers
+
+    table = compare_scorers(args.run, args.scorers[0], args.scorers[1], args.resamples)
+    a, b = args.scorers
+    print(f"Paired bootstrap ({args.resamples} resamples of the same rows): AUROC of {a} - {b}.")
+    print(
+        _table(
+            list(table.columns), [[str(v) for v in row] for row in table.itertuples(index=False)]
+        )
+    )
+    return 0
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from .bench.compare import merge_runs
+
+    summary = merge_runs(args.runs)
+    print(to_markdown(summary, columns=TERMINAL_COLUMNS))
+    if args.out:
+        from pathlib import Path
+
+        from .files import atomic_path
+
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out / "merged.csv") as tmp:
+            summary.to_csv(tmp, index=False)
+        with atomic_path(out / "merged.md") as tmp:
+            tmp.write_text(to_markdown(summary))
+        print(f"wrote {out}/merged.md and merged.csv")
+    return 0
+
+
 def _train_arguments(p: argparse.ArgumentParser) -> None:
     """``oodlens train`` options, their defaults taken from :class:`TrainConfig`."""
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
@@ -369,6 +405,15 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
         "of split-conformal p-values calibrated on the calib split",
     )
     p.add_argument(
+        "--ci",
+        type=int,
+        nargs="?",
+        const=1000,
+        metavar="N",
+        help="bootstrap 95%% intervals of auroc, fpr95, aupr_in/out per scorer and OOD set "
+        "(N resamples of ID and OOD rows, seeded; default 1000); tables print mean ± half-width",
+    )
+    p.add_argument(
         "--fdr",
         type=float,
         help="Benjamini-Hochberg level on batches of ID test + each OOD set: realised FDR, power",
@@ -471,6 +516,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _explain_arguments(p)
     p.set_defaults(func=_cmd_explain)
+    p = sub.add_parser(
+        "compare",
+        help="paired test of two scorers' AUROC on the same rows of a report folder",
+        parents=[common],
+    )
+    p.add_argument("run", help="a report folder written by oodlens bench --out")
+    p.add_argument("--scorers", nargs=2, required=True, metavar=("A", "B"))
+    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    p.set_defaults(func=_cmd_compare)
+    p = sub.add_parser(
+        "merge",
+        help="join report folders (e.g. of several backbones) into one table",
+        parents=[common],
+    )
+    p.add_argument("runs", nargs="+", help="report folders written by oodlens bench --out")
+    p.add_argument("--out", help="folder for merged.md and merged.csv")
+    p.set_defaults(func=_cmd_merge)
     p = sub.add_parser(
         "train", help="train or fine-tune a timm model on a dataset spec", parents=[common]
     )

@@ -127,6 +127,8 @@ class BenchmarkConfig:
     #: OOD rejection rate (power) of split-conformal p-values calibrated on ``calib``
     alphas: tuple[float, ...] = ()
     fdr: float | None = None  #: Benjamini-Hochberg level on batches of ID test + each OOD set
+    #: bootstrap resamples for 95% intervals of auroc, fpr95, aupr_in/out (0: none)
+    bootstrap: int = 0
     protocol: str | None = None  #: the protocol preset the sets came from (informational)
     #: protocol sets that were not found (name, group, where to put them), recorded
     missing_sets: tuple[Mapping[str, Any], ...] = ()
@@ -158,6 +160,10 @@ class BenchmarkConfig:
         bad_alpha = [a for a in self.alphas if not (isinstance(a, float | int) and 0 < a < 1)]
         if bad_alpha:
             raise ValueError(f"alphas must be in (0, 1), got {bad_alpha}.")
+        if self.bootstrap and (not isinstance(self.bootstrap, int) or self.bootstrap < 10):
+            raise ValueError(
+                f"bootstrap must be 0 or at least 10 resamples, got {self.bootstrap!r}."
+            )
         if self.fdr is not None and not 0 < self.fdr < 1:
             raise ValueError(f"fdr must be in (0, 1), got {self.fdr!r}.")
         for name, kind in (("models", str), ("checkpoints", str), ("seeds", int), ("scorers", str)):

@@ -24,6 +24,8 @@ __all__ = [
     "TERMINAL_COLUMNS",
     "FORMATS",
     "DEFAULT_FORMATS",
+    "ID_COLUMNS",
+    "per_set_rows",
 ]
 
 #: Columns shown in the terminal and the Markdown / LaTeX tables.
@@ -33,10 +35,11 @@ DEFAULT_COLUMNS = (
     "fpr95_ood_recall",
     "aupr_in",
     "aupr_out",
-    "id_accuracy",
-    "aurc",
     "ood_rejected",
     "open_set_risk",
+    "id_accuracy",
+    "aurc",
+    "eaurc",
 )
 #: Columns printed in the terminal by ``oodlens bench``.
 TERMINAL_COLUMNS = (
@@ -46,11 +49,13 @@ TERMINAL_COLUMNS = (
     "aupr_out",
     "id_accuracy",
     "aurc",
+    "eaurc",
     "ood_rejected",
 )
 #: Table formats ``--format`` accepts (results.json is always written); ``openood`` is the
-#: OpenOOD layout (one row per scorer, near/far means), as Markdown, CSV and LaTeX.
-FORMATS = ("md", "csv", "json", "tex", "openood")
+#: OpenOOD layout (one row per scorer, near/far means), as Markdown, CSV and LaTeX; ``html``
+#: one self-contained page (tables, embedded figures, config, versions, timings).
+FORMATS = ("md", "csv", "json", "tex", "openood", "html")
 #: What ``--out`` writes when ``--format`` is not given.
 DEFAULT_FORMATS = ("md", "csv", "json", "tex")
 #: One line naming each metric convention, for table captions.
@@ -60,12 +65,17 @@ CONVENTION_NOTES = {
 }
 
 
-def _cell(mean: float, std: float, n: int, pct: bool) -> str:
+def _cell(mean: float, std: float, n: int, pct: bool, half_width: float | None = None) -> str:
+    """``mean`` (in % when ``pct``), then ``± half-width`` of its bootstrap interval when
+    given, else ``± std`` over seeds when there are several."""
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "n/a"
     scale = 100.0 if pct else 1.0
     text = f"{mean * scale:.2f}" if pct else f"{mean:.4f}"
-    if n > 1:
+    text = "0.00" if text == "-0.00" else text
+    if half_width is not None and not math.isnan(half_width):
+        text += f" ± {half_width * scale:.2f}"
+    elif n > 1:
         text += f" ± {std * scale:.2f}" if pct else f" ± {std:.4f}"
     return text
 
@@ -93,25 +103,62 @@ def format_table(
     out = summary[["backbone", "scorer", "ood"]].copy()
     for col in columns:
         std_col = summary.get(f"{col}_std", pd.Series(0.0, index=summary.index))
+        if f"{col}_ci_lo" in summary:  # bootstrap interval: mean ± half-width
+            half = (summary[f"{col}_ci_hi"] - summary[f"{col}_ci_lo"]) / 2.0
+        else:
+            half = pd.Series([None] * len(summary), index=summary.index)
         cells = [
-            _cell(m, s, n, pct=True)
-            for m, s, n in zip(summary[col], std_col, summary["n_seeds"], strict=True)
+            _cell(m, s, n, pct=True, half_width=h)
+            for m, s, n, h in zip(summary[col], std_col, summary["n_seeds"], half, strict=True)
         ]
         out[col] = [bold.format(c) if b else c for c, b in zip(cells, best[col], strict=True)]
     return out
 
 
-def to_markdown(summary: pd.DataFrame, columns: Sequence[str] = DEFAULT_COLUMNS) -> str:
-    """GitHub Markdown table; values in percent, best per column in bold."""
-    t = format_table(summary, columns)
+#: Per-model metrics of ID test (the same for every OOD set): shown once per scorer.
+ID_COLUMNS = (
+    "id_accuracy",
+    "aurc",
+    "eaurc",
+    "id_errors_rejected",
+    "id_correct_rejected",
+    "error_rate_accepted",
+)
+
+
+def _md(t: pd.DataFrame, left: Sequence[str]) -> str:
     head = "| " + " | ".join(t.columns) + " |"
-    sep = (
-        "| "
-        + " | ".join("---" if c in ("backbone", "scorer", "ood") else "---:" for c in t.columns)
-        + " |"
-    )
+    sep = "| " + " | ".join("---" if c in left else "---:" for c in t.columns) + " |"
     body = ["| " + " | ".join(str(v) for v in row) + " |" for row in t.itertuples(index=False)]
     return "\n".join([head, sep, *body]) + "\n"
+
+
+def per_set_rows(summary: pd.DataFrame) -> pd.DataFrame:
+    """The summary without the near/far rows that only repeat the one set of their group."""
+    sets = summary[summary.group != "aggregate"]
+    singles = {g for g in ("near", "far") if sets.loc[sets.group == g, "ood"].nunique() == 1}
+    keep = ~((summary.group == "aggregate") & summary.ood.isin(singles))
+    return summary[keep].reset_index(drop=True)
+
+
+def to_markdown(summary: pd.DataFrame, columns: Sequence[str] = DEFAULT_COLUMNS) -> str:
+    """GitHub Markdown, values in percent, best per column in bold: a per-model table of the
+    ID metrics (accuracy, AURC, ...: one row per backbone and scorer), then the per-OOD-set
+    table of the other ``columns`` (a near/far mean row only when its group has several
+    sets)."""
+    id_cols = [c for c in columns if c in ID_COLUMNS and c in summary]
+    ood_cols = [c for c in columns if c not in ID_COLUMNS]
+    parts = []
+    if id_cols:
+        first = summary.drop_duplicates(
+            ["backbone", "seed", "scorer"] if "seed" in summary else ["backbone", "scorer"]
+        )
+        first = first.assign(ood="ID test").reset_index(drop=True)
+        t = format_table(first, id_cols).drop(columns=["ood"])
+        parts.append("ID test, per model:\n\n" + _md(t, ("backbone", "scorer")))
+    t = format_table(per_set_rows(summary), ood_cols)
+    parts.append("OOD detection, per set:\n\n" + _md(t, ("backbone", "scorer", "ood")))
+    return "\n".join(parts)
 
 
 def _tex_escape(text: str) -> str:

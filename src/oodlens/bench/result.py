@@ -24,8 +24,10 @@ from ..plots import (
     plot_score_distributions,
 )
 from .config import BenchmarkConfig
+from .html import figure_bytes, render_html
 from .report import (
     CONVENTION_NOTES,
+    DEFAULT_COLUMNS,
     DEFAULT_FORMATS,
     FORMATS,
     json_safe,
@@ -59,6 +61,32 @@ class RunScores:
     tuning: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: scorer -> {"alpha": grid, "frr": realised ID false-rejection rate on ID test} (conformal)
     calibration: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    #: "id_test" and OOD names -> each row's sample id (path), None if rows were skipped
+    ids: dict[str, list[str] | None] = field(default_factory=dict)
+
+    def per_sample(self, ood_groups: dict[str, str]) -> pd.DataFrame:
+        """One row per scored sample: set, group, index, id, label, prediction, and one
+        column per scorer (higher = more in-distribution)."""
+        frames = []
+        for key, group in [("id_test", "id"), *ood_groups.items()]:
+            out = self.outputs[key]
+            ids = self.ids.get(key)
+            frame = pd.DataFrame(
+                {
+                    "backbone": self.backbone,
+                    "seed": self.seed,
+                    "set": "id" if key == "id_test" else key,
+                    "group": group,
+                    "index": np.arange(out.n_samples),
+                    "id": ids if ids is not None else [""] * out.n_samples,
+                    "label": out.labels if out.labels is not None else -1,
+                    "prediction": out.predictions,
+                }
+            )
+            for spec, scores in self.scores.items():
+                frame[spec] = scores["id" if key == "id_test" else key]
+            frames.append(frame)
+        return pd.concat(frames, ignore_index=True)
 
 
 @dataclass(frozen=True)
@@ -122,9 +150,10 @@ class BenchmarkResult:
         if self.table.empty:
             return pd.DataFrame(columns=[*keys, "n_seeds"])
         cols = [c for c in self.table.columns if higher_is_better(c) is not None]
-        g = self.table.groupby(keys, sort=False, dropna=False)[cols]
+        cis = [c for c in self.table.columns if c.endswith(("_ci_lo", "_ci_hi"))]
+        g = self.table.groupby(keys, sort=False, dropna=False)[cols + cis]
         mean = g.mean()
-        std = g.std(ddof=1).fillna(0.0).add_suffix("_std")
+        std = g.std(ddof=1).fillna(0.0)[cols].add_suffix("_std")
         out = pd.concat([mean, std], axis=1).reset_index()
         out.insert(4, "n_seeds", g.size().to_numpy())
         return out
@@ -168,8 +197,9 @@ class BenchmarkResult:
         plots: bool = True,
     ) -> Path:
         """Write the report folder: ``results.{md,csv,tex}``, ``table_full.csv`` (every row
-        and seed), figures, and ``results.json`` (config, versions, plugins, timings,
-        failures, tables).
+        and seed), ``scores.csv.gz`` (every scored sample with each scorer's score, so any
+        metric can be recomputed), figures, and ``results.json`` (config, versions,
+        plugins, timings, failures, tables).
 
         The folder is written under a temporary name and renamed into place, so an
         interrupted save leaves the previous report intact; an existing folder that is not
@@ -194,6 +224,11 @@ class BenchmarkResult:
             self.table.to_csv(out / "table_full.csv", index=False)
         if "tex" in formats:
             (out / "results.tex").write_text(to_latex(summary, caption=_tex_caption(caption)))
+        if self.runs:
+            groups = {o.name: o.group for o in self.config.ood}
+            pd.concat([r.per_sample(groups) for r in self.runs], ignore_index=True).to_csv(
+                out / "scores.csv.gz", index=False
+            )
         if "openood" in formats:
             (out / "openood.md").write_text(f"{caption}\n\n{openood_markdown(summary)}{notes}")
             openood_table(summary, full=True, bold="{}").to_csv(out / "openood.csv", index=False)
@@ -238,6 +273,23 @@ class BenchmarkResult:
             "table": self.table.to_dict(orient="records"),
         }
         (out / "results.json").write_text(json.dumps(json_safe(payload), indent=2, default=str))
+        if "html" in formats:
+            page = render_html(
+                summary,
+                (
+                    *DEFAULT_COLUMNS,
+                    *[
+                        c
+                        for c in summary.columns
+                        if "@" in c and not c.endswith(("_std", "_ci_lo", "_ci_hi"))
+                    ],
+                ),
+                caption,
+                self.footnotes() + [f"warning: {w}" for w in self.info.get("warnings", [])],
+                figure_bytes(out, figures),
+                json_safe(payload),
+            )
+            (out / "report.html").write_text(page)
 
     def _figures(self, out: Path) -> list[str]:
         run = self.runs[0]

@@ -30,6 +30,7 @@ from ..registry import (
     plugin_report,
 )
 from ..scorers.base import ModelInputs
+from ..stats import bootstrap_ci
 from .config import BenchmarkConfig, expand_scorers
 from .result import BenchmarkResult, RunScores, ScorerFailure
 from .tune import candidates, tune_scorer
@@ -103,6 +104,11 @@ def run_benchmark(
                     {},
                     outputs,
                     None if scratch is not None else ckpt,
+                    ids={
+                        k: list(src.ids) if len(src) == outputs[k].n_samples else None
+                        for k, src in sources.items()
+                        if k == "id_test" or k in {o.name for o in cfg.ood}
+                    },
                 )
                 model_inputs = _ModelInputsFactory(
                     plan, get_model, transform, data_cfg, sources, outputs
@@ -537,6 +543,16 @@ def _metric_rows(
             )
             row.update({f"{k}@fixed": v for k, v in fixed.items()})
         row.update(extra.get(o.name, {}))
+        if cfg.bootstrap:
+            ci = bootstrap_ci(
+                scores["id"],
+                scores[o.name],
+                n_resamples=cfg.bootstrap,
+                seed=max(run.seed, 0),
+                convention=cfg.convention,
+            )
+            for metric, (lo, hi) in ci.items():
+                row[f"{metric}_ci_lo"], row[f"{metric}_ci_hi"] = lo, hi
         per_set.append(row)
     return per_set + _aggregate_rows(per_set, base)
 
@@ -544,7 +560,12 @@ def _metric_rows(
 def _aggregate_rows(per_set: list[dict[str, Any]], base: dict[str, Any]) -> list[dict[str, Any]]:
     """near / far / mean rows: the unweighted mean of the per-set metrics (OpenOOD's way)."""
     out = []
-    numeric = [k for k, v in per_set[0].items() if isinstance(v, float) and k not in base]
+    # bootstrap bounds are per set: the mean of bounds is no interval of the mean
+    numeric = [
+        k
+        for k, v in per_set[0].items()
+        if isinstance(v, float) and k not in base and not k.endswith(("_ci_lo", "_ci_hi"))
+    ]
     for label, members in (
         ("near", [r for r in per_set if r["group"] == "near"]),
         ("far", [r for r in per_set if r["group"] == "far"]),
