@@ -41,12 +41,12 @@ def compare_scorers(
         valid = [c for c in scores.columns if c not in extra]
         raise ValueError(f"Scorer(s) {missing} are not in {str(run)!r}; it has: {valid}.")
     rows = []
-    for (backbone, seed), block in scores.groupby(["backbone", "seed"], sort=False):
+    for (backbone, run_seed), block in scores.groupby(["backbone", "seed"], sort=False):
         ind = block[block.set == "id"]
         oods = {name: g for name, g in block[block.set != "id"].groupby("set", sort=False)}
         for name, g in oods.items():
             res = paired_bootstrap(ind[a], g[a], ind[b], g[b], n_resamples, seed)
-            rows.append(_row(backbone, seed, name, ind, g, a, b, res))
+            rows.append(_row(backbone, run_seed, name, ind, g, a, b, res))
         for group in ("near", "far"):
             members = [g for g in oods.values() if g.group.iloc[0] == group]
             if len(members) < 2:
@@ -55,7 +55,7 @@ def compare_scorers(
             rows.append(
                 {
                     "backbone": backbone,
-                    "seed": seed,
+                    "seed": run_seed,
                     "ood": f"{group} (mean of {len(members)})",
                     **res,
                 }
