@@ -217,6 +217,8 @@ def test_explain_shows_p_values_and_refuses_fitting_rows(tmp_path, capsys):
     rc = cli.main([*base, "--calib", "digits:0-2@test"])
     out = capsys.readouterr().out
     assert rc == 0 and "p(msp)=" in out
+    # the verdict at the threshold accepting 95% of the calib images
+    assert "msp=" in out and ("(accepted)" in out or "(REJECTED)" in out)
     p = float(out.split("p(msp)=")[1].split()[0])
     n = len(oodlens.load_dataset("digits:0-2@test"))
     assert 1 / (n + 1) - 1e-4 <= p <= 1.0

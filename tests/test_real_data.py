@@ -37,6 +37,15 @@ def test_driver_skips_cleanly_without_data(tmp_path):
     assert "bench-real: skipped: no data at" in r.stdout
 
 
+def test_models_root_is_named_when_missing(tmp_path, monkeypatch):
+    monkeypatch.delenv("OODLENS_MODELS_ROOT", raising=False)
+    (tmp_path / "data").mkdir()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text('checkpoints: ["{models_root}/m.safetensors"]\nid: "{data_root}"\n')
+    with pytest.raises(FileNotFoundError, match="uses \\{models_root\\}: pass --models-root"):
+        load_config(cfg, data_root=tmp_path / "data")
+
+
 def test_configs_need_a_data_root(tmp_path, monkeypatch):
     monkeypatch.delenv("OODLENS_DATA_ROOT", raising=False)
     with pytest.raises(ValueError, match="pass --data-root DIR"):
@@ -55,6 +64,8 @@ def test_configs_resolve_to_existing_data(name):
     for spec in [cfg.id, *(o.spec for o in cfg.ood)]:
         assert Path(spec).is_dir(), spec
         assert len(oodlens.load_dataset(spec)) > 0
+    for ckpt in cfg.checkpoints:  # {models_root}: the models folder beside the data root
+        assert Path(ckpt).is_file(), ckpt
 
 
 @pytest.mark.data

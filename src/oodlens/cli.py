@@ -232,7 +232,17 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     )
     path = plot_explanations(exp, out, columns=args.columns)
     for k, sid in enumerate(exp.ids):
-        vals = "  ".join(f"{n}={v[k]:.4g}" for n, v in exp.scores.items())
+        vals = "  ".join(
+            f"{n}={v[k]:.4g}"
+            + (
+                ""
+                if n not in exp.verdicts
+                else " (accepted)"
+                if exp.verdicts[n][k]
+                else " (REJECTED)"
+            )
+            for n, v in exp.scores.items()
+        )
         print(
             f"{sid}: {exp.class_names[exp.predictions[k]]} p={exp.softmax[k]:.3f}  {vals}  "
             f"area@0.5={exp.area[k]:.2f}"

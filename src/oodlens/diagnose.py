@@ -21,6 +21,7 @@ from .errors import moved_names
 from .explainers import Explanation, attention_area_mass
 from .explainers.gradcam import GradCAM, minmax_normalize
 from .extract import cached_extract, extract_outputs
+from .metrics import threshold_at_acceptance
 from .outputs import Outputs
 from .registry import create_scorer, load_dataset, parse_scorer_spec
 
@@ -100,11 +101,14 @@ def explain_images(
     cache: Cache | None = None,
     progress: bool = True,
     calib: str | None = None,
+    acceptance: float = 0.95,
 ) -> Explanation:
     """The ``oodlens explain`` workflow: Grad-CAM and scorer values for image files.
 
     With ``calib`` (a spec of held-out ID images the scorers were not fitted on), each
-    scorer also gives each image's split-conformal p-value (see :mod:`oodlens.conformal`).
+    scorer also gives each image's split-conformal p-value (see :mod:`oodlens.conformal`)
+    and its verdict: accepted when the score reaches the threshold that accepts
+    ``acceptance`` of the calib images.
 
     Scorers (spec strings, e.g. ``"logit_kde:mode=class_conditional"``) are created first
     (so a bad spec fails before any work), then fitted on the model's outputs on its ID
@@ -157,9 +161,16 @@ def explain_images(
                 progress=progress,
             )
             rejectors = {k: ConformalRejector(s).calibrate(calib_out) for k, s in fitted.items()}
-    return explain_source(
+    exp = explain_source(
         net, source, transform, names, scorers=fitted, layer=layer, device=dev, rejectors=rejectors
     )
+    # the verdict at the operating threshold chosen on the held-out calib images (95% of
+    # them accepted), never on the images being explained
+    exp.verdicts = {
+        k: exp.scores[k] >= threshold_at_acceptance(r.calib_scores_, acceptance)
+        for k, r in rejectors.items()
+    }
+    return exp
 
 
 def _summary(values: np.ndarray) -> dict[str, float]:
@@ -262,4 +273,5 @@ def attention_analysis(
             model, sources["id_test"], transform, class_names, conf, layer=layer, device=device
         )
         confident.scores = {"score": id_scores[conf]}
+        confident.verdicts = {"score": id_scores[conf] >= threshold}
     return AttentionResult(table, tests, confident)

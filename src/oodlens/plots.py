@@ -233,7 +233,10 @@ def plot_explanations(
         top.set_title(Path(exp.ids[k]).name[:24], fontsize=7)
         bottom.imshow(np.clip(overlay, 0, 1))
         lines = [f"{exp.class_names[exp.predictions[k]]}  p={exp.softmax[k]:.3f}"]
-        lines += [f"{name}={vals[k]:.4g}" for name, vals in exp.scores.items()]
+        for name, vals in exp.scores.items():
+            verdict = exp.verdicts.get(name)
+            mark = "" if verdict is None else (" accepted" if verdict[k] else " REJECTED")
+            lines.append(f"{name}={vals[k]:.4g}{mark}")
         lines.append(f"area@0.5={area[k]:.2f}")
         bottom.set_title("\n".join(lines), fontsize=7)
     if title:

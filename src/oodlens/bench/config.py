@@ -250,13 +250,17 @@ class BenchmarkConfig:
 
 
 def load_config(
-    path: str | os.PathLike[str], data_root: str | os.PathLike[str] | None = None
+    path: str | os.PathLike[str],
+    data_root: str | os.PathLike[str] | None = None,
+    models_root: str | os.PathLike[str] | None = None,
 ) -> BenchmarkConfig:
     """Read a :class:`BenchmarkConfig` from ``.yaml``/``.yml`` or ``.toml``.
 
-    ``{data_root}`` in the file is replaced by ``data_root`` (or ``$OODLENS_DATA_ROOT``), so a
-    config can point at any copy of its data. Syntax errors and bad values are reported with
-    the file name (and line, for syntax errors).
+    ``{data_root}`` in the file is replaced by ``data_root`` (or ``$OODLENS_DATA_ROOT``), and
+    ``{models_root}`` by ``models_root`` (or ``$OODLENS_MODELS_ROOT``, else the ``models``
+    folder beside the data root), so a config can point at any copy of its data and
+    checkpoints. Syntax errors and bad values are reported with the file name (and line,
+    for syntax errors).
     """
     path = Path(path)
     if not path.is_file():
@@ -272,6 +276,17 @@ def load_config(
         if not Path(root).is_dir():
             raise FileNotFoundError(f"Data root {str(root)!r} does not exist.")
         text = text.replace("{data_root}", str(Path(root).resolve()))
+    if "{models_root}" in text:
+        models = models_root if models_root is not None else os.environ.get("OODLENS_MODELS_ROOT")
+        if models is None:
+            root = data_root if data_root is not None else os.environ.get("OODLENS_DATA_ROOT")
+            models = Path(root).resolve().parent / "models" if root is not None else None
+        if models is None or not Path(models).is_dir():
+            raise FileNotFoundError(
+                f"Config {str(path)!r} uses {{models_root}}: pass --models-root DIR (or set "
+                f"OODLENS_MODELS_ROOT); tried {str(models)!r}."
+            )
+        text = text.replace("{models_root}", str(Path(models).resolve()))
     if path.suffix in (".yaml", ".yml"):
         import yaml
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -55,6 +55,9 @@ class Explanation:
     softmax: np.ndarray  #: (N,) max softmax probability
     class_names: tuple[str, ...]  #: names of the model's classes
     scores: dict[str, np.ndarray]  #: scorer name -> (N,) score
+    #: scorer name -> (N,) bool, accepted at the operating threshold chosen on held-out ID
+    #: data (shown beside the score, so a reader need not know what a score of 0.07 means)
+    verdicts: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def area(self) -> np.ndarray:
