@@ -232,3 +232,32 @@ def test_multi_block_binning_equals_single_block():
     many = _kde.Grid1D(lo, hi, h)
     many.add_columns(x, max_values=1000)  # one column per block
     np.testing.assert_array_equal(one.grid, many.grid)
+
+
+def test_one_sided_caps_the_top_logit_at_the_class_mode():
+    from scipy.stats import gaussian_kde
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 600)
+    logits = rng.normal(0, 1, (600, 3))
+    logits[np.arange(600), labels] += rng.normal(5, 1, 600)  # the true class leads
+    train = Outputs(logits=logits, labels=labels)
+    test = Outputs(logits=rng.normal(0, 1, (300, 3)) * 3)
+    s = oodlens.create_scorer(
+        "logit_kde", mode="class_conditional", method="exact", one_sided=True
+    ).fit(train)
+    plain = oodlens.create_scorer("logit_kde", mode="class_conditional", method="exact").fit(train)
+    pred, top = test.logits.argmax(1), test.logits.max(1)
+    expected = np.empty(300)
+    for c in range(3):
+        rows = logits[labels == c].max(1)
+        kde = gaussian_kde(rows)
+        xs = np.linspace(rows.min(), rows.max(), 20001)
+        mode = xs[np.argmax(kde(xs))]
+        sel = pred == c
+        expected[sel] = kde(np.minimum(top[sel], mode))
+    np.testing.assert_allclose(s.score(test), expected, rtol=1e-4, atol=1e-9)
+    below = top < s.modes_[pred]
+    np.testing.assert_allclose(s.score(test)[below], plain.score(test)[below], rtol=1e-12)
+    with pytest.raises(ValueError, match="one_sided=True needs mode='class_conditional'"):
+        oodlens.create_scorer("logit_kde", one_sided=True).fit(train)

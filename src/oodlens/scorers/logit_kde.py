@@ -8,7 +8,7 @@ import numpy as np
 
 from ..arrays import iter_row_chunks, rows_per_chunk
 from ..outputs import Outputs
-from ..params import Interval, Options
+from ..params import Boolean, Interval, Options
 from . import kde as _kde
 from .base import Scorer
 
@@ -99,6 +99,10 @@ class LogitKDE(Scorer):
         grid_resolution: grid points per bandwidth (>= 4).
         on_small_class: ``"raise"`` or ``"zero"`` (see above).
         random_state: seed of the held-out split for ``bandwidth="cv"``.
+        one_sided: class-conditional, ``top_k=1`` only: a top logit above its class's densest
+            training value scores as that value, so over-confident predictions are not
+            punished (only unusually low top logits are); see docs/scorers.md for when to
+            use it.
         bw_multiplier: multiplies the bandwidth factor chosen by ``bandwidth`` (default 1.0);
             ``oodlens bench --tune`` searches it over 0.25-4 on held-out validation data.
 
@@ -128,6 +132,7 @@ class LogitKDE(Scorer):
         "on_small_class": [Options(("raise", "zero"))],
         "random_state": [Interval(int, 0, None)],
         "bw_multiplier": [Interval(float, 0, None, closed="neither")],
+        "one_sided": [Boolean()],
     }
     tuning_grid = {"bw_multiplier": [0.25, 0.5, 1.0, 2.0, 4.0]}
 
@@ -141,6 +146,7 @@ class LogitKDE(Scorer):
         on_small_class: str = "raise",
         random_state: int = 0,
         bw_multiplier: float = 1.0,
+        one_sided: bool = False,
     ) -> None:
         self.mode = mode
         self.bandwidth = bandwidth
@@ -150,6 +156,7 @@ class LogitKDE(Scorer):
         self.on_small_class = on_small_class
         self.random_state = random_state
         self.bw_multiplier = bw_multiplier
+        self.one_sided = one_sided
 
     def requirements(self) -> frozenset[str]:
         """Logits; the class-conditional mode also needs training labels."""
@@ -168,6 +175,11 @@ class LogitKDE(Scorer):
 
     # ------------------------------------------------------------------ fitting
     def _fit(self, train: Outputs) -> None:
+        if self.one_sided and (self.mode != "class_conditional" or self.top_k != 1):
+            raise ValueError(
+                "LogitKDE: one_sided=True needs mode='class_conditional' and top_k=1 (it caps "
+                "the top logit at its class's densest value)."
+            )
         if self.top_k > train.n_classes:
             raise ValueError(
                 f"LogitKDE: top_k={self.top_k!r} must be an integer in [1, {train.n_classes}] "
@@ -327,6 +339,13 @@ class LogitKDE(Scorer):
                 grid.add(feats[use, 0], labels[use])
                 self.kde_ = grid.finish(np.maximum([len(r) for r in per_class], 1))
             self.bandwidths_ = np.where(ok, h, np.nan)
+            if self.one_sided:
+                # each class's densest top logit, on a fine grid over its training range
+                self.modes_ = np.zeros(c)
+                for j, rows in enumerate(per_class):
+                    if ok[j]:
+                        xs = np.linspace(rows[:, 0].min(), rows[:, 0].max(), 2048)
+                        self.modes_[j] = xs[np.argmax(self.kde_.evaluate(xs, np.full(xs.size, j)))]
         else:
             kdes = []
             for j, rows in enumerate(per_class):
@@ -359,7 +378,10 @@ class LogitKDE(Scorer):
         out = np.zeros(outputs.n_samples)
         keep = ~np.isin(pred, self.skipped_classes_)
         if self.top_k == 1:
-            out[keep] = self.kde_.evaluate(feats[keep, 0], pred[keep])
+            top = feats[keep, 0]
+            if self.one_sided:  # above the class's densest value: not less in-distribution
+                top = np.minimum(top, self.modes_[pred[keep]])
+            out[keep] = self.kde_.evaluate(top, pred[keep])
             return out
         for j in np.unique(pred[keep]):
             sel = pred == j
