@@ -183,7 +183,10 @@ def test_reports_parse_back(digits_result, tmp_path):
         assert (out / fig).read_bytes()[:4] == b"\x89PNG"
     md = (out / "results.md").read_text().splitlines()
     assert md[0].startswith("OOD detection, metrics in % under the oodlens convention")
-    table = [line for line in md if line.startswith("|")]
+    text = "\n".join(md)
+    id_part, set_part = text.split("OOD detection, per set:")
+    assert "| backbone | scorer | id_accuracy | aurc" in id_part
+    table = [line for line in set_part.splitlines() if line.startswith("|")]
     assert table[0].startswith("| backbone | scorer | ood | auroc")
     assert len({line.count("|") for line in table}) == 1
     assert "**" in (out / "results.md").read_text()

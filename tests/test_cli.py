@@ -91,9 +91,13 @@ def test_bench_default_demo_prints_table(cache_dir, tmp_path):
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0].startswith("OOD detection, metrics in % under the oodlens convention")
-    assert lines[1].startswith("| backbone | scorer | ood | auroc | fpr95")
-    body = [line for line in lines if line.startswith("| resnet18")]
-    assert len(body) == 2 * 5  # two scorers x (2 sets + near + far + mean)
+    assert lines[1] == "ID test, per model:"
+    assert lines[3].startswith("| backbone | scorer | id_accuracy | aurc | eaurc")
+    per_set = r.stdout.split("OOD detection, per set:")[1].splitlines()
+    assert per_set[2].startswith("| backbone | scorer | ood | auroc | fpr95")
+    body = [line for line in per_set if line.startswith("| resnet18")]
+    # two scorers x (2 sets + their mean); a near/far row repeating its one set is not shown
+    assert len(body) == 2 * 3
     assert "higher score = more in-distribution" in r.stdout
     assert {p.name for p in out.iterdir()} >= {
         "attention.csv",
@@ -145,12 +149,11 @@ def test_train_then_bench_on_folders_with_checkpoint(tmp_path, cache_dir):
         "-q",
     )
     assert r.returncode == 0, r.stderr
+    per_set = r.stdout.split("OOD detection, per set:")[1]
     rows = [
-        line.split("|")[3].strip()
-        for line in r.stdout.splitlines()
-        if line.startswith("| resnet18")
+        line.split("|")[3].strip() for line in per_set.splitlines() if line.startswith("| resnet18")
     ]
-    assert rows == ["ood", "far", "ood", "far"]  # the OOD set is named after its folder
+    assert rows == ["ood", "ood"]  # the OOD set is named after its folder (no repeated far row)
 
 
 @pytest.mark.parametrize(
