@@ -121,6 +121,8 @@ def _bench_config(args: argparse.Namespace) -> BenchmarkConfig:
         "val_fraction",
         "calib_fraction",
         "fdr",
+        "num_workers",
+        "precision",
     ):
         if getattr(args, opt) is not None:
             changes[opt] = getattr(args, opt)
@@ -130,6 +132,7 @@ def _bench_config(args: argparse.Namespace) -> BenchmarkConfig:
         ("attention", "attention", True),
         ("pretrained", "pretrained", True),
         ("tune", "tune", True),
+        ("channels_last", "channels_last", True),
     ):
         if getattr(args, flag):
             changes[field_name] = value
@@ -229,6 +232,9 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         cache=Cache(args.cache_dir),
         progress=not args.quiet,
         calib=args.calib,
+        num_workers=args.num_workers,
+        precision=args.precision or "fp32",
+        channels_last=args.channels_last,
     )
     path = plot_explanations(exp, out, columns=args.columns)
     for k, sid in enumerate(exp.ids):
@@ -256,8 +262,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+    from .extract import default_num_workers
+
+    workers = args.num_workers if args.num_workers is not None else default_num_workers()
     path, summary = train_model(
-        cfg, args.out, device=args.device, num_workers=args.num_workers, progress=not args.quiet
+        cfg, args.out, device=args.device, num_workers=workers, progress=not args.quiet
     )
     print(
         f"saved {path}: test accuracy {summary['test_accuracy']:.4f} on {summary['n_test']} images "
@@ -335,7 +344,29 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
         help="no horizontal flips (e.g. for digits)",
     )
     p.add_argument("--device", default="cpu")
-    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument(
+        "--num-workers",
+        type=int,
+        default=None,
+        help="DataLoader workers (default: from the CPU count; 0 with 2 cores or fewer)",
+    )
+
+
+def _loading_arguments(p: argparse.ArgumentParser) -> None:
+    """Data loading and precision options shared by bench and explain."""
+    p.add_argument(
+        "--num-workers",
+        type=int,
+        help="DataLoader workers (default: from the CPU count; 0 with 2 cores or fewer)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        help="extraction precision (autocast; recorded in the cache key and results.json)",
+    )
+    p.add_argument(
+        "--channels-last", action="store_true", help="extract in channels-last memory format"
+    )
 
 
 def _bench_arguments(p: argparse.ArgumentParser) -> None:
@@ -383,6 +414,7 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
         "--pretrained", action="store_true", help="use timm pretrained weights (needs the internet)"
     )
     p.add_argument("--device", help="cpu, cuda, mps or auto")
+    _loading_arguments(p)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--img-size", type=int)
     p.add_argument("--threshold", type=float, help="extra fixed operating threshold (e.g. 0.04)")
@@ -484,6 +516,7 @@ def _explain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layer", help="Grad-CAM target layer (default: automatic)")
     p.add_argument("--img-size", type=int)
     p.add_argument("--device", default="cpu")
+    _loading_arguments(p)
     p.add_argument("--cache-dir", help="cache folder for the training outputs")
     p.add_argument("--columns", type=int, default=6)
     p.add_argument("--out", default="explain.png", help="figure to write (.png, .pdf, .svg, ...)")

@@ -20,7 +20,7 @@ from .datasets import DatasetSource, files_source, split_spec
 from .errors import moved_names
 from .explainers import Explanation, attention_area_mass
 from .explainers.gradcam import GradCAM, minmax_normalize
-from .extract import cached_extract, extract_outputs
+from .extract import cached_extract, default_num_workers, extract_outputs
 from .metrics import threshold_at_acceptance
 from .outputs import Outputs
 from .registry import create_scorer, load_dataset, parse_scorer_spec
@@ -102,13 +102,18 @@ def explain_images(
     progress: bool = True,
     calib: str | None = None,
     acceptance: float = 0.95,
+    num_workers: int | None = None,
+    precision: str = "fp32",
+    channels_last: bool = False,
 ) -> Explanation:
     """The ``oodlens explain`` workflow: Grad-CAM and scorer values for image files.
 
     With ``calib`` (a spec of held-out ID images the scorers were not fitted on), each
     scorer also gives each image's split-conformal p-value (see :mod:`oodlens.conformal`)
     and its verdict: accepted when the score reaches the threshold that accepts
-    ``acceptance`` of the calib images.
+    ``acceptance`` of the calib images. ``num_workers`` (default: from the CPU count),
+    ``precision`` and ``channels_last`` apply to the extraction of the training and calib
+    outputs.
 
     Scorers (spec strings, e.g. ``"logit_kde:mode=class_conditional"``) are created first
     (so a bad spec fails before any work), then fitted on the model's outputs on its ID
@@ -125,6 +130,8 @@ def explain_images(
     )
     transform, data_cfg = build_transform(net, mcfg.img_size)
     names = mcfg.class_names or tuple(str(i) for i in range(mcfg.num_classes))
+    workers = num_workers if num_workers is not None else default_num_workers()
+    loading = {"num_workers": workers, "precision": precision, "channels_last": channels_last}
     fitted, rejectors = {}, {}
     if specs:
         train_spec = train or mcfg.extra.get("train", {}).get("data")
@@ -144,6 +151,7 @@ def explain_images(
             cache or Cache(),
             device=dev,
             progress=progress,
+            **loading,
         )
         fitted = {
             spec: create_scorer(name, **params).fit(train_out) for spec, name, params in specs
@@ -159,6 +167,7 @@ def explain_images(
                 cache or Cache(),
                 device=dev,
                 progress=progress,
+                **loading,
             )
             rejectors = {k: ConformalRejector(s).calibrate(calib_out) for k, s in fitted.items()}
     exp = explain_source(

@@ -4,6 +4,7 @@ shared by the CLI, the harness and the explain workflow."""
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,8 @@ from .datasets import CorruptImageError, DatasetSource
 from .outputs import Outputs
 
 __all__ = [
+    "PRECISIONS",
+    "default_num_workers",
     "ImageDataset",
     "ExtractionReport",
     "LazyBackbone",
@@ -26,6 +29,17 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: Extraction precisions: autocast dtypes of the forward pass.
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def default_num_workers() -> int:
+    """DataLoader workers for this machine: 0 with 2 CPU cores or fewer (where workers cost
+    more than they give: measured on this project's 2-core machines), else one per core
+    beyond the first, at most 8."""
+    cores = os.cpu_count() or 1
+    return 0 if cores <= 2 else min(8, cores - 1)
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -74,6 +88,8 @@ def extract_outputs(
     skip_corrupt: bool = False,
     progress: bool = True,
     report: ExtractionReport | None = None,
+    precision: str = "fp32",
+    channels_last: bool = False,
 ) -> Outputs:
     """Run ``model`` once over ``source``: logits, penultimate features, labels and head.
 
@@ -86,28 +102,46 @@ def extract_outputs(
         transform: PIL image -> (C, H, W) tensor.
         input_size: (C, H, W) of the transformed images (for placeholder rows).
         device: where to run (a parameter, never assumed).
-        batch_size, num_workers: DataLoader settings.
+        batch_size, num_workers: DataLoader settings (memory is pinned for CUDA, workers
+            persist; :func:`default_num_workers` picks a number from the CPU count).
         skip_corrupt: drop unreadable images (listed in ``report``) instead of raising.
         progress: show a tqdm progress bar on stderr.
         report: filled with the skipped files.
+        precision: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"``: the forward pass under
+            ``torch.autocast`` at that precision (outputs are stored as float32).
+        channels_last: run the network and the batches in channels-last memory format.
 
     Raises:
         CorruptImageError: unreadable images and ``skip_corrupt=False``; the message lists them.
     """
     from tqdm.auto import tqdm
 
+    if precision not in PRECISIONS:
+        raise ValueError(
+            f"precision={precision!r} is not valid; use one of {', '.join(PRECISIONS)}."
+        )
     device = torch.device(device)
     loader = torch.utils.data.DataLoader(
         ImageDataset(source, transform, input_size),
         batch_size=batch_size,
         num_workers=num_workers,
         shuffle=False,
+        pin_memory=device.type == "cuda",
+        persistent_workers=num_workers > 0,
     )
     was_training = model.training
     model.eval().to(device)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    autocast = torch.autocast(
+        device_type=device.type,
+        dtype=torch.bfloat16 if precision == "bf16" else torch.float16,
+        enabled=precision != "fp32",
+    )
     logits, feats, labels, bad, messages = [], [], [], [], []
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast:
             for x, y, ok, path, err in tqdm(
                 loader,
                 desc=f"extract {source.spec}",
@@ -120,12 +154,15 @@ def extract_outputs(
                 keep = ok.bool()
                 if not keep.any():
                     continue
-                z, f = forward_all(model, x[keep].to(device, non_blocking=True))
+                batch = x[keep].to(device, non_blocking=True, memory_format=fmt)
+                z, f = forward_all(model, batch)
                 logits.append(z.float().cpu().numpy())
                 feats.append(f.float().cpu().numpy())
                 labels.append(y[keep].numpy())
     finally:
         model.train(was_training)
+        if channels_last:
+            model.to(memory_format=torch.contiguous_format)
     if bad:
         if not skip_corrupt:
             shown = "\n  ".join(messages[:10])
@@ -197,6 +234,8 @@ def cached_extract(
     num_workers: int = 0,
     skip_corrupt: bool = False,
     progress: bool = True,
+    precision: str = "fp32",
+    channels_last: bool = False,
 ) -> tuple[Outputs, bool, list[str]]:
     """Outputs of the model on ``source``, from the cache when an entry exists for the same
     (model name, weights hash, dataset fingerprint, transform, extraction version).
@@ -211,6 +250,9 @@ def cached_extract(
             "data": source.fingerprint(),
             "transform": repr(transform),
             "skip_corrupt": skip_corrupt,
+            # fp32 entries keep their keys from before these options existed
+            **({"precision": precision} if precision != "fp32" else {}),
+            **({"channels_last": True} if channels_last else {}),
         }
     )
     cached = cache.get_outputs(key)
@@ -230,6 +272,8 @@ def cached_extract(
         skip_corrupt=skip_corrupt,
         progress=progress,
         report=rep,
+        precision=precision,
+        channels_last=channels_last,
     )
     cache.put_outputs(key, out)
     return out, False, rep.corrupt

@@ -107,7 +107,10 @@ class BenchmarkConfig:
     img_size: int | None = 32  #: input size (None: the model's default)
     device: str = "cpu"  #: "cpu", "cuda", "mps" or "auto"
     batch_size: int = 256  #: extraction batch size
-    num_workers: int = 0  #: DataLoader workers
+    #: DataLoader workers; None: from the CPU count (0 with 2 cores or fewer)
+    num_workers: int | None = None
+    precision: str = "fp32"  #: extraction autocast precision: "fp32", "bf16" or "fp16"
+    channels_last: bool = False  #: extraction in channels-last memory format
     cache_dir: str | None = None  #: default: $OODLENS_CACHE_DIR or ~/.cache/oodlens
     use_cache: bool = True  #: False: extract (and train) again, store nothing
     threshold: float | None = None  #: an extra fixed operating threshold (e.g. density 0.04)
@@ -188,6 +191,12 @@ class BenchmarkConfig:
             raise ValueError("BenchmarkConfig.seeds is empty.")
         if not 0.0 < self.id_acceptance <= 1.0:
             raise ValueError(f"id_acceptance must be in (0, 1], got {self.id_acceptance!r}.")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision={self.precision!r} is not valid; use fp32, bf16 or fp16.")
+        if self.num_workers is not None and (
+            not isinstance(self.num_workers, int) or self.num_workers < 0
+        ):
+            raise ValueError(f"num_workers must be an integer >= 0, got {self.num_workers!r}.")
         if self.convention not in CONVENTIONS:
             raise ValueError(
                 f"convention={self.convention!r} is not valid; use one of {', '.join(CONVENTIONS)}."

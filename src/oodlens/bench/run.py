@@ -52,6 +52,7 @@ class _Plan:
     model_aware: dict[str, bool]  #: scorer spec -> needs the network (its own passes)
     sources: dict[str, DatasetSource]  #: "id_train", "id_test", OOD names
     info: dict[str, Any] = field(default_factory=dict)
+    num_workers: int = 0  #: DataLoader workers (the config's, or from the CPU count)
     timings: dict[str, float] = field(
         default_factory=lambda: {"extract": 0.0, "train": 0.0, "fit": 0.0, "score": 0.0}
     )
@@ -197,7 +198,11 @@ def _prepare(cfg: BenchmarkConfig) -> _Plan:
         "plugins": _plugins(),
     }
     info["duplicates"] = _duplicates(sources, cache, info["warnings"])
-    return _Plan(cfg, device, cache, specs, dists, aware, sources, info)
+    from ..extract import default_num_workers
+
+    workers = cfg.num_workers if cfg.num_workers is not None else default_num_workers()
+    info["num_workers"] = workers
+    return _Plan(cfg, device, cache, specs, dists, aware, sources, info, workers)
 
 
 def _overlaps(sources: dict[str, DatasetSource]) -> list[str]:
@@ -370,9 +375,11 @@ def _extract(
             plan.cache,
             device=plan.device,
             batch_size=plan.cfg.batch_size,
-            num_workers=plan.cfg.num_workers,
+            num_workers=plan.num_workers,
             skip_corrupt=plan.cfg.skip_corrupt,
             progress=progress,
+            precision=plan.cfg.precision,
+            channels_last=plan.cfg.channels_last,
         )
         plan.info["cache_hits" if hit else "cache_misses"] += 1
         if not hit:
@@ -403,7 +410,7 @@ class _ModelInputsFactory:
             loader = torch.utils.data.DataLoader(
                 ImageDataset(source, self.transform, input_size),
                 batch_size=cfg.batch_size,
-                num_workers=cfg.num_workers,
+                num_workers=self.plan.num_workers,
             )
             for x, y, ok, _, _ in loader:  # corrupt images are skipped, as in extraction
                 keep = ok.bool()

@@ -1,0 +1,64 @@
+"""Data loading and extraction precision (issue 13, first part): workers from the CPU count,
+bf16 autocast extraction close to fp32 and kept apart in the cache, channels-last equal."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import oodlens
+from oodlens.backbones import build_transform, create_backbone
+from oodlens.cache import Cache
+from oodlens.extract import cached_extract, default_num_workers, extract_outputs
+
+
+def test_default_num_workers(monkeypatch):
+    for cores, expected in ((1, 0), (2, 0), (4, 3), (16, 8)):
+        monkeypatch.setattr("os.cpu_count", lambda c=cores: c)
+        assert default_num_workers() == expected
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    model, _ = create_backbone("resnet18", num_classes=5)
+    transform, cfg = build_transform(model, 32)
+    source = oodlens.load_dataset("digits:0-4@test")
+    return model, transform, tuple(cfg["input_size"]), source
+
+
+def test_bf16_and_channels_last_extraction(net, tmp_path):
+    model, transform, size, source = net
+    fp32 = extract_outputs(model, source, transform, size, batch_size=64, progress=False)
+    cl = extract_outputs(
+        model, source, transform, size, batch_size=64, progress=False, channels_last=True
+    )
+    np.testing.assert_allclose(cl.logits, fp32.logits, rtol=1e-4, atol=1e-4)
+    bf16 = extract_outputs(
+        model, source, transform, size, batch_size=64, progress=False, precision="bf16"
+    )
+    assert bf16.logits.dtype == np.float32
+    scale = np.abs(fp32.logits).max()
+    assert np.abs(bf16.logits - fp32.logits).max() < 0.05 * scale  # bf16 keeps ~3 digits
+    assert np.corrcoef(bf16.features.ravel(), fp32.features.ravel())[0, 1] > 0.999
+    # the precision is part of the cache key: an fp32 entry never answers a bf16 request
+    cache = Cache(tmp_path)
+    args = (lambda: model, "resnet18", "w", source, transform, size, cache)
+    _, hit, _ = cached_extract(*args, progress=False)
+    assert not hit
+    _, hit, _ = cached_extract(*args, progress=False, precision="bf16")
+    assert not hit
+    _, hit, _ = cached_extract(*args, progress=False, precision="bf16")
+    assert hit
+    with pytest.raises(ValueError, match="precision='fp8' is not valid"):
+        extract_outputs(model, source, transform, size, progress=False, precision="fp8")
+
+
+def test_config_and_results_record_the_options():
+    cfg = oodlens.BenchmarkConfig(precision="bf16", channels_last=True, num_workers=0)
+    assert cfg.to_dict()["precision"] == "bf16" and cfg.to_dict()["channels_last"] is True
+    with pytest.raises(ValueError, match="precision='half' is not valid"):
+        oodlens.BenchmarkConfig(precision="half")
+    with pytest.raises(ValueError, match="num_workers must be an integer >= 0"):
+        oodlens.BenchmarkConfig(num_workers=-1)
