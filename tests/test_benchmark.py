@@ -52,9 +52,9 @@ def test_digits_table_is_tidy_and_right(digits_result):
 def test_digits_scores_are_what_the_scorers_give(digits_result, cache_dir):
     """The harness's scores equal a scorer fitted by hand on the cached outputs."""
     cache = Cache(cache_dir)
-    files = sorted((cache_dir / "outputs").glob("*.npz"))
-    assert len(files) == 6  # id train, val, calib, id test, two OOD sets
-    outs = [oodlens.Outputs.load(f) for f in files]
+    folders = sorted(p for p in (cache_dir / "outputs").iterdir() if not p.name.startswith("."))
+    assert len(folders) == 6  # id train, val, calib, id test, two OOD sets
+    outs = [oodlens.Outputs.load_dir(f) for f in folders]
     by_size = {o.n_samples: o for o in outs}
     run = digits_result.runs[0]
     n_test = len(run.id_correct)
@@ -130,29 +130,34 @@ def test_one_forward_pass_and_cache_hits(digits_result, cache_dir, digits_train,
 
 
 def test_cache_writes_are_atomic(tmp_path, monkeypatch):
+    from oodlens import outputs as outputs_module
+
     cache = Cache(tmp_path)
     out = oodlens.Outputs(logits=np.random.default_rng(0).normal(size=(50, 3)))
     key = cache.key({"x": 1})
-    # a leftover partial temp file (as after a kill) is never read
-    cache.outputs_path(key).parent.mkdir(parents=True)
-    (cache.outputs_path(key).parent / f".{key}.npz.12345.tmp").write_bytes(b"PK\x03\x04 partial")
+    # a leftover partial temp folder (as after a kill) is never read
+    (tmp_path / "outputs" / f".{key}.xyz.tmp").mkdir(parents=True)
     assert cache.get_outputs(key) is None
 
     # an interrupted write leaves no entry behind
     def boom(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(np, "savez", boom)
+    monkeypatch.setattr(outputs_module.OutputsWriter, "finish", boom)
     with pytest.raises(KeyboardInterrupt):
         cache.put_outputs(key, out)
     monkeypatch.undo()
     assert not cache.outputs_path(key).exists()
     assert cache.get_outputs(key) is None
-    # a corrupt entry (disk trouble) is discarded, not trusted
-    cache.outputs_path(key).write_bytes(b"garbage")
+    # a corrupt entry (disk trouble: a truncated file) is discarded, not trusted
+    cache.put_outputs(key, out)
+    logits = cache.outputs_path(key) / "logits.bin"
+    logits.write_bytes(logits.read_bytes()[:100])
     assert cache.get_outputs(key) is None and not cache.outputs_path(key).exists()
     cache.put_outputs(key, out)
-    np.testing.assert_array_equal(cache.get_outputs(key).logits, out.logits)
+    back = cache.get_outputs(key)
+    assert isinstance(back.logits, np.memmap)  # memory-mapped, not loaded
+    np.testing.assert_allclose(back.logits, out.logits.astype(np.float32))
     assert Cache(tmp_path, enabled=False).get_outputs(key) is None
 
 

@@ -62,3 +62,41 @@ def test_config_and_results_record_the_options():
         oodlens.BenchmarkConfig(precision="half")
     with pytest.raises(ValueError, match="num_workers must be an integer >= 0"):
         oodlens.BenchmarkConfig(num_workers=-1)
+
+
+def test_extraction_writes_straight_into_a_memory_mapped_cache_entry(net, tmp_path):
+    model, transform, size, source = net
+    memory = extract_outputs(model, source, transform, size, batch_size=64, progress=False)
+    cache = Cache(tmp_path)
+    args = (lambda: model, "resnet18", "w", source, transform, size, cache)
+    out, hit, _ = cached_extract(*args, progress=False, batch_size=50)
+    assert not hit and isinstance(out.features, np.memmap) and isinstance(out.logits, np.memmap)
+    np.testing.assert_allclose(out.logits, memory.logits, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out.features, memory.features, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(out.labels, memory.labels)
+    half, _, _ = cached_extract(*args, progress=False, features_dtype="float16")
+    assert half.features.dtype == np.float16
+    np.testing.assert_allclose(half.features, memory.features, rtol=2e-3, atol=2e-3)
+    # every scorer reads memory-mapped outputs in blocks, as in memory
+    for name in ("msp", "logit_kde"):
+        a = oodlens.create_scorer(name).fit(out).score(out)
+        b = oodlens.create_scorer(name).fit(memory).score(memory)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_an_interrupted_extraction_leaves_no_cache_entry(net, tmp_path):
+    from PIL import Image
+
+    model, transform, size, _ = net
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(6):
+        Image.fromarray(np.full((8, 8, 3), i * 30, np.uint8)).save(folder / f"{i}.png")
+    (folder / "broken.png").write_bytes(b"not a png")
+    source = oodlens.load_dataset(str(folder))
+    cache = Cache(tmp_path / "cache")
+    with pytest.raises(oodlens.datasets.CorruptImageError):
+        cached_extract(
+            lambda: model, "resnet18", "w", source, transform, size, cache, progress=False
+        )
+    assert not any((tmp_path / "cache" / "outputs").iterdir())  # no entry, no temp folder

@@ -7,18 +7,22 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
-from .files import atomic_path, check_writable_dir
-from .outputs import Outputs
+import numpy as np
+
+from .arrays import iter_row_chunks, rows_per_chunk
+from .files import atomic_dir, atomic_path, check_writable_dir
+from .outputs import Outputs, OutputsWriter
 
 __all__ = ["default_cache_dir", "file_sha256", "Cache", "EXTRACTION_VERSION"]
 
 log = logging.getLogger(__name__)
 
 #: Bump when extraction or training changes what it produces for the same inputs.
-EXTRACTION_VERSION = 1
+EXTRACTION_VERSION = 2  # 2: entries are memory-mapped folders (OutputsWriter), not .npz
 
 
 def default_cache_dir() -> Path:
@@ -71,26 +75,40 @@ class Cache:
         return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
     def outputs_path(self, key: str) -> Path:
-        return self.directory / "outputs" / f"{key}.npz"
+        """The folder of one cached :class:`Outputs` (see :meth:`Outputs.load_dir`)."""
+        return self.directory / "outputs" / key
 
     def get_outputs(self, key: str) -> Outputs | None:
-        """The cached outputs, or ``None`` (a miss, or an unreadable entry, which is removed)."""
+        """The cached outputs, memory-mapped, or ``None`` (a miss, or an unreadable entry,
+        which is removed)."""
         if not self.enabled:
             return None
         path = self.outputs_path(key)
         if not path.exists():
             return None
         try:
-            return Outputs.load(path)
+            return Outputs.load_dir(path)
         except ValueError as exc:
             log.warning("Discarding unreadable cache entry %s (%s); extracting again.", path, exc)
-            path.unlink(missing_ok=True)
+            shutil.rmtree(path, ignore_errors=True)
             return None
 
-    def put_outputs(self, key: str, outputs: Outputs) -> Path | None:
+    def put_outputs(
+        self, key: str, outputs: Outputs, features_dtype: str = "float32"
+    ) -> Path | None:
+        """Store outputs (atomically: written under a temporary name, then renamed)."""
         if not self.enabled:
             return None
-        return outputs.save(self.outputs_path(key))
+        path = self.outputs_path(key)
+        with atomic_dir(path) as tmp:
+            writer = OutputsWriter(tmp, features_dtype)
+            for start, block in iter_row_chunks(outputs.logits, rows_per_chunk(outputs.n_classes)):
+                rows = slice(start, start + len(block))
+                features = None if outputs.features is None else outputs.features[rows]
+                labels = np.full(len(block), -1) if outputs.labels is None else outputs.labels[rows]
+                writer.append(block, features, labels)
+            writer.finish(outputs.head_weight, outputs.head_bias, outputs.class_names)
+        return path
 
     def get_json(self, kind: str, key: str) -> Any:
         """A cached JSON value (e.g. ``kind="hashes"``), or ``None`` (miss or unreadable)."""

@@ -123,6 +123,7 @@ def _bench_config(args: argparse.Namespace) -> BenchmarkConfig:
         "fdr",
         "num_workers",
         "precision",
+        "features_dtype",
     ):
         if getattr(args, opt) is not None:
             changes[opt] = getattr(args, opt)
@@ -415,6 +416,11 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", help="cpu, cuda, mps or auto")
     _loading_arguments(p)
+    p.add_argument(
+        "--features-dtype",
+        choices=("float32", "float16"),
+        help="storage of the cached features (float16: half the disk and memory)",
+    )
     p.add_argument("--batch-size", type=int)
     p.add_argument("--img-size", type=int)
     p.add_argument("--threshold", type=float, help="extra fixed operating threshold (e.g. 0.04)")

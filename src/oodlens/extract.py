@@ -16,7 +16,8 @@ from torch import nn
 from .backbones import ModelConfig, create_backbone, forward_all, get_head
 from .cache import Cache
 from .datasets import CorruptImageError, DatasetSource
-from .outputs import Outputs
+from .files import atomic_dir
+from .outputs import Outputs, OutputsWriter
 
 __all__ = [
     "PRECISIONS",
@@ -90,6 +91,8 @@ def extract_outputs(
     report: ExtractionReport | None = None,
     precision: str = "fp32",
     channels_last: bool = False,
+    out_dir: str | os.PathLike[str] | None = None,
+    features_dtype: str = "float32",
 ) -> Outputs:
     """Run ``model`` once over ``source``: logits, penultimate features, labels and head.
 
@@ -110,6 +113,10 @@ def extract_outputs(
         precision: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"``: the forward pass under
             ``torch.autocast`` at that precision (outputs are stored as float32).
         channels_last: run the network and the batches in channels-last memory format.
+        out_dir: an empty folder to write the outputs into, batch by batch
+            (:class:`~oodlens.outputs.OutputsWriter`); the result is then memory-mapped from
+            it, so the features never have to fit in memory. ``None``: kept in memory.
+        features_dtype: ``"float32"`` or ``"float16"`` storage for the features.
 
     Raises:
         CorruptImageError: unreadable images and ``skip_corrupt=False``; the message lists them.
@@ -139,6 +146,8 @@ def extract_outputs(
         dtype=torch.bfloat16 if precision == "bf16" else torch.float16,
         enabled=precision != "fp32",
     )
+    writer = OutputsWriter(out_dir, features_dtype) if out_dir is not None else None
+    feature_type = np.dtype(features_dtype)
     logits, feats, labels, bad, messages = [], [], [], [], []
     try:
         with torch.inference_mode(), autocast:
@@ -156,9 +165,18 @@ def extract_outputs(
                     continue
                 batch = x[keep].to(device, non_blocking=True, memory_format=fmt)
                 z, f = forward_all(model, batch)
-                logits.append(z.float().cpu().numpy())
-                feats.append(f.float().cpu().numpy())
-                labels.append(y[keep].numpy())
+                z, f = z.float().cpu().numpy(), f.float().cpu().numpy().astype(feature_type)
+                if writer is not None:
+                    writer.append(z, f, y[keep].numpy())
+                    logits.append(None)  # counts the batches written
+                else:
+                    logits.append(z)
+                    feats.append(f)
+                    labels.append(y[keep].numpy())
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        raise
     finally:
         model.train(was_training)
         if channels_last:
@@ -180,6 +198,13 @@ def extract_outputs(
             "(skipped as corrupt)."
         )
     head = get_head(model)
+    if writer is not None:
+        if head is None:
+            return writer.finish(None, None)
+        bias = head.bias if head.bias is not None else torch.zeros(head.out_features)
+        return writer.finish(
+            head.weight.detach().float().cpu().numpy(), bias.detach().float().cpu().numpy()
+        )
     return Outputs(
         logits=np.concatenate(logits),
         labels=np.concatenate(labels),
@@ -236,6 +261,7 @@ def cached_extract(
     progress: bool = True,
     precision: str = "fp32",
     channels_last: bool = False,
+    features_dtype: str = "float32",
 ) -> tuple[Outputs, bool, list[str]]:
     """Outputs of the model on ``source``, from the cache when an entry exists for the same
     (model name, weights hash, dataset fingerprint, transform, extraction version).
@@ -253,6 +279,7 @@ def cached_extract(
             # fp32 entries keep their keys from before these options existed
             **({"precision": precision} if precision != "fp32" else {}),
             **({"channels_last": True} if channels_last else {}),
+            **({"features_dtype": features_dtype} if features_dtype != "float32" else {}),
         }
     )
     cached = cache.get_outputs(key)
@@ -261,19 +288,21 @@ def cached_extract(
     rep = ExtractionReport()
     # extract_outputs runs under inference_mode itself; the model is built outside it, so that
     # its parameters stay ordinary tensors (Grad-CAM needs gradients through them later)
-    out = extract_outputs(
-        get_model(),
-        source,
-        transform,
-        input_size,
-        device=device,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        skip_corrupt=skip_corrupt,
-        progress=progress,
-        report=rep,
-        precision=precision,
-        channels_last=channels_last,
-    )
-    cache.put_outputs(key, out)
-    return out, False, rep.corrupt
+    kwargs = {
+        "device": device,
+        "batch_size": batch_size,
+        "num_workers": num_workers,
+        "skip_corrupt": skip_corrupt,
+        "progress": progress,
+        "report": rep,
+        "precision": precision,
+        "channels_last": channels_last,
+        "features_dtype": features_dtype,
+    }
+    if not cache.enabled:
+        return extract_outputs(get_model(), source, transform, input_size, **kwargs), False, []
+    # written straight into the cache, batch by batch, then renamed into place: the features
+    # never have to fit in memory, and an interrupted run leaves no entry
+    with atomic_dir(cache.outputs_path(key)) as tmp:
+        extract_outputs(get_model(), source, transform, input_size, out_dir=tmp, **kwargs)
+    return Outputs.load_dir(cache.outputs_path(key)), False, rep.corrupt

@@ -13,7 +13,7 @@ import numpy as np
 from .arrays import iter_row_chunks, rows_per_chunk
 from .files import atomic_path
 
-__all__ = ["Outputs"]
+__all__ = ["Outputs", "OutputsWriter", "FEATURE_DTYPES"]
 
 _FORMAT_VERSION = 1
 
@@ -229,6 +229,13 @@ class Outputs:
         return path
 
     @classmethod
+    def load_dir(cls, folder: str | os.PathLike[str]) -> Outputs:
+        """Memory-map a folder written by :class:`OutputsWriter` (the cache's format):
+        logits, features and labels stay on disk and are read in row blocks; raises
+        ``ValueError`` on a missing, truncated or foreign folder."""
+        return _load_dir(cls, folder)
+
+    @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Outputs:
         """Read a file written by :meth:`save`; raises ``ValueError`` on a corrupt file."""
         path = Path(path)
@@ -252,3 +259,124 @@ class Outputs:
             )
         names = meta.get("class_names")
         return cls(**arrays, class_names=None if names is None else tuple(names))
+
+
+#: Version of the folder format of :class:`OutputsWriter` / :meth:`Outputs.load_dir`.
+FOLDER_FORMAT_VERSION = 1
+FEATURE_DTYPES = ("float32", "float16")
+
+
+class OutputsWriter:
+    """Writes :class:`Outputs` straight into a folder, block by block, so that an extraction
+    never holds every feature in memory: raw little-endian row-major files ``logits.bin``
+    (float32), ``features.bin`` (float32 or float16) and ``labels.bin`` (int64), the head as
+    ``.npy`` files and ``meta.json`` with the shapes and dtypes. :meth:`Outputs.load_dir`
+    memory-maps it back.
+
+    Args:
+        folder: an existing, empty folder (the cache writes into a temporary one and renames
+            it, see :func:`oodlens.files.atomic_dir`).
+        features_dtype: ``"float32"`` (default) or ``"float16"`` (half the disk and memory,
+            about 3 significant digits).
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], features_dtype: str = "float32") -> None:
+        if features_dtype not in FEATURE_DTYPES:
+            raise ValueError(
+                f"features_dtype={features_dtype!r} is not valid; use one of {FEATURE_DTYPES}."
+            )
+        self.folder = Path(folder)
+        self.features_dtype = np.dtype(features_dtype).newbyteorder("<")
+        self.n = 0
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self._files = {
+            name: open(self.folder / f"{name}.bin", "wb")  # noqa: SIM115 (closed in finish)
+            for name in ("logits", "features", "labels")
+        }
+
+    def append(self, logits: np.ndarray, features: np.ndarray | None, labels: np.ndarray) -> None:
+        """Append a block of rows (the same number in each array; ``features`` may be
+        ``None`` for outputs without features, in every block)."""
+        rows = len(logits)
+        if (features is not None and len(features) != rows) or len(labels) != rows:
+            raise ValueError("OutputsWriter.append needs the same number of rows in each array.")
+        for name, array, dtype in (
+            ("logits", logits, np.dtype("<f4")),
+            ("features", features, self.features_dtype),
+            ("labels", labels, np.dtype("<i8")),
+        ):
+            if array is None:
+                continue
+            block = np.ascontiguousarray(array, dtype=dtype)
+            shape = block.shape[1:]
+            if self.shapes.setdefault(name, shape) != shape:
+                raise ValueError(f"OutputsWriter: {name} rows changed shape to {shape}.")
+            self._files[name].write(block.tobytes())
+        self.n += rows
+
+    def finish(
+        self,
+        head_weight: np.ndarray | None,
+        head_bias: np.ndarray | None,
+        class_names: tuple[str, ...] | None = None,
+    ) -> Outputs:
+        """Close the files, write the head and ``meta.json``; return the memory-mapped
+        :class:`Outputs` (validated like any other)."""
+        for fh in self._files.values():
+            fh.close()
+        if head_weight is not None:
+            np.save(self.folder / "head_weight.npy", np.asarray(head_weight, dtype=np.float32))
+            np.save(self.folder / "head_bias.npy", np.asarray(head_bias, dtype=np.float32))
+        meta = {
+            "format": "oodlens-outputs-folder",
+            "format_version": FOLDER_FORMAT_VERSION,
+            "n": self.n,
+            "logits_shape": list(self.shapes.get("logits", ())),
+            "features_shape": list(self.shapes["features"]) if "features" in self.shapes else None,
+            "features_dtype": self.features_dtype.str,
+            "class_names": None if class_names is None else list(class_names),
+        }
+        (self.folder / "meta.json").write_text(json.dumps(meta))
+        return Outputs.load_dir(self.folder)
+
+    def close(self) -> None:
+        """Close the files without finishing (after a failure)."""
+        for fh in self._files.values():
+            fh.close()
+
+
+def _load_dir(cls: type[Outputs], folder: str | os.PathLike[str]) -> Outputs:
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{str(folder)!r} is not an oodlens Outputs folder ({exc}).") from exc
+    if meta.get("format") != "oodlens-outputs-folder" or meta.get("format_version") != (
+        FOLDER_FORMAT_VERSION
+    ):
+        raise ValueError(f"{str(folder)!r} has an unknown Outputs folder format; extract again.")
+    n = int(meta["n"])
+    arrays: dict[str, Any] = {}
+    for name, dtype, shape in (
+        ("logits", "<f4", meta["logits_shape"]),
+        ("features", meta["features_dtype"], meta["features_shape"]),
+        ("labels", "<i8", []),
+    ):
+        if shape is None:  # written without features
+            continue
+        path = folder / f"{name}.bin"
+        full = (n, *shape)
+        expected = int(np.prod(full, dtype=np.int64)) * np.dtype(dtype).itemsize
+        if not path.is_file() or path.stat().st_size != expected:
+            raise ValueError(f"{str(path)!r} is missing or truncated; extract again.")
+        # an empty file cannot be mapped (a zero-width array): read it as an empty array
+        arrays[name] = (
+            np.memmap(path, dtype=dtype, mode="r", shape=full)
+            if expected
+            else np.zeros(full, dtype=dtype)
+        )
+    if (folder / "head_weight.npy").is_file():
+        arrays["head_weight"] = np.load(folder / "head_weight.npy")
+        arrays["head_bias"] = np.load(folder / "head_bias.npy")
+    names = meta.get("class_names")
+    return cls(**arrays, class_names=None if names is None else tuple(names))

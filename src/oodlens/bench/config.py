@@ -111,6 +111,8 @@ class BenchmarkConfig:
     num_workers: int | None = None
     precision: str = "fp32"  #: extraction autocast precision: "fp32", "bf16" or "fp16"
     channels_last: bool = False  #: extraction in channels-last memory format
+    #: storage of the cached features: "float32" or "float16" (half the disk and memory)
+    features_dtype: str = "float32"
     cache_dir: str | None = None  #: default: $OODLENS_CACHE_DIR or ~/.cache/oodlens
     use_cache: bool = True  #: False: extract (and train) again, store nothing
     threshold: float | None = None  #: an extra fixed operating threshold (e.g. density 0.04)
@@ -193,6 +195,10 @@ class BenchmarkConfig:
             raise ValueError(f"id_acceptance must be in (0, 1], got {self.id_acceptance!r}.")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision={self.precision!r} is not valid; use fp32, bf16 or fp16.")
+        if self.features_dtype not in ("float32", "float16"):
+            raise ValueError(
+                f"features_dtype={self.features_dtype!r} is not valid; use float32 or float16."
+            )
         if self.num_workers is not None and (
             not isinstance(self.num_workers, int) or self.num_workers < 0
         ):

@@ -380,6 +380,7 @@ def _extract(
             progress=progress,
             precision=plan.cfg.precision,
             channels_last=plan.cfg.channels_last,
+            features_dtype=plan.cfg.features_dtype,
         )
         plan.info["cache_hits" if hit else "cache_misses"] += 1
         if not hit:
