@@ -16,7 +16,17 @@ SRC = ROOT / "src" / "oodlens"
 #: A module may import only modules of its own layer or lower ones (lower = more basic).
 LAYERS: dict[str, int] = {
     **dict.fromkeys(
-        ["errors", "files", "params", "hookspecs", "functional", "metrics", "arrays"], 0
+        [
+            "errors",
+            "files",
+            "params",
+            "hookspecs",
+            "functional",
+            "metrics",
+            "arrays",
+            "distributed",
+        ],
+        0,
     ),
     **dict.fromkeys(["outputs", "stats"], 1),
     **dict.fromkeys(["scorers.base", "explainers.attention", "explainers.base", "cache"], 2),

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .distributed import local_rank
 from .errors import moved_names
 from .files import atomic_path
 
@@ -49,10 +50,11 @@ class ModelConfig:
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/"auto" picks cuda, then mps, then cpu; an unavailable device is an error."""
+    """``None``/"auto" picks cuda, then mps, then cpu; an unavailable device is an error.
+    Under ``torchrun``, a bare ``cuda`` means this rank's ``cuda:LOCAL_RANK``."""
     if device in (None, "auto"):
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return torch.device("cuda", local_rank())
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -61,6 +63,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         raise ValueError(
             f"device {str(device)!r} was asked for but CUDA is not available here; use --device cpu."
         )
+    if dev.type == "cuda" and dev.index is None:
+        return torch.device("cuda", local_rank())
     if dev.type == "mps" and not (
         getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
     ):

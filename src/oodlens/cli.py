@@ -20,6 +20,7 @@ from .bench.report import (
     openood_markdown,
     to_markdown,
 )
+from .distributed import barrier, init_from_env, rank_and_world, shutdown
 from .errors import PluginError
 from .metrics import CONVENTIONS
 from .train import TrainConfig
@@ -154,6 +155,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         raise ValueError(f"--format {bad} is not valid; use {', '.join(FORMATS)}.")
     if args.out:
         check_report_dir(args.out)
+    if init_from_env():  # under torchrun: sharded extraction, rank 0 reports
+        try:
+            result = run_benchmark(cfg, progress=not args.quiet and rank_and_world()[0] == 0)
+            if rank_and_world()[0] > 0:
+                return 0
+        finally:
+            barrier()
+            shutdown()
+        return _report(result, args, formats)
     for m in cfg.missing_sets:
         print(
             f"protocol {cfg.protocol}: {m['group']}-OOD set {m['name']!r} not found; skipped "
@@ -162,6 +172,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             + "; --strict makes this an error)."
         )
     result = run_benchmark(cfg, progress=not args.quiet)
+    return _report(result, args, formats)
+
+
+def _report(result: Any, args: argparse.Namespace, formats: list[str]) -> int:
+    """Print the tables, footnotes, timings, warnings and failures; write the report."""
     print(result.caption())
     if not result.table.empty:
         if "openood" in formats:

@@ -3,8 +3,10 @@ shared by the CLI, the harness and the explain workflow."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +18,7 @@ from torch import nn
 from .backbones import ModelConfig, create_backbone, forward_all, get_head
 from .cache import Cache
 from .datasets import CorruptImageError, DatasetSource
+from .distributed import all_gather, barrier, rank_and_world
 from .files import atomic_dir
 from .outputs import Outputs, OutputsWriter
 
@@ -93,7 +96,8 @@ def extract_outputs(
     channels_last: bool = False,
     out_dir: str | os.PathLike[str] | None = None,
     features_dtype: str = "float32",
-) -> Outputs:
+    shard: tuple[int, int] | None = None,
+) -> Outputs | None:
     """Run ``model`` once over ``source``: logits, penultimate features, labels and head.
 
     One forward pass per batch under ``torch.inference_mode()``; the model's train/eval mode
@@ -117,6 +121,9 @@ def extract_outputs(
             (:class:`~oodlens.outputs.OutputsWriter`); the result is then memory-mapped from
             it, so the features never have to fit in memory. ``None``: kept in memory.
         features_dtype: ``"float32"`` or ``"float16"`` storage for the features.
+        shard: ``(rank, world)``: extract only batches ``b`` with ``b % world == rank``
+            (whole batches), into ``out_dir``; returns ``None`` (rank 0 assembles the
+            shards, see :func:`cached_extract`).
 
     Raises:
         CorruptImageError: unreadable images and ``skip_corrupt=False``; the message lists them.
@@ -128,8 +135,17 @@ def extract_outputs(
             f"precision={precision!r} is not valid; use one of {', '.join(PRECISIONS)}."
         )
     device = torch.device(device)
+    dataset: Any = ImageDataset(source, transform, input_size)
+    if shard is not None:
+        rank, world = shard
+        mine = [
+            i
+            for b in range(rank, -(-len(source) // batch_size), world)
+            for i in range(b * batch_size, min((b + 1) * batch_size, len(source)))
+        ]
+        dataset = torch.utils.data.Subset(dataset, mine)
     loader = torch.utils.data.DataLoader(
-        ImageDataset(source, transform, input_size),
+        dataset,
         batch_size=batch_size,
         num_workers=num_workers,
         shuffle=False,
@@ -162,6 +178,8 @@ def extract_outputs(
                 messages.extend(err[i] for i in failed)
                 keep = ok.bool()
                 if not keep.any():
+                    if writer is not None:
+                        writer.empty_block()
                     continue
                 batch = x[keep].to(device, non_blocking=True, memory_format=fmt)
                 z, f = forward_all(model, batch)
@@ -192,18 +210,21 @@ def extract_outputs(
         log.warning("Skipped %d unreadable image(s) in %s: %s", len(bad), source.spec, messages[:5])
         if report is not None:
             report.corrupt.extend(bad)
-    if not logits:
+    if not logits and shard is None:
         raise ValueError(
             f"No readable images in {source.spec!r}: all {len(source)} failed to load "
             "(skipped as corrupt)."
         )
     head = get_head(model)
     if writer is not None:
+        load = shard is None  # a shard is assembled (and validated) by rank 0
         if head is None:
-            return writer.finish(None, None)
+            return writer.finish(None, None, load=load)
         bias = head.bias if head.bias is not None else torch.zeros(head.out_features)
         return writer.finish(
-            head.weight.detach().float().cpu().numpy(), bias.detach().float().cpu().numpy()
+            head.weight.detach().float().cpu().numpy(),
+            bias.detach().float().cpu().numpy(),
+            load=load,
         )
     return Outputs(
         logits=np.concatenate(logits),
@@ -283,6 +304,7 @@ def cached_extract(
         }
     )
     cached = cache.get_outputs(key)
+    barrier()  # every rank has looked before any rank writes
     if cached is not None:
         return cached, True, []
     rep = ExtractionReport()
@@ -299,6 +321,9 @@ def cached_extract(
         "channels_last": channels_last,
         "features_dtype": features_dtype,
     }
+    rank, world = rank_and_world()
+    if world > 1:
+        return _sharded_extract(get_model, source, transform, input_size, cache, key, kwargs)
     if not cache.enabled:
         return extract_outputs(get_model(), source, transform, input_size, **kwargs), False, []
     # written straight into the cache, batch by batch, then renamed into place: the features
@@ -306,3 +331,43 @@ def cached_extract(
     with atomic_dir(cache.outputs_path(key)) as tmp:
         extract_outputs(get_model(), source, transform, input_size, out_dir=tmp, **kwargs)
     return Outputs.load_dir(cache.outputs_path(key)), False, rep.corrupt
+
+
+def _sharded_extract(get_model, source, transform, input_size, cache, key, kwargs):
+    """Under torchrun: each rank writes its batches as a shard into the cache; rank 0
+    assembles them in the original batch order into one entry; every rank then loads it."""
+    if not cache.enabled:
+        raise ValueError(
+            "Sharded extraction (torchrun) writes its shards into the cache: drop --no-cache "
+            "(and give every rank the same --cache-dir)."
+        )
+    rank, world = rank_and_world()
+    shards = cache.outputs_path(key).parent / f".{key}.shards"
+    mine = shards / f"rank{rank}"
+    shutil.rmtree(mine, ignore_errors=True)
+    mine.mkdir(parents=True)
+    kwargs = {**kwargs, "report": ExtractionReport()}
+    extract_outputs(
+        get_model(), source, transform, input_size, out_dir=mine, shard=(rank, world), **kwargs
+    )
+    corrupt = [p for part in all_gather(kwargs["report"].corrupt) for p in part]
+    barrier()
+    if rank == 0:
+        metas = [json.loads((shards / f"rank{r}" / "meta.json").read_text()) for r in range(world)]
+        if sum(m["n"] for m in metas) == 0:
+            raise ValueError(f"No readable images in {source.spec!r}.")
+        parts = {r: Outputs.load_dir(shards / f"rank{r}") for r in range(world) if metas[r]["n"]}
+        starts = [np.concatenate([[0], np.cumsum(m["block_rows"])]).astype(int) for m in metas]
+        with atomic_dir(cache.outputs_path(key)) as tmp:
+            writer = OutputsWriter(tmp, kwargs["features_dtype"])
+            for b in range(sum(len(m["block_rows"]) for m in metas)):
+                r, j = b % world, b // world
+                lo, hi = starts[r][j], starts[r][j + 1]
+                if hi > lo:
+                    p = parts[r]
+                    writer.append(p.logits[lo:hi], p.features[lo:hi], p.labels[lo:hi])
+            head = next(iter(parts.values()))
+            writer.finish(head.head_weight, head.head_bias)
+        shutil.rmtree(shards, ignore_errors=True)
+    barrier()
+    return Outputs.load_dir(cache.outputs_path(key)), False, corrupt

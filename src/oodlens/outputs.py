@@ -288,6 +288,7 @@ class OutputsWriter:
         self.folder = Path(folder)
         self.features_dtype = np.dtype(features_dtype).newbyteorder("<")
         self.n = 0
+        self.block_rows: list[int] = []  #: rows of each appended block (for shard assembly)
         self.shapes: dict[str, tuple[int, ...]] = {}
         self._files = {
             name: open(self.folder / f"{name}.bin", "wb")  # noqa: SIM115 (closed in finish)
@@ -313,15 +314,22 @@ class OutputsWriter:
                 raise ValueError(f"OutputsWriter: {name} rows changed shape to {shape}.")
             self._files[name].write(block.tobytes())
         self.n += rows
+        self.block_rows.append(rows)
+
+    def empty_block(self) -> None:
+        """Record a block with no rows (a batch whose images were all skipped as corrupt)."""
+        self.block_rows.append(0)
 
     def finish(
         self,
         head_weight: np.ndarray | None,
         head_bias: np.ndarray | None,
         class_names: tuple[str, ...] | None = None,
-    ) -> Outputs:
+        load: bool = True,
+    ) -> Outputs | None:
         """Close the files, write the head and ``meta.json``; return the memory-mapped
-        :class:`Outputs` (validated like any other)."""
+        :class:`Outputs` (validated like any other), or ``None`` with ``load=False`` (a
+        shard may hold no rows at all)."""
         for fh in self._files.values():
             fh.close()
         if head_weight is not None:
@@ -335,9 +343,10 @@ class OutputsWriter:
             "features_shape": list(self.shapes["features"]) if "features" in self.shapes else None,
             "features_dtype": self.features_dtype.str,
             "class_names": None if class_names is None else list(class_names),
+            "block_rows": self.block_rows,
         }
         (self.folder / "meta.json").write_text(json.dumps(meta))
-        return Outputs.load_dir(self.folder)
+        return Outputs.load_dir(self.folder) if load else None
 
     def close(self) -> None:
         """Close the files without finishing (after a failure)."""

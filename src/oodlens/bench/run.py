@@ -19,6 +19,7 @@ import pandas as pd
 from ..cache import Cache, file_sha256
 from ..conformal import ConformalRejector, benjamini_hochberg, conformal_p_values
 from ..datasets import DatasetSource, align_classes, content_hashes, holdout_split, split_spec
+from ..distributed import barrier, rank_and_world
 from ..metrics import ood_metrics, rejection_report, selective_metrics, threshold_at_acceptance
 from ..outputs import Outputs
 from ..registry import (
@@ -114,6 +115,8 @@ def run_benchmark(
                 model_inputs = _ModelInputsFactory(
                     plan, get_model, transform, data_cfg, sources, outputs
                 )
+                if rank_and_world()[0] > 0:
+                    continue  # sharded extraction done: fitting and scoring run once, on rank 0
                 rows += _score(plan, run, failures, model_inputs)
                 runs.append(run)
                 if cfg.attention:
@@ -307,6 +310,16 @@ def _trained_checkpoint(
         if scratch is None
         else scratch / f"{model}-{key}.safetensors"
     )
+    rank, world = rank_and_world()
+    if world > 1:
+        if scratch is not None:
+            raise ValueError(
+                "Under torchrun the model trained here is shared through the cache: drop "
+                "--no-cache (and give every rank the same --cache-dir)."
+            )
+        if rank == 0 and not path.exists():
+            train_model(tcfg, path, device=plan.device, progress=progress)
+        barrier()  # the other ranks wait for rank 0's checkpoint
     if scratch is None and path.exists():
         try:
             stored = read_model_config(path)
