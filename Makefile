@@ -39,6 +39,7 @@ bench: setup
 	$(PY) benchmarks/kde_speed.py
 	$(PY) benchmarks/pipeline_overhead.py
 	$(PY) benchmarks/gradcam_speed.py
+	$(PY) benchmarks/gpu_throughput.py
 
 # real-data benchmarks on ../shared/data (skipped with a message when it is absent)
 bench-real: setup

@@ -26,8 +26,9 @@ import torch
 
 from oodlens.backbones import build_transform, create_backbone
 from oodlens.bench import BenchmarkConfig, load_config, run_benchmark
-from oodlens.datasets import load_dataset, split_spec
+from oodlens.datasets import split_spec
 from oodlens.extract import ImageDataset
+from oodlens.registry import load_dataset
 
 
 def bare_loop(model, transform, input_size, specs, batch_size) -> float:

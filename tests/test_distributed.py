@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from oodlens.distributed import all_gather, local_rank, rank_and_world
 from oodlens.outputs import Outputs
@@ -67,6 +68,38 @@ def test_torchrun_two_ranks_match_one_process(tmp_path):
     num = a.select_dtypes("number").columns
     np.testing.assert_allclose(a[num].to_numpy(), b[num].to_numpy(), atol=1e-6)
     assert a.drop(columns=num).equals(b.drop(columns=num))
+
+
+@pytest.mark.slow
+def test_torchrun_on_a_folder_with_a_corrupt_image(tmp_path):
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(("stripes", "blobs")):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(40):
+            img = np.zeros((24, 24, 3), np.uint8)
+            img[:, :: 3 + k] = rng.integers(100, 256, (24, 1, 3))
+            Image.fromarray(img).save(tmp_path / "data" / name / f"{i}.png")
+    args = ["bench", "-q", "--id", "data", "--ood", "far=noise:gaussian,n=30,size=24"]
+    args += ["--scorers", "msp", "knn:k=5", "--batch-size", "4", "--skip-corrupt", "--no-plots"]
+    one = [str(BIN / "oodlens"), *args, "--epochs", "1", "--cache-dir", "c1", "--out", "r1"]
+    r = _run(one, tmp_path)  # trained on the readable images
+    assert r.returncode == 0, r.stderr[-3000:]
+    (ckpt,) = (tmp_path / "c1" / "checkpoints").glob("*.safetensors")
+    (tmp_path / "data" / "blobs" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not a png")
+    single = [str(BIN / "oodlens"), *args, "--checkpoint", str(ckpt)]
+    assert _run([*single, "--cache-dir", "c2", "--out", "r2"], tmp_path).returncode == 0
+    torchrun = [str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "oodlens"]
+    r = _run([*torchrun, *single[1:], "--cache-dir", "c3", "--out", "r3"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a = pd.read_csv(tmp_path / "r2" / "results.csv")
+    b = pd.read_csv(tmp_path / "r3" / "results.csv")
+    num = a.select_dtypes("number").columns
+    np.testing.assert_allclose(a[num].to_numpy(), b[num].to_numpy(), atol=1e-6)
+    corrupt = [
+        json.loads((tmp_path / d / "results.json").read_text())["info"]["corrupt"]
+        for d in ("r2", "r3")
+    ]
+    assert corrupt[0] == corrupt[1] and "broken.png" in json.dumps(corrupt[1])
 
 
 @pytest.mark.slow

@@ -76,6 +76,20 @@ def test_temperature_msp_fits_on_val_by_nll(data):
         oodlens.create_scorer("temperature_msp").fit(train)
 
 
+def test_temperature_msp_fits_on_a_val_split_missing_a_class(data):
+    # one temperature for all classes: a small held-out split without class 0 still fits it
+    train, val, _ = data
+    part = oodlens.Outputs(logits=val.logits[val.labels != 0], labels=val.labels[val.labels != 0])
+    s = oodlens.create_scorer("temperature_msp").fit(train, val=part)
+    ts = np.exp(np.linspace(np.log(0.05), np.log(100), 4001))
+    rows = np.arange(part.n_samples)
+    nll = [-np.mean(np.log(softmax(part.logits / t, axis=1)[rows, part.labels])) for t in ts]
+    assert s.temperature_ == pytest.approx(ts[int(np.argmin(nll))], rel=5e-3)
+    with pytest.raises(ValueError, match=r"must be in \[0, 4\)"):
+        bad = oodlens.Outputs(logits=val.logits, labels=np.full(val.n_samples, 7))
+        oodlens.create_scorer("temperature_msp").fit(train, val=bad)
+
+
 def test_parity_with_pytorch_ood(data):
     torch = pytest.importorskip("torch")
     pood = pytest.importorskip("pytorch_ood.detector")

@@ -107,12 +107,14 @@ def streamed_percentile(array: np.ndarray, q: float, max_values: int = 1 << 22) 
     return float(a + (b - a) * (pos - ranks[0]))
 
 
-def check_fit_labels(owner: str, labels: np.ndarray | None, n_classes: int) -> np.ndarray:
+def check_fit_labels(
+    owner: str, labels: np.ndarray | None, n_classes: int, every_class: bool = True
+) -> np.ndarray:
     """Training labels as (N,) int64 in ``[0, n_classes)`` with every class present.
 
     Raises ``ValueError`` naming ``owner`` for missing labels, labels outside the model's
-    classes (including ``-1``, unknown) and classes without any training row; returns the
-    per-class row counts.
+    classes (including ``-1``, unknown) and, with ``every_class`` (for estimates made per
+    class), classes without any training row; returns the per-class row counts.
 
     Example:
         >>> check_fit_labels("knn", np.array([0, 1, 1]), 2)
@@ -130,7 +132,7 @@ def check_fit_labels(owner: str, labels: np.ndarray | None, n_classes: int) -> n
         )
     counts = np.bincount(y, minlength=n_classes)
     empty = np.flatnonzero(counts == 0)
-    if empty.size:
+    if every_class and empty.size:
         raise ValueError(
             f"{owner}: class(es) {empty.tolist()[:10]} have no training rows, so nothing can be "
             "estimated for them. Fit on a training set that covers every class."

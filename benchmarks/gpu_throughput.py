@@ -1,0 +1,179 @@
+"""Throughput: images per second of the harness against a pure forward pass and a bare loop,
+side by side in one run, on whatever device is present.
+
+    python benchmarks/gpu_throughput.py [--profile cpu|gpu] [--config FILE] [--workers N]
+
+Rows (every ratio is to row 1, measured in the same process):
+1. pure forward, fp32: one resident batch on the device, ``model(x)`` repeated;
+2. the same under bf16 autocast;
+3. bare loop: a DataLoader over every set of the benchmark with ``--workers`` workers and
+   timm's PIL transform, ``model(x.to(device))`` -- what a user would write;
+4. ``run_benchmark``, first run (empty outputs cache), output-based scorers only: its
+   extraction alone (the harness's own timer), then end to end;
+5. the same, second run (outputs from the cache).
+Model-aware scorers (ODIN, GradNorm, ...) make their own passes and are left out here (see
+benchmarks/method_cost.py). Profiles: ``cpu`` (what ``make bench`` runs): resnet18 at 64 px
+on the embedded digits demo (2,297 images in 4 sets); ``gpu``: resnet50 at 224 px on the
+benchmark given by ``--config`` (e.g. the CIFAR-10 protocol). The model is trained (CPU
+profile) or built with random weights (GPU profile) before any timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import timm
+import torch
+
+from oodlens.backbones import (
+    ModelConfig,
+    build_transform,
+    create_backbone,
+    resolve_device,
+    save_checkpoint,
+)
+from oodlens.bench import BenchmarkConfig, load_config, run_benchmark
+from oodlens.datasets import split_spec
+from oodlens.extract import ImageDataset, default_num_workers
+from oodlens.registry import load_dataset
+
+PROFILES = {"cpu": ("resnet18", 64, 256), "gpu": ("resnet50", 224, 256)}
+
+
+def pure_forward(model, x, device, precision: str, seconds: float = 3.0) -> float:
+    """Images per second of ``model(x)`` on a resident batch."""
+    x = x.to(device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    with torch.inference_mode(), autocast:
+        model(x)  # warm-up
+        _sync(device)
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            model(x)
+            n += len(x)
+        _sync(device)
+    return n / (time.perf_counter() - t0)
+
+
+def bare_loop(model, transform, input_size, specs, batch_size, workers, device) -> float:
+    """Seconds for a plain DataLoader + forward loop over every set."""
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for spec in specs:
+            loader = torch.utils.data.DataLoader(
+                ImageDataset(load_dataset(spec), transform, input_size),
+                batch_size=batch_size,
+                num_workers=workers,
+                pin_memory=device.type == "cuda",
+            )
+            for x, *_ in loader:
+                model(x.to(device, non_blocking=True))
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--profile", choices=sorted(PROFILES), help="default: gpu if CUDA, else cpu")
+    ap.add_argument("--config", help="benchmark config (default: the digits demo)")
+    ap.add_argument("--workers", type=int, default=None, help="default: from the CPU count")
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    device = resolve_device("auto")
+    profile = args.profile or ("gpu" if device.type == "cuda" else "cpu")
+    model_name, img_size, batch = PROFILES[profile]
+    workers = default_num_workers() if args.workers is None else args.workers
+    cfg = load_config(args.config) if args.config else BenchmarkConfig()
+    cfg = dataclasses.replace(
+        cfg,
+        models=(model_name,),
+        img_size=img_size,
+        device=str(device),
+        batch_size=batch,
+        num_workers=workers,
+        scorers=("all",),
+        train={**cfg.train, "epochs": 2},
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = Path(tmp)
+        if profile == "cpu" and not cfg.checkpoints:
+            run_benchmark(dataclasses.replace(cfg, cache_dir=str(cache)), progress=False)
+            ckpt = str(next((cache / "checkpoints").glob("*.safetensors")))
+        elif cfg.checkpoints:
+            ckpt = cfg.checkpoints[0]
+        else:  # random weights with the ID set's classes, saved like a trained checkpoint
+            names = tuple(load_dataset(split_spec(cfg.id, "train")).class_names)
+            net = timm.create_model(model_name, pretrained=False, num_classes=len(names))
+            ckpt = str(cache / "random.safetensors")
+            mc = ModelConfig(model_name, len(names), class_names=names, img_size=img_size)
+            save_checkpoint(net, mc, ckpt)
+        cfg = dataclasses.replace(cfg, checkpoints=(ckpt,), cache_dir=str(cache))
+        model, mcfg = create_backbone(model_name, checkpoint=ckpt)
+        model = model.to(device).eval()
+        transform, data_cfg = build_transform(model, img_size)
+        input_size = tuple(data_cfg["input_size"])
+        specs = [
+            split_spec(cfg.id, "train"),
+            split_spec(cfg.id, "test"),
+            *(o.spec for o in cfg.ood),
+        ]
+        n_images = sum(len(load_dataset(s)) for s in specs)
+        x = torch.randn(batch, *input_size)
+        fp32 = max(pure_forward(model, x, device, "fp32") for _ in range(args.repeats))
+        bf16 = max(pure_forward(model, x, device, "bf16") for _ in range(args.repeats))
+        bare, extract, first, second = [], [], [], []
+        for _ in range(args.repeats):
+            bare.append(bare_loop(model, transform, input_size, specs, batch, workers, device))
+            shutil.rmtree(cache / "outputs", ignore_errors=True)
+            t0 = time.perf_counter()
+            res = run_benchmark(cfg, progress=False)
+            first.append(time.perf_counter() - t0)
+            extract.append(res.timings["extract"])
+            t0 = time.perf_counter()
+            res2 = run_benchmark(cfg, progress=False)
+            second.append(time.perf_counter() - t0)
+        assert res.info["cache_misses"] > 0 and res2.info["cache_misses"] == 0
+        scorers = sorted(res.table.scorer.unique())
+    rows = [
+        ("1. pure forward, resident batch, fp32", fp32),
+        ("2. same, bf16 autocast", bf16),
+        (f"3. bare loop, {workers} workers, PIL transform", n_images / min(bare)),
+        ("4a. harness extraction (first run)", n_images / min(extract)),
+        ("4b. harness end to end (first run)", n_images / min(first)),
+        ("5. harness end to end (cached)", n_images / min(second)),
+    ]
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine()
+    print(
+        f"# throughput ({profile} profile): {model_name} at {img_size}px, batch {batch}, "
+        f"{n_images} images in {len(specs)} sets, {len(scorers)} output-based scorers"
+    )
+    print(
+        f"# {device} ({name}), {os.cpu_count()} cores, torch {torch.__version__}; "
+        f"best of {args.repeats}"
+    )
+    print(f"{'path':<48} {'images/s':>10} {'x pure fp32':>12} {'x bare':>8}")
+    bare_rate = rows[2][1]
+    for label, rate in rows:
+        print(f"{label:<48} {rate:>10.0f} {rate / fp32:>12.2f} {rate / bare_rate:>8.2f}")
+    print(
+        f"scoring share of the first run: fit {res.timings['fit']:.2f}s + score "
+        f"{res.timings['score']:.2f}s vs extract {res.timings['extract']:.2f}s"
+    )
+
+
+if __name__ == "__main__":
+    main()
