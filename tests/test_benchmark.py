@@ -412,3 +412,21 @@ def test_bad_scorer_fails_before_any_work(tmp_path):
     with pytest.raises(TypeError, match="Unknown parameter 'mod'"):
         run_benchmark(scorers=("logit_kde:mod=marginal",), cache_dir=str(tmp_path), progress=False)
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_training_on_a_corrupt_image_names_it_and_the_fix(tmp_path):
+    _write_folder(tmp_path / "id", n=8)
+    for i in range(3):
+        (tmp_path / "id" / "blobs" / f"broken{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n no")
+    from oodlens.train import TrainConfig, train_model
+
+    with pytest.raises(
+        oodlens.datasets.CorruptImageError,
+        match=r"unreadable training image.*broken\d\.png.*never in training",
+    ):
+        train_model(
+            TrainConfig(model="resnet18", data=str(tmp_path / "id"), img_size=16, epochs=1),
+            tmp_path / "m.safetensors",
+            progress=False,
+        )
+    assert not (tmp_path / "m.safetensors").exists()

@@ -10,7 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .datasets import DatasetSource, align_classes, holdout_split, split_spec
+from .datasets import (
+    CorruptImageError,
+    DatasetSource,
+    align_classes,
+    holdout_split,
+    split_spec,
+)
 from .files import check_new_or_owned_file
 from .registry import load_dataset
 
@@ -73,7 +79,14 @@ class _Augmented:
         return len(self.source)
 
     def __getitem__(self, i: int):
-        return self.transform(self.source.loader(i)), int(self.source.labels[i])
+        try:
+            image = self.source.loader(i)
+        except CorruptImageError as exc:
+            raise CorruptImageError(
+                f"unreadable training image in {self.source.spec!r}: {exc}. Remove or replace "
+                "it: --skip-corrupt skips unreadable images at extraction, never in training."
+            ) from exc
+        return self.transform(image), int(self.source.labels[i])
 
 
 def check_checkpoint_out(out: str | os.PathLike[str]) -> Path:
