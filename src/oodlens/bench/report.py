@@ -176,6 +176,35 @@ def _tex_escape(text: str) -> str:
     return text.replace(r"\textbackslash\{\}", r"\textbackslash{}")
 
 
+def _booktabs(t: pd.DataFrame, caption: str, text_columns: int, group: tuple[int, ...] = ()) -> str:
+    """A formatted table as a booktabs ``table``: the first ``text_columns`` columns escaped
+    and left-aligned, the rest right-aligned with ``±`` as ``$\\pm$``; a ``\\midrule``
+    wherever the values of the ``group`` columns change."""
+    cols = list(t.columns)
+    lines = [
+        "\\begin{table}[t]",
+        "\\centering",
+        f"\\caption{{{caption}}}",
+        "\\begin{tabular}{" + "l" * text_columns + "r" * (len(cols) - text_columns) + "}",
+        "\\toprule",
+        " & ".join(_tex_escape(c) for c in cols) + " \\\\",
+        "\\midrule",
+    ]
+    prev = None
+    for row in t.itertuples(index=False):
+        key = tuple(row[i] for i in group)
+        if group and prev is not None and key != prev:
+            lines.append("\\midrule")
+        prev = key
+        cells = [
+            _tex_escape(str(v)) if i < text_columns else str(v).replace("±", "$\\pm$")
+            for i, v in enumerate(row)
+        ]
+        lines.append(" & ".join(cells) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
 def to_latex(
     summary: pd.DataFrame,
     columns: Sequence[str] = DEFAULT_COLUMNS,
@@ -183,29 +212,7 @@ def to_latex(
 ) -> str:
     """A booktabs ``table`` with a ``tabular``; best per column in ``\\textbf``; mean $\\pm$ std."""
     t = format_table(summary, columns, bold="\\textbf{{{}}}")
-    cols = list(t.columns)
-    lines = [
-        "\\begin{table}[t]",
-        "\\centering",
-        f"\\caption{{{caption}}}",
-        "\\begin{tabular}{" + "lll" + "r" * (len(cols) - 3) + "}",
-        "\\toprule",
-        " & ".join(_tex_escape(c) for c in cols) + " \\\\",
-        "\\midrule",
-    ]
-    prev = None
-    for row in t.itertuples(index=False):
-        key = (row[0], row[2])
-        if prev is not None and key != prev:
-            lines.append("\\midrule")
-        prev = key
-        cells = [
-            _tex_escape(str(v)) if i < 3 else str(v).replace("±", "$\\pm$")
-            for i, v in enumerate(row)
-        ]
-        lines.append(" & ".join(cells) + " \\\\")
-    lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
-    return "\n".join(lines) + "\n"
+    return _booktabs(t, caption, text_columns=3, group=(0, 2))
 
 
 def json_safe(obj: Any) -> Any:
@@ -287,21 +294,4 @@ def openood_markdown(summary: pd.DataFrame, full: bool = False) -> str:
 def openood_latex(summary: pd.DataFrame, caption: str, full: bool = True) -> str:
     """:func:`openood_table` as a booktabs LaTeX table (every OOD set's columns by default)."""
     t = openood_table(summary, full, bold="\\textbf{{{}}}")
-    cols = list(t.columns)
-    lines = [
-        "\\begin{table}[t]",
-        "\\centering",
-        f"\\caption{{{caption}}}",
-        "\\begin{tabular}{ll" + "r" * (len(cols) - 2) + "}",
-        "\\toprule",
-        " & ".join(_tex_escape(c) for c in cols) + " \\\\",
-        "\\midrule",
-    ]
-    for row in t.itertuples(index=False):
-        cells = [
-            _tex_escape(str(v)) if i < 2 else str(v).replace("±", "$\\pm$")
-            for i, v in enumerate(row)
-        ]
-        lines.append(" & ".join(cells) + " \\\\")
-    lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
-    return "\n".join(lines) + "\n"
+    return _booktabs(t, caption, text_columns=2)
