@@ -84,11 +84,11 @@ def run_measured(cmd: list[str], tmp: Path) -> tuple[int, float, str, str]:
     Linux), its stdout and stderr."""
     with open(tmp / "out.txt", "w+") as out, open(tmp / "err.txt", "w+") as err:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        _, status, usage = os.wait4(proc.pid, 0)  # reaps it: Popen.wait is not called
         out.seek(0)
         err.seek(0)
-        return proc.returncode, usage.ru_maxrss * 1024 / 1e9, out.read(), err.read()
+        code = os.waitstatus_to_exitcode(status)
+        return code, usage.ru_maxrss * 1024 / 1e9, out.read(), err.read()
 
 
 def main() -> int:

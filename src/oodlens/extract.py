@@ -321,8 +321,7 @@ def cached_extract(
         "channels_last": channels_last,
         "features_dtype": features_dtype,
     }
-    rank, world = rank_and_world()
-    if world > 1:
+    if rank_and_world()[1] > 1:
         return _sharded_extract(get_model, source, transform, input_size, cache, key, kwargs)
     if not cache.enabled:
         return extract_outputs(get_model(), source, transform, input_size, **kwargs), False, []
