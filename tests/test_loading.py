@@ -10,7 +10,12 @@ import torch
 import oodlens
 from oodlens.backbones import build_transform, create_backbone
 from oodlens.cache import Cache
-from oodlens.extract import cached_extract, default_num_workers, extract_outputs
+from oodlens.extract import (
+    ExtractionReport,
+    cached_extract,
+    default_num_workers,
+    extract_outputs,
+)
 
 
 def test_default_num_workers(monkeypatch):
@@ -100,3 +105,111 @@ def test_an_interrupted_extraction_leaves_no_cache_entry(net, tmp_path):
             lambda: model, "resnet18", "w", source, transform, size, cache, progress=False
         )
     assert not any((tmp_path / "cache" / "outputs").iterdir())  # no entry, no temp folder
+
+
+def _grey_levels(a: torch.Tensor, b: torch.Tensor, std) -> torch.Tensor:
+    """|a - b| of normalised images, back on the 0-255 scale of the pixels."""
+    return (a - b).abs() * torch.tensor(std).view(-1, 1, 1) * 255
+
+
+def test_device_preprocessing_matches_the_pil_path(net):
+    """BatchPreprocess (decode on the workers, resize/crop/normalise in batches) against
+    timm's PIL transform: at most 2 grey levels apart, rarely (float vs PIL's fixed point),
+    for upscaled 8x8 digits, non-square and downscaled images."""
+    from PIL import Image
+
+    from oodlens.backbones import BatchPreprocess
+
+    model, transform, size, source = net
+    rng = np.random.default_rng(0)
+    smooth = [
+        np.clip(
+            128
+            + 60 * np.sin(np.add.outer(np.arange(h) / 7.0, np.arange(w) / 11.0))[..., None]
+            + rng.normal(0, 8, (h, w, 3)),
+            0,
+            255,
+        ).astype(np.uint8)
+        for h, w in ((97, 130), (128, 96), (300, 200), (32, 32))
+    ]
+    for name, img_size in (("resnet18", 32), ("resnet50", None)):
+        pil, cfg = build_transform(name, img_size)
+        dev = BatchPreprocess(pil)
+        images = [source.loader(i) for i in range(40)] + [Image.fromarray(a) for a in smooth]
+        # one batch of mixed sizes on the "device" equals per-image calls
+        batch = dev.batch([dev.decode(im) for im in images], "cpu")
+        single = torch.stack([dev(im) for im in images])
+        torch.testing.assert_close(batch, single)
+        diff = _grey_levels(torch.stack([pil(im) for im in images]), batch, cfg["std"])
+        assert batch.shape == (len(images), *cfg["input_size"])
+        assert diff.max() <= 2.01 and diff.mean() < 0.02, (name, float(diff.mean()))
+    # the same model on both paths: the same predictions, logits within 1% of their range
+    a = extract_outputs(model, source, transform, size, batch_size=64, progress=False)
+    b = extract_outputs(
+        model, source, BatchPreprocess(transform), size, batch_size=64, progress=False
+    )
+    np.testing.assert_array_equal(a.labels, b.labels)
+    assert (a.logits.argmax(1) == b.logits.argmax(1)).mean() >= 0.99
+    assert np.abs(a.logits - b.logits).max() < 0.01 * np.ptp(a.logits)
+
+
+def test_device_preprocessing_refuses_other_steps_and_keeps_its_own_cache_key(net, tmp_path):
+    from torchvision import transforms as T
+
+    from oodlens.backbones import BatchPreprocess, resolve_preprocess
+
+    model, transform, size, source = net
+    with pytest.raises(ValueError, match="Use --preprocess pil"):
+        BatchPreprocess(T.Compose([T.Grayscale(3), *transform.transforms]))
+    assert resolve_preprocess("auto", "cpu") == "pil" and resolve_preprocess("device", "cpu")
+    with pytest.raises(ValueError, match="preprocess='gpu' is not valid"):
+        resolve_preprocess("gpu", "cpu")
+    with pytest.raises(ValueError, match="preprocess='gpu' is not valid"):
+        oodlens.BenchmarkConfig(preprocess="gpu")
+    cache = Cache(tmp_path)
+    for tf, expect_hit in ((transform, False), (BatchPreprocess(transform), False)):
+        _, hit, _ = cached_extract(
+            lambda: model, "resnet18", "w", source, tf, size, cache, progress=False
+        )
+        assert hit == expect_hit  # a PIL entry never answers a device-preprocessing request
+
+
+def test_device_preprocessing_skips_corrupt_images_by_name(net, tmp_path):
+    from PIL import Image
+
+    from oodlens.backbones import BatchPreprocess
+
+    model, transform, size, _ = net
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, shape in enumerate(((8, 8), (20, 12), (40, 40))):
+        Image.fromarray(np.full((*shape, 3), i * 60, np.uint8)).save(folder / f"{i}.png")
+    (folder / "broken.png").write_bytes(b"not a png")
+    source = oodlens.load_dataset(str(folder))
+    report = ExtractionReport()
+    out = extract_outputs(
+        model,
+        source,
+        BatchPreprocess(transform),
+        size,
+        batch_size=2,
+        progress=False,
+        skip_corrupt=True,
+        report=report,
+    )
+    assert out.n_samples == 3 and [p.rsplit("/", 1)[-1] for p in report.corrupt] == ["broken.png"]
+    with pytest.raises(oodlens.datasets.CorruptImageError, match="broken.png"):
+        extract_outputs(model, source, BatchPreprocess(transform), size, progress=False)
+
+
+def test_training_precision_and_channels_last(tmp_path):
+    from oodlens.backbones import read_model_config
+    from oodlens.train import TrainConfig, train_model
+
+    cfg = TrainConfig(epochs=3, img_size=32, hflip=False, precision="bf16", channels_last=True)
+    path, summary = train_model(cfg, tmp_path / "m.safetensors", progress=False)
+    assert summary["test_accuracy"] > 0.8  # 5 classes: chance is 0.2
+    stored = read_model_config(path).extra["train"]
+    assert stored["precision"] == "bf16" and stored["channels_last"] is True
+    with pytest.raises(ValueError, match="precision='fp8' is not valid"):
+        train_model(TrainConfig(precision="fp8"), tmp_path / "x.safetensors", progress=False)

@@ -28,6 +28,9 @@ __all__ = [
     "read_model_config",
     "save_checkpoint",
     "build_transform",
+    "BatchPreprocess",
+    "PREPROCESS_MODES",
+    "resolve_preprocess",
     "resolve_device",
 ]
 
@@ -344,6 +347,127 @@ def build_transform(
         cfg["input_size"] = (cfg["input_size"][0], img_size, img_size)
         cfg["crop_pct"] = 1.0
     return create_transform(**cfg, is_training=False), cfg
+
+
+#: Where images are resized and normalised: per image with PIL on the DataLoader workers
+#: ("pil"), or in batches on the extraction device ("device"); "auto" is "device" on CUDA.
+PREPROCESS_MODES = ("auto", "pil", "device")
+
+
+def resolve_preprocess(mode: str, device: str | torch.device) -> str:
+    """``"pil"`` or ``"device"`` for a :data:`PREPROCESS_MODES` value (``"auto"``: device
+    preprocessing on CUDA, where PIL's per-image resizing starves the GPU; PIL elsewhere)."""
+    if mode not in PREPROCESS_MODES:
+        raise ValueError(
+            f"preprocess={mode!r} is not valid; use one of {', '.join(PREPROCESS_MODES)}."
+        )
+    if mode == "auto":
+        return "device" if torch.device(device).type == "cuda" else "pil"
+    return mode
+
+
+class BatchPreprocess:
+    """timm's eval preprocessing (resize the shorter side, centre crop, normalise) in batches
+    on the device, the same steps and parameters as the PIL ``transform`` it is built from.
+
+    The DataLoader workers only decode each image to a uint8 tensor at its native size
+    (:meth:`decode`); :meth:`batch` moves a batch to the device (images of one size at a
+    time) and resizes there as PIL does (the same antialiased kernel, the horizontal pass
+    rounded to 8 bits before the vertical one), then crops and normalises. Against the PIL
+    path the pixels differ by at most 2 grey levels, rarely (mean 0.001-0.01; float vs PIL's fixed
+    point; ``tests/test_loading.py``). Outputs are cached under a different key than the
+    PIL path's.
+
+    Calling the object on one PIL image gives the (C, H, W) tensor on the CPU, so it can
+    stand in for the PIL transform anywhere (Grad-CAM, model-aware scorers).
+
+    Args:
+        transform: the torchvision ``Compose`` from :func:`build_transform`.
+
+    Raises:
+        ValueError: the transform has a step other than Resize, CenterCrop, ToTensor and
+            Normalize (then use the PIL path).
+    """
+
+    def __init__(self, transform: Any) -> None:
+        from torchvision import transforms as T
+
+        self.resize: int | tuple[int, ...] | None = None
+        self.crop: tuple[int, int] | None = None
+        self.mean = self.std = None
+        for step in getattr(transform, "transforms", [transform]):
+            name = type(step).__name__
+            if isinstance(step, T.Resize) and step.max_size is None:
+                self.resize = step.size if isinstance(step.size, int) else tuple(step.size)
+                self.interpolation = step.interpolation
+            elif isinstance(step, T.CenterCrop):
+                self.crop = tuple(step.size)
+            elif isinstance(step, T.Normalize):
+                self.mean, self.std = tuple(map(float, step.mean)), tuple(map(float, step.std))
+            elif name not in ("ToTensor", "MaybeToTensor"):
+                raise ValueError(
+                    f"Device preprocessing supports Resize, CenterCrop, ToTensor and Normalize; "
+                    f"this model's transform has {step!r}. Use --preprocess pil."
+                )
+        if self.resize is None or self.mean is None:
+            raise ValueError(
+                f"Device preprocessing needs a Resize and a Normalize step; got {transform!r}. "
+                "Use --preprocess pil."
+            )
+
+    def __repr__(self) -> str:
+        return (
+            f"BatchPreprocess(resize={self.resize}, interpolation={self.interpolation.value}, "
+            f"crop={self.crop}, mean={self.mean}, std={self.std})"
+        )
+
+    @staticmethod
+    def decode(image: Any) -> torch.Tensor:
+        """A PIL image as a (C, H, W) uint8 tensor at its native size (worker side)."""
+        from torchvision.transforms.functional import pil_to_tensor
+
+        return pil_to_tensor(image)
+
+    def batch(self, images: list[torch.Tensor], device: str | torch.device) -> torch.Tensor:
+        """(N, C, H, W) float32 on ``device`` from decoded images (any sizes)."""
+        from torchvision.transforms.v2 import functional as F
+
+        device = torch.device(device)
+        out: torch.Tensor | None = None
+        by_size: dict[tuple[int, ...], list[int]] = {}
+        for i, img in enumerate(images):
+            by_size.setdefault(tuple(img.shape), []).append(i)
+        mean = torch.tensor(self.mean, device=device).view(-1, 1, 1) * 255.0
+        std = torch.tensor(self.std, device=device).view(-1, 1, 1) * 255.0
+        for rows in by_size.values():
+            x = torch.stack([images[i] for i in rows]).to(device, non_blocking=True).float()
+            h, w = self._resized(x.shape[-2], x.shape[-1])
+            # as PIL: the horizontal pass, stored as 8 bits, then the vertical pass
+            for size in ((x.shape[-2], w), (h, w)):
+                if tuple(x.shape[-2:]) != size:
+                    x = F.resize(x, list(size), interpolation=self.interpolation, antialias=True)
+                    x = x.round_().clamp_(0.0, 255.0)
+            if self.crop is not None:
+                x = F.center_crop(x, list(self.crop))
+            x = (x - mean) / std
+            if out is None:
+                out = torch.empty((len(images), *x.shape[1:]), device=device)
+            out[rows] = x
+        if out is None:
+            raise ValueError("BatchPreprocess.batch got no images.")
+        return out
+
+    def _resized(self, h: int, w: int) -> tuple[int, int]:
+        """Output size of torchvision's ``Resize(self.resize)`` for an h x w image."""
+        if not isinstance(self.resize, int):
+            return (self.resize[0], self.resize[-1])
+        short, long = (w, h) if w <= h else (h, w)
+        new_long = int(self.resize * long / short)
+        return (new_long, self.resize) if w <= h else (self.resize, new_long)
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        """One PIL image -> (C, H, W) float32 tensor on the CPU."""
+        return self.batch([self.decode(image)], "cpu")[0]
 
 
 def get_head(model: nn.Module) -> nn.Linear | None:

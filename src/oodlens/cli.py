@@ -125,6 +125,7 @@ def _bench_config(args: argparse.Namespace) -> BenchmarkConfig:
         "num_workers",
         "precision",
         "features_dtype",
+        "preprocess",
     ):
         if getattr(args, opt) is not None:
             changes[opt] = getattr(args, opt)
@@ -251,6 +252,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         num_workers=args.num_workers,
         precision=args.precision or "fp32",
         channels_last=args.channels_last,
+        preprocess=args.preprocess or "auto",
     )
     path = plot_explanations(exp, out, columns=args.columns)
     for k, sid in enumerate(exp.ids):
@@ -366,6 +368,15 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="DataLoader workers (default: from the CPU count; 0 with 2 cores or fewer)",
     )
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        default=defaults["precision"],
+        help="autocast precision of training (fp16 with gradient scaling; default fp32)",
+    )
+    p.add_argument(
+        "--channels-last", action="store_true", help="train in channels-last memory format"
+    )
 
 
 def _loading_arguments(p: argparse.ArgumentParser) -> None:
@@ -382,6 +393,12 @@ def _loading_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--channels-last", action="store_true", help="extract in channels-last memory format"
+    )
+    p.add_argument(
+        "--preprocess",
+        choices=("auto", "pil", "device"),
+        help="resize and normalise per image with PIL on the workers, or in batches on the "
+        "device (default auto: device on CUDA, else pil; recorded in the cache key)",
     )
 
 

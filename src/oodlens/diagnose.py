@@ -13,7 +13,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .backbones import build_transform, create_backbone, resolve_device
+from .backbones import (
+    BatchPreprocess,
+    build_transform,
+    create_backbone,
+    resolve_device,
+    resolve_preprocess,
+)
 from .cache import Cache, file_sha256
 from .conformal import ConformalRejector
 from .datasets import DatasetSource, files_source, split_spec
@@ -105,6 +111,7 @@ def explain_images(
     num_workers: int | None = None,
     precision: str = "fp32",
     channels_last: bool = False,
+    preprocess: str = "auto",
 ) -> Explanation:
     """The ``oodlens explain`` workflow: Grad-CAM and scorer values for image files.
 
@@ -112,8 +119,9 @@ def explain_images(
     scorer also gives each image's split-conformal p-value (see :mod:`oodlens.conformal`)
     and its verdict: accepted when the score reaches the threshold that accepts
     ``acceptance`` of the calib images. ``num_workers`` (default: from the CPU count),
-    ``precision`` and ``channels_last`` apply to the extraction of the training and calib
-    outputs.
+    ``precision``, ``channels_last`` and ``preprocess`` (see
+    :class:`~oodlens.backbones.BatchPreprocess`) apply to the extraction of the training and
+    calib outputs.
 
     Scorers (spec strings, e.g. ``"logit_kde:mode=class_conditional"``) are created first
     (so a bad spec fails before any work), then fitted on the model's outputs on its ID
@@ -129,6 +137,8 @@ def explain_images(
         model, checkpoint=checkpoint, img_size=img_size, pretrained=pretrained
     )
     transform, data_cfg = build_transform(net, mcfg.img_size)
+    if resolve_preprocess(preprocess, dev) == "device":
+        transform = BatchPreprocess(transform)
     names = mcfg.class_names or tuple(str(i) for i in range(mcfg.num_classes))
     workers = num_workers if num_workers is not None else default_num_workers()
     loading = {"num_workers": workers, "precision": precision, "channels_last": channels_last}

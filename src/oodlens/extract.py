@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .backbones import ModelConfig, create_backbone, forward_all, get_head
+from .backbones import BatchPreprocess, ModelConfig, create_backbone, forward_all, get_head
 from .cache import Cache
 from .datasets import CorruptImageError, DatasetSource
 from .distributed import all_gather, barrier, rank_and_world
@@ -57,6 +57,7 @@ class ImageDataset(torch.utils.data.Dataset):
         shape: tuple[int, ...],
     ) -> None:
         self.source, self.transform, self.shape = source, transform, shape
+        self.decoded = transform is BatchPreprocess.decode
 
     def __len__(self) -> int:
         return len(self.source)
@@ -66,12 +67,22 @@ class ImageDataset(torch.utils.data.Dataset):
             return self.transform(self.source.loader(i)), int(self.source.labels[i]), True, "", ""
         except CorruptImageError as exc:
             return (
-                torch.zeros(self.shape),
+                torch.zeros(self.shape, dtype=torch.uint8 if self.decoded else torch.float32),
                 int(self.source.labels[i]),
                 False,
                 self.source.ids[i],
                 str(exc),
             )
+
+
+def collate_decoded(
+    batch: list[tuple[torch.Tensor, int, bool, str, str]],
+) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor, list[str], list[str]]:
+    """Collate ``(image, label, ok, id, error)`` rows whose images have different sizes
+    (decoded at their native size for :class:`~oodlens.backbones.BatchPreprocess`): the
+    images stay a list."""
+    images, labels, ok, ids, errors = zip(*batch, strict=True)
+    return list(images), torch.tensor(labels), torch.tensor(ok), list(ids), list(errors)
 
 
 @dataclass
@@ -106,7 +117,9 @@ def extract_outputs(
     Args:
         model: a timm model (``forward_features`` / ``forward_head`` / ``get_classifier``).
         source: the dataset.
-        transform: PIL image -> (C, H, W) tensor.
+        transform: PIL image -> (C, H, W) tensor, or a
+            :class:`~oodlens.backbones.BatchPreprocess`: the workers then only decode, and
+            resizing and normalisation run in batches on ``device``.
         input_size: (C, H, W) of the transformed images (for placeholder rows).
         device: where to run (a parameter, never assumed).
         batch_size, num_workers: DataLoader settings (memory is pinned for CUDA, workers
@@ -135,7 +148,8 @@ def extract_outputs(
             f"precision={precision!r} is not valid; use one of {', '.join(PRECISIONS)}."
         )
     device = torch.device(device)
-    dataset: Any = ImageDataset(source, transform, input_size)
+    on_device = isinstance(transform, BatchPreprocess)
+    dataset: Any = ImageDataset(source, transform.decode if on_device else transform, input_size)
     if shard is not None:
         rank, world = shard
         mine = [
@@ -151,6 +165,7 @@ def extract_outputs(
         shuffle=False,
         pin_memory=device.type == "cuda",
         persistent_workers=num_workers > 0,
+        collate_fn=collate_decoded if on_device else None,
     )
     was_training = model.training
     model.eval().to(device)
@@ -181,7 +196,13 @@ def extract_outputs(
                     if writer is not None:
                         writer.empty_block()
                     continue
-                batch = x[keep].to(device, non_blocking=True, memory_format=fmt)
+                if on_device:
+                    batch = transform.batch(
+                        [x[i] for i in keep.nonzero().flatten().tolist()], device
+                    )
+                    batch = batch.contiguous(memory_format=fmt)
+                else:
+                    batch = x[keep].to(device, non_blocking=True, memory_format=fmt)
                 z, f = forward_all(model, batch)
                 z, f = z.float().cpu().numpy(), f.float().cpu().numpy().astype(feature_type)
                 if writer is not None:

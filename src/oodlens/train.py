@@ -48,6 +48,10 @@ class TrainConfig:
     #: (val, calib) fractions of the training split held out and never trained on (see
     #: :func:`oodlens.datasets.holdout_split`); the harness uses them as its val and calib
     holdout: tuple[float, float] = (0.0, 0.0)
+    #: autocast precision of the forward and backward passes: "fp32", "bf16" or "fp16" (with
+    #: gradient scaling); the weights and the optimiser state stay float32
+    precision: str = "fp32"
+    channels_last: bool = False  #: train in channels-last memory format
     extra: dict[str, Any] = field(default_factory=dict)  #: free-form notes stored in the checkpoint
 
 
@@ -117,7 +121,9 @@ def train_model(
     :class:`ModelConfig` in its metadata) and a summary (train/test accuracy, seconds, steps).
     Test classes are matched to training classes by name. ``out`` is checked before any work
     (see :func:`check_checkpoint_out`): an existing file that is not an oodlens checkpoint is
-    never overwritten.
+    never overwritten. ``num_workers`` > 0 loads and augments in worker processes, each with
+    its own random stream, so the augmentations (and the model) depend on the number of
+    workers; the harness trains with 0 for that reason.
     """
     import torch
     from torch import nn
@@ -134,6 +140,8 @@ def train_model(
 
     out = check_checkpoint_out(out)
     check_model_name(cfg.model)
+    if cfg.precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"precision={cfg.precision!r} is not valid; use fp32, bf16 or fp16.")
     dev = resolve_device(device)
     torch.manual_seed(cfg.seed)
     train_src = load_dataset(split_spec(cfg.data, "train"))
@@ -153,8 +161,18 @@ def train_model(
         generator=gen,
         num_workers=num_workers,
         drop_last=len(train_src) > cfg.batch_size,
+        pin_memory=dev.type == "cuda",
+        persistent_workers=num_workers > 0,
     )
     model.to(dev).train()
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model.to(memory_format=fmt)
+    autocast = torch.autocast(
+        dev.type,
+        dtype=torch.bfloat16 if cfg.precision == "bf16" else torch.float16,
+        enabled=cfg.precision != "fp32",
+    )
+    scaler = torch.amp.GradScaler(dev.type, enabled=cfg.precision == "fp16")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = max(1, cfg.epochs * len(loader))
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -172,12 +190,15 @@ def train_model(
     for _ in range(cfg.epochs):
         correct = seen = 0
         for x, y in loader:
-            x, y = x.to(dev), y.to(dev)
-            logits = model(x)
-            loss = loss_fn(logits, y)
+            x = x.to(dev, non_blocking=True, memory_format=fmt)
+            y = y.to(dev, non_blocking=True)
+            with autocast:
+                logits = model(x)
+                loss = loss_fn(logits.float(), y)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             sched.step()
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
@@ -185,7 +206,7 @@ def train_model(
             bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
     seconds = time.perf_counter() - t0
-    model.eval()
+    model.eval().to(memory_format=torch.contiguous_format)
     test_acc = _accuracy(model, test_src, eval_tf, dev, cfg.batch_size)
     summary = {
         "train_accuracy_last_epoch": correct / max(1, seen),

@@ -111,6 +111,9 @@ class BenchmarkConfig:
     num_workers: int | None = None
     precision: str = "fp32"  #: extraction autocast precision: "fp32", "bf16" or "fp16"
     channels_last: bool = False  #: extraction in channels-last memory format
+    #: where images are resized and normalised: "pil" (per image, on the workers), "device"
+    #: (in batches on the device) or "auto" ("device" on CUDA, else "pil")
+    preprocess: str = "auto"
     #: storage of the cached features: "float32" or "float16" (half the disk and memory)
     features_dtype: str = "float32"
     cache_dir: str | None = None  #: default: $OODLENS_CACHE_DIR or ~/.cache/oodlens
@@ -195,6 +198,10 @@ class BenchmarkConfig:
             raise ValueError(f"id_acceptance must be in (0, 1], got {self.id_acceptance!r}.")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision={self.precision!r} is not valid; use fp32, bf16 or fp16.")
+        if self.preprocess not in ("auto", "pil", "device"):
+            raise ValueError(
+                f"preprocess={self.preprocess!r} is not valid; use auto, pil or device."
+            )
         if self.features_dtype not in ("float32", "float16"):
             raise ValueError(
                 f"features_dtype={self.features_dtype!r} is not valid; use float32 or float16."

@@ -143,7 +143,7 @@ def run_benchmark(
 
 
 def _prepare(cfg: BenchmarkConfig) -> _Plan:
-    from ..backbones import check_model_name, read_model_config, resolve_device
+    from ..backbones import check_model_name, read_model_config, resolve_device, resolve_preprocess
 
     device = resolve_device(cfg.device)
     cache = Cache(cfg.cache_dir, enabled=cfg.use_cache)
@@ -205,6 +205,7 @@ def _prepare(cfg: BenchmarkConfig) -> _Plan:
 
     workers = cfg.num_workers if cfg.num_workers is not None else default_num_workers()
     info["num_workers"] = workers
+    info["preprocess"] = resolve_preprocess(cfg.preprocess, device)
     return _Plan(cfg, device, cache, specs, dists, aware, sources, info, workers)
 
 
@@ -295,12 +296,16 @@ def _trained_checkpoint(
         img_size=cfg.img_size or 224,
         seed=seed,
         holdout=(cfg.val_fraction, cfg.calib_fraction),
-        **dict(cfg.train),
+        **{"precision": cfg.precision, "channels_last": cfg.channels_last, **dict(cfg.train)},
     )
+    train_config = dataclasses.asdict(tcfg)
+    for name, default in (("precision", "fp32"), ("channels_last", False)):
+        if train_config[name] == default:  # keys from before these options stay valid
+            del train_config[name]
     key = plan.cache.key(
         {
             "kind": "checkpoint",
-            "train_config": dataclasses.asdict(tcfg),
+            "train_config": train_config,
             "train_data": plan.sources["id_train"].fingerprint(),
             "test_data": plan.sources["id_test"].fingerprint(),
         }
@@ -339,7 +344,7 @@ def _trained_checkpoint(
 def _backbone(plan: _Plan, model_name: str, ckpt: str | None):
     """The lazily built network, its config and transform, and the ID sources relabelled by
     the model's class names (when the checkpoint records them)."""
-    from ..backbones import build_transform, read_model_config
+    from ..backbones import BatchPreprocess, build_transform, read_model_config
     from ..extract import LazyBackbone
 
     cfg = plan.cfg
@@ -366,6 +371,8 @@ def _backbone(plan: _Plan, model_name: str, ckpt: str | None):
             )
         )
     transform, data_cfg = build_transform(model_name, mcfg.img_size)
+    if plan.info["preprocess"] == "device":
+        transform = BatchPreprocess(transform)
     return get_model, mcfg, transform, data_cfg, sources
 
 
