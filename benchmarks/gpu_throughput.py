@@ -11,6 +11,11 @@ Rows (every ratio is to row 1, measured in the same process):
 4. ``run_benchmark``, first run (empty outputs cache), output-based scorers only: its
    extraction alone (the harness's own timer), then end to end;
 5. the same, second run (outputs from the cache).
+Then, with ``--scoring N,M``: every installed output-based scorer fitted on N and scoring M
+synthetic rows of 2048-d features (memory-mapped float32, 10 classes), on the compute device
+the harness would use (torch on CUDA, numpy on a CPU), against the time the harness's
+extraction would take for N + M images at the rate of row 4a; and, on a GPU, the torch
+path's scores against numpy's on a smaller set (largest relative difference).
 Model-aware scorers (ODIN, GradNorm, ...) make their own passes and are left out here (see
 benchmarks/method_cost.py). Profiles: ``cpu`` (what ``make bench`` runs): resnet18 at 64 px
 on the embedded digits demo (2,297 images in 4 sets); ``gpu``: resnet50 at 224 px on the
@@ -29,6 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import timm
 import torch
 
@@ -40,9 +46,11 @@ from oodlens.backbones import (
     save_checkpoint,
 )
 from oodlens.bench import BenchmarkConfig, load_config, run_benchmark
+from oodlens.compute import compute_device
 from oodlens.datasets import split_spec
 from oodlens.extract import ImageDataset, default_num_workers
-from oodlens.registry import load_dataset
+from oodlens.outputs import Outputs
+from oodlens.registry import create_scorer, list_scorers, load_dataset
 
 PROFILES = {"cpu": ("resnet18", 64, 256), "gpu": ("resnet50", 224, 256)}
 
@@ -79,6 +87,72 @@ def bare_loop(model, transform, input_size, specs, batch_size, workers, device) 
     return time.perf_counter() - t0
 
 
+def synthetic(n: int, folder: Path, tag: str, d: int = 2048, c: int = 10) -> Outputs:
+    """Post-ReLU-like features with a class signal on every c-th dimension, memory-mapped
+    float32 on disk, and the logits of a head that reads that signal (so that every class is
+    predicted correctly most of the time, as SHE needs)."""
+    rng = np.random.default_rng(abs(hash(tag)) % 2**32)
+    labels = rng.integers(0, c, n)
+    path = folder / f"{tag}.npy"
+    feats = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, d))
+    weight = np.zeros((c, d), np.float32)
+    for j in range(c):
+        weight[j, j::c] = 1.0 / (d // c)
+    logits = np.empty((n, c), np.float32)
+    for s in range(0, n, 8192):
+        y = labels[s : s + 8192]
+        f = np.abs(rng.normal(size=(len(y), d))).astype(np.float32)
+        f += 1.5 * (np.arange(d)[None, :] % c == y[:, None])
+        feats[s : s + len(y)] = f
+        logits[s : s + len(y)] = f @ weight.T
+    feats.flush()
+    return Outputs(
+        logits=logits,
+        labels=labels,
+        features=np.load(path, mmap_mode="r"),
+        head_weight=weight,
+        head_bias=np.zeros(c, np.float32),
+    )
+
+
+def output_scorers() -> list[str]:
+    """Every installed output-based scorer (model-aware ones make their own passes)."""
+    return [e.name for e in list_scorers() if "model" not in create_scorer(e.name).requirements()]
+
+
+def scoring_at_size(
+    n_train: int, n_test: int, device, folder: Path
+) -> list[tuple[str, float, float]]:
+    """(scorer, fit s, score s) for every output-based scorer on synthetic outputs."""
+    train, test = synthetic(n_train, folder, "train"), synthetic(n_test, folder, "test")
+    val = synthetic(2000, folder, "val")
+    rows = []
+    with compute_device(device if device.type == "cuda" else None):
+        for name in output_scorers():
+            scorer = create_scorer(name)
+            t0 = time.perf_counter()
+            scorer.fit(train, val=val)
+            _sync(device)
+            t1 = time.perf_counter()
+            scorer.score(test)
+            _sync(device)
+            rows.append((name, t1 - t0, time.perf_counter() - t1))
+    return rows
+
+
+def device_vs_numpy(device, folder: Path) -> dict[str, float]:
+    """Largest relative difference between the torch path on ``device`` and numpy."""
+    train, test = synthetic(20000, folder, "small_train"), synthetic(4000, folder, "small_test")
+    val = synthetic(2000, folder, "val")
+    out = {}
+    for name in output_scorers():
+        a = create_scorer(name).fit(train, val=val).score(test)
+        with compute_device(device):
+            b = create_scorer(name).fit(train, val=val).score(test)
+        out[name] = float(np.max(np.abs(a - b)) / max(1e-12, np.max(np.abs(a))))
+    return out
+
+
 def _sync(device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -92,6 +166,10 @@ def main() -> None:
     ap.add_argument("--config", help="benchmark config (default: the digits demo)")
     ap.add_argument("--workers", type=int, default=None, help="default: from the CPU count")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument(
+        "--scoring",
+        help="N,M: time every output-based scorer fitted on N and scoring M synthetic rows",
+    )
     args = ap.parse_args()
     device = resolve_device("auto")
     profile = args.profile or ("gpu" if device.type == "cuda" else "cpu")
@@ -135,7 +213,8 @@ def main() -> None:
         x = torch.randn(batch, *input_size)
         fp32 = max(pure_forward(model, x, device, "fp32") for _ in range(args.repeats))
         bf16 = max(pure_forward(model, x, device, "bf16") for _ in range(args.repeats))
-        bare, extract, first, second = [], [], [], []
+        bare, extract, first, second, pil = [], [], [], [], []
+        pil_cfg = dataclasses.replace(cfg, preprocess="pil")
         for _ in range(args.repeats):
             bare.append(bare_loop(model, transform, input_size, specs, batch, workers, device))
             shutil.rmtree(cache / "outputs", ignore_errors=True)
@@ -146,13 +225,20 @@ def main() -> None:
             t0 = time.perf_counter()
             res2 = run_benchmark(cfg, progress=False)
             second.append(time.perf_counter() - t0)
+            if res.info["preprocess"] == "device":
+                shutil.rmtree(cache / "outputs", ignore_errors=True)
+                pil.append(run_benchmark(pil_cfg, progress=False).timings["extract"])
         assert res.info["cache_misses"] > 0 and res2.info["cache_misses"] == 0
         scorers = sorted(res.table.scorer.unique())
     rows = [
         ("1. pure forward, resident batch, fp32", fp32),
         ("2. same, bf16 autocast", bf16),
         (f"3. bare loop, {workers} workers, PIL transform", n_images / min(bare)),
-        ("4a. harness extraction (first run)", n_images / min(extract)),
+        (
+            f"4a. harness extraction ({res.info['preprocess']} preprocessing)",
+            n_images / min(extract),
+        ),
+        *([("4c. same, PIL preprocessing", n_images / min(pil))] if pil else []),
         ("4b. harness end to end (first run)", n_images / min(first)),
         ("5. harness end to end (cached)", n_images / min(second)),
     ]
@@ -171,8 +257,27 @@ def main() -> None:
         print(f"{label:<48} {rate:>10.0f} {rate / fp32:>12.2f} {rate / bare_rate:>8.2f}")
     print(
         f"scoring share of the first run: fit {res.timings['fit']:.2f}s + score "
-        f"{res.timings['score']:.2f}s vs extract {res.timings['extract']:.2f}s"
+        f"{res.timings['score']:.2f}s vs extract {res.timings['extract']:.2f}s "
+        f"(scoring on {res.info['score_device']})"
     )
+    if args.scoring:
+        n_train, n_test = (int(v) for v in args.scoring.split(","))
+        rate = n_images / min(extract)
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = scoring_at_size(n_train, n_test, device, Path(tmp))
+            diffs = device_vs_numpy(device, Path(tmp)) if device.type == "cuda" else {}
+        total = sum(f + s for _, f, s in rows)
+        extraction = (n_train + n_test) / rate
+        where = f"torch on {device}" if device.type == "cuda" else "numpy on the CPU"
+        print(
+            f"\n# scoring at {n_train} train x {n_test} test x 2048-d ({where}); extraction of "
+            f"{n_train + n_test} images at row 4a's rate: {extraction:.1f}s"
+        )
+        print(f"{'scorer':<16} {'fit s':>8} {'score s':>8}" + ("  torch vs numpy" if diffs else ""))
+        for name, f, sc in rows:
+            extra = f"  {diffs[name]:.1e}" if diffs else ""
+            print(f"{name:<16} {f:>8.2f} {sc:>8.2f}{extra}")
+        print(f"all output-based scorers: {total:.1f}s = {total / extraction:.2f}x extraction")
 
 
 if __name__ == "__main__":

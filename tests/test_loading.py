@@ -213,3 +213,10 @@ def test_training_precision_and_channels_last(tmp_path):
     assert stored["precision"] == "bf16" and stored["channels_last"] is True
     with pytest.raises(ValueError, match="precision='fp8' is not valid"):
         train_model(TrainConfig(precision="fp8"), tmp_path / "x.safetensors", progress=False)
+
+
+def test_content_hashes_in_threads_equal_the_serial_ones():
+    from oodlens.datasets import content_hashes
+
+    source = oodlens.load_dataset("digits:0-4@test")
+    assert content_hashes(source, threads=2) == content_hashes(source)

@@ -28,7 +28,7 @@ LAYERS: dict[str, int] = {
         ],
         0,
     ),
-    **dict.fromkeys(["outputs", "stats"], 1),
+    **dict.fromkeys(["outputs", "stats", "compute"], 1),
     **dict.fromkeys(["scorers.base", "explainers.attention", "explainers.base", "cache"], 2),
     **dict.fromkeys(
         [

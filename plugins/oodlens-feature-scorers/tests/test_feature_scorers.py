@@ -344,8 +344,9 @@ def test_many_small_blocks_equal_one_block(data, tmp_path, monkeypatch, name, pa
 
 def test_memmap_is_never_loaded_whole(tmp_path, monkeypatch):
     """Fitting and scoring on memory-mapped features allocate about one block, never a
-    float64 copy of the whole matrix (25.6 MB here; knn's float32 bank is its fitted state,
-    and every scorer keeps an 8-byte fingerprint per fitting row for conformal checks)."""
+    float64 copy of the whole matrix (25.6 MB here; knn and nnguide keep a reference to the
+    features and one scale per row, and every scorer keeps an 8-byte fingerprint per fitting
+    row for conformal checks)."""
     rng = np.random.default_rng(0)
     n, d, c = 100_000, 32, 4
     path = tmp_path / "features.npy"
@@ -361,11 +362,11 @@ def test_memmap_is_never_loaded_whole(tmp_path, monkeypatch):
     test = train.subset(slice(0, 1000))
     monkeypatch.setattr(oodlens_feature_scorers, "BLOCK_VALUES", 1 << 15)  # 1024 rows
     whole64 = n * d * 8
-    bank32 = n * d * 4
     for name, params, fit_extra in [
         ("mahalanobis", {}, 0),
         ("vim", {"dim": 16}, 0),
-        ("knn", {"k": 5, "use_faiss": False}, bank32),
+        ("knn", {"k": 5, "use_faiss": False}, 2 * n * 8),  # the (N,) inverse norms
+        ("nnguide", {"k": 5}, 3 * n * 8),  # and the (N,) energies
     ]:
         scorer = oodlens.create_scorer(name, **params)
         tracemalloc.start()
@@ -461,3 +462,50 @@ def test_rmd_she_nnguide_parity_with_pytorch_ood(data):
     theirs = pood.NNGuide(lambda x: x, head, k=10).fit_features(z, y).predict_features(zt).numpy()
     ours = oodlens.create_scorer("nnguide", k=10).fit(train).score(test)
     np.testing.assert_allclose(ours, -theirs, rtol=1e-4, atol=1e-4)
+
+
+DEVICE_SETTINGS = [
+    ("knn", {"k": 7, "use_faiss": False}),
+    ("nnguide", {"k": 5}),
+    ("mahalanobis", {}),
+    ("rmd", {}),
+    ("vim", {"dim": 8}),
+    ("react", {"percentile": 80}),
+    ("react", {"percentile": 90, "percentile_on": "val"}),
+    ("she", {}),
+]
+
+
+@pytest.mark.parametrize(("name", "params"), DEVICE_SETTINGS)
+@pytest.mark.parametrize("resident", [False, True])
+def test_torch_path_equals_the_numpy_path(data, tmp_path, monkeypatch, name, params, resident):
+    """Inside oodlens.compute.compute_device the scorers run in torch (here on the CPU, as
+    on a GPU): the same scores as numpy, with memory-mapped float16 features and small
+    blocks; ``resident``: the nearest-neighbour bank and ReAct's sort kept on the device
+    (what a CUDA device with room does), else streamed to it block by block."""
+    from oodlens.compute import compute_device
+
+    train, test = data
+    val = train.subset(slice(0, 200))
+    half = tmp_path / "f16.npy"
+    np.save(half, train.features.astype(np.float16))
+    mm_train = oodlens.Outputs(
+        logits=train.logits,
+        labels=train.labels,
+        features=np.load(half, mmap_mode="r"),
+        head_weight=train.head_weight,
+        head_bias=train.head_bias,
+    )
+    monkeypatch.setattr(oodlens_feature_scorers, "BLOCK_VALUES", 16 * 50)  # 50-row blocks
+    if resident:
+        monkeypatch.setattr(oodlens_feature_scorers, "device_memory_budget", lambda d: 1 << 40)
+    for fit_on in (train, mm_train):
+        expected = oodlens.create_scorer(name, **params).fit(fit_on, val=val).score(test)
+        with compute_device("cpu"):
+            scorer = oodlens.create_scorer(name, **params).fit(fit_on, val=val)
+            got = scorer.score(test)
+        # float32 products for the neighbour searches, float64 elsewhere
+        tol = 1e-5 if name in ("knn", "nnguide") else 1e-9
+        np.testing.assert_allclose(got, expected, rtol=tol, atol=tol)
+        # fitted outside the context, scored inside (and the reverse): the same
+        np.testing.assert_allclose(scorer.score(test), expected, rtol=tol, atol=tol)

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..cache import Cache, file_sha256
+from ..compute import compute_device
 from ..conformal import ConformalRejector, benjamini_hochberg, conformal_p_values
 from ..datasets import DatasetSource, align_classes, content_hashes, holdout_split, split_spec
 from ..distributed import barrier, rank_and_world
@@ -200,12 +201,13 @@ def _prepare(cfg: BenchmarkConfig) -> _Plan:
         "versions": _versions(),
         "plugins": _plugins(),
     }
-    info["duplicates"] = _duplicates(sources, cache, info["warnings"])
     from ..extract import default_num_workers
 
     workers = cfg.num_workers if cfg.num_workers is not None else default_num_workers()
     info["num_workers"] = workers
+    info["duplicates"] = _duplicates(sources, cache, info["warnings"], workers)
     info["preprocess"] = resolve_preprocess(cfg.preprocess, device)
+    info["score_device"] = str(device) if device.type == "cuda" else "cpu (numpy)"
     return _Plan(cfg, device, cache, specs, dists, aware, sources, info, workers)
 
 
@@ -230,7 +232,7 @@ def _overlaps(sources: dict[str, DatasetSource]) -> list[str]:
 
 
 def _duplicates(
-    sources: dict[str, DatasetSource], cache: Cache, warnings: list[str]
+    sources: dict[str, DatasetSource], cache: Cache, warnings: list[str], threads: int = 0
 ) -> dict[str, int]:
     """Exact duplicate images (same decoded pixels) between each ID split and every other
     set, and between OOD validation and OOD test sets, by content hash (cached per dataset
@@ -241,7 +243,7 @@ def _duplicates(
         fp = src.fingerprint()
         values = cache.get_json("hashes", fp)
         if values is None:
-            values = content_hashes(src)
+            values = content_hashes(src, threads)
             cache.put_json("hashes", fp, values)
         hashes[key] = set(values) - {""}
     counts: dict[str, int] = {}
@@ -455,62 +457,70 @@ def _score(
     rows: list[dict[str, Any]] = []
     out = run.outputs
     ood_val = {k.split(":", 1)[1]: v for k, v in out.items() if k.startswith("ood_val:")}
-    for spec in plan.scorers:
-        dist = plan.distributions[spec]
-        stage = "tune" if plan.cfg.tune else "fit"
-        aware = plan.model_aware[spec]
-        mi = model_inputs if aware else None
-        t_start = time.perf_counter()
-        try:
-            name, params = parse_scorer_spec(spec)
-            if plan.cfg.tune:
-                t0 = time.perf_counter()
-                tuned = tune_scorer(spec, out["id_train"], out["id_val"], ood_val, model=mi)
-                plan.timings["tune"] = plan.timings.get("tune", 0.0) + time.perf_counter() - t0
-                run.tuning[spec] = {
-                    "chosen": tuned.params,
-                    "grid": tuned.searched,
-                    "trials": tuned.trials,
-                }
-                params = tuned.params
-                stage = "fit"
-            t0 = time.perf_counter()
-            scorer = create_scorer(name, **params).fit(
-                out["id_train"], val=out.get("id_val"), model=mi("id_train") if mi else None
-            )
-            fit_s = time.perf_counter() - t0
-            plan.timings["fit"] += fit_s
-            stage = "score"
-            t0 = time.perf_counter()
-
-            def score(key: str, scorer=scorer, mi=mi) -> np.ndarray:
-                return scorer.score(out[key], model=mi(key) if mi else None)
-
-            scores = {"id": score("id_test")}
-            scores.update({o.name: score(o.name) for o in plan.cfg.ood})
-            calib = score("id_calib")
-            plan.timings["score"] += time.perf_counter() - t0
-            seconds = plan.info.setdefault("scorer_seconds", {}).setdefault(spec, {})
-            seconds["fit"] = seconds.get("fit", 0.0) + fit_s
-            seconds["score"] = seconds.get("score", 0.0) + time.perf_counter() - t0
-        except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}".splitlines()[0]
-            log.warning("scorer %r (from %s) failed at %s: %s", spec, dist, stage, error)
-            failures.append(ScorerFailure(spec, dist, run.backbone, run.seed, stage, error))
-            continue
-        if aware:
-            key = f"model-aware {spec}"
-            plan.timings[key] = plan.timings.get(key, 0.0) + time.perf_counter() - t_start
-        run.scores[spec] = scores
-        run.thresholds[spec] = threshold_at_acceptance(calib, plan.cfg.id_acceptance)
-        sel = selective_metrics(scores["id"], run.id_correct)
-        extra = (
-            _conformal(plan, run, spec, scorer, scores, calib)
-            if plan.cfg.alphas or plan.cfg.fdr
-            else {}
-        )
-        rows += _metric_rows(plan.cfg, run, spec, scores, sel, extra)
+    # on CUDA the scorers' torch paths run there (oodlens.compute); elsewhere numpy
+    with compute_device(plan.device if plan.device.type == "cuda" else None):
+        for spec in plan.scorers:
+            rows += _score_one(plan, run, failures, model_inputs, spec, ood_val)
     return rows
+
+
+def _score_one(plan, run, failures, model_inputs, spec, ood_val) -> list[dict[str, Any]]:
+    """Tune, fit and score one scorer spec: its metric rows, or none when it failed."""
+    out = run.outputs
+    dist = plan.distributions[spec]
+    stage = "tune" if plan.cfg.tune else "fit"
+    aware = plan.model_aware[spec]
+    mi = model_inputs if aware else None
+    t_start = time.perf_counter()
+    try:
+        name, params = parse_scorer_spec(spec)
+        if plan.cfg.tune:
+            t0 = time.perf_counter()
+            tuned = tune_scorer(spec, out["id_train"], out["id_val"], ood_val, model=mi)
+            plan.timings["tune"] = plan.timings.get("tune", 0.0) + time.perf_counter() - t0
+            run.tuning[spec] = {
+                "chosen": tuned.params,
+                "grid": tuned.searched,
+                "trials": tuned.trials,
+            }
+            params = tuned.params
+            stage = "fit"
+        t0 = time.perf_counter()
+        scorer = create_scorer(name, **params).fit(
+            out["id_train"], val=out.get("id_val"), model=mi("id_train") if mi else None
+        )
+        fit_s = time.perf_counter() - t0
+        plan.timings["fit"] += fit_s
+        stage = "score"
+        t0 = time.perf_counter()
+
+        def score(key: str, scorer=scorer, mi=mi) -> np.ndarray:
+            return scorer.score(out[key], model=mi(key) if mi else None)
+
+        scores = {"id": score("id_test")}
+        scores.update({o.name: score(o.name) for o in plan.cfg.ood})
+        calib = score("id_calib")
+        plan.timings["score"] += time.perf_counter() - t0
+        seconds = plan.info.setdefault("scorer_seconds", {}).setdefault(spec, {})
+        seconds["fit"] = seconds.get("fit", 0.0) + fit_s
+        seconds["score"] = seconds.get("score", 0.0) + time.perf_counter() - t0
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        log.warning("scorer %r (from %s) failed at %s: %s", spec, dist, stage, error)
+        failures.append(ScorerFailure(spec, dist, run.backbone, run.seed, stage, error))
+        return []
+    if aware:
+        key = f"model-aware {spec}"
+        plan.timings[key] = plan.timings.get(key, 0.0) + time.perf_counter() - t_start
+    run.scores[spec] = scores
+    run.thresholds[spec] = threshold_at_acceptance(calib, plan.cfg.id_acceptance)
+    sel = selective_metrics(scores["id"], run.id_correct)
+    extra = (
+        _conformal(plan, run, spec, scorer, scores, calib)
+        if plan.cfg.alphas or plan.cfg.fdr
+        else {}
+    )
+    return _metric_rows(plan.cfg, run, spec, scores, sel, extra)
 
 
 def _conformal(

@@ -4,13 +4,19 @@ Only oodlens's public API is used. Every score is **higher = more in-distributio
 
 Features may be memory-mapped (``np.load(..., mmap_mode="r")``, or outputs cached by
 oodlens): fitting and scoring read them in row blocks of about :data:`BLOCK_VALUES` numbers
-(see :func:`oodlens.arrays.iter_row_chunks`) and never convert the whole matrix to float64.
+(see :func:`oodlens.arrays.iter_row_chunks`) and never convert the whole matrix to float64;
+KNN and NNGuide keep a reference to the training features instead of a copy.
+
+Inside :func:`oodlens.compute.compute_device` (the harness enters it with its device when
+that is not the CPU), the heavy parts run in torch on that device, in float64 except the
+nearest-neighbour similarities (float32); outside it they run in numpy, as before.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,6 +24,7 @@ from scipy.special import logsumexp
 
 import oodlens
 from oodlens.arrays import check_fit_labels, iter_row_chunks, rows_per_chunk, streamed_percentile
+from oodlens.compute import current_device, device_blocks, device_memory_budget
 from oodlens.params import Boolean, Interval, Options
 
 __all__ = [
@@ -39,12 +46,112 @@ log = logging.getLogger(__name__)
 BLOCK_VALUES = 1 << 22
 
 
-def _blocks(array: np.ndarray, rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
-    """``(start, float64 block)`` over the rows of ``array``, about BLOCK_VALUES numbers each."""
+def _blocks(array: np.ndarray, rows: int | None = None) -> Iterator[tuple[int, Any]]:
+    """``(start, float64 block)`` over the rows of ``array``, about BLOCK_VALUES numbers
+    each: numpy arrays, or torch tensors on the compute device when one is set."""
     if rows is None:
         rows = rows_per_chunk(array.shape[1], BLOCK_VALUES)
+    device = current_device()
+    if device is not None:
+        yield from device_blocks(array, rows, device)
+        return
     for start, block in iter_row_chunks(array, rows):
         yield start, np.asarray(block, dtype=np.float64)
+
+
+def _on_device(array: np.ndarray) -> Any:
+    """A fitted numpy array as a float64 tensor on the compute device (``None``: none set)."""
+    device = current_device()
+    if device is None:
+        return None
+    import torch
+
+    return torch.as_tensor(np.asarray(array, dtype=np.float64), device=device)
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    return x if isinstance(x, np.ndarray) else x.detach().cpu().numpy()
+
+
+def _labels(labels: np.ndarray, start: int, count: int, like: Any) -> Any:
+    y = np.asarray(labels[start : start + count])
+    if isinstance(like, np.ndarray):
+        return y
+    import torch
+
+    return torch.as_tensor(y, device=like.device)
+
+
+@dataclass
+class _GaussianPass:
+    """One pass over the training features: per-class row counts, the per-class sums of
+    ``g = f - shift`` and ``sum g g^T`` (``shift`` = the first training row, which keeps the
+    subtraction well conditioned)."""
+
+    counts: np.ndarray
+    shift: np.ndarray
+    sums: np.ndarray
+    outer: np.ndarray
+    n: int
+
+    @classmethod
+    def run(cls, owner: str, train: oodlens.Outputs) -> _GaussianPass:
+        counts = check_fit_labels(owner, train.labels, train.n_classes)
+        features, labels = train.features, train.labels
+        c, d = train.n_classes, features.shape[1]
+        shift = np.asarray(features[0], dtype=np.float64)
+        shift_t = _on_device(shift)
+        if shift_t is not None:
+            import torch
+
+            sums_t = torch.zeros((c, d), dtype=torch.float64, device=shift_t.device)
+            outer_t = torch.zeros((d, d), dtype=torch.float64, device=shift_t.device)
+            for start, f in _blocks(features):
+                g = f - shift_t
+                outer_t += g.T @ g
+                sums_t.index_add_(0, _labels(labels, start, len(g), g), g)
+            sums, outer = _to_numpy(sums_t), _to_numpy(outer_t)
+        else:
+            sums, outer = np.zeros((c, d)), np.zeros((d, d))
+            for start, f in _blocks(features):
+                g = f - shift
+                outer += g.T @ g
+                yb = np.asarray(labels[start : start + len(g)])
+                order = np.argsort(yb, kind="stable")
+                classes, first = np.unique(yb[order], return_index=True)
+                sums[classes] += np.add.reduceat(g[order], first, axis=0)
+        return cls(counts, shift, sums, outer, int(counts.sum()))
+
+
+def _min_distance(features: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """``min_c (f - mu_c)^T P (f - mu_c)`` for every row, clipped at 0, in row blocks."""
+    # (f-mu)^T P (f-mu) = f^T P f - 2 f^T P mu + mu^T P mu, for all classes at once
+    quad_mu = np.einsum("cd,cd->c", means @ precision, means)
+    rows = rows_per_chunk(features.shape[1] + len(means), BLOCK_VALUES)
+    out = np.empty(features.shape[0])
+    mats = [_on_device(a) for a in (means, precision, quad_mu)]
+    mu, p, qm = (means, precision, quad_mu) if mats[0] is None else mats
+    for start, f in _blocks(features, rows):
+        fp = f @ p
+        dist = (fp * f).sum(1)[:, None] - 2.0 * fp @ mu.T + qm[None, :]
+        out[start : start + len(f)] = np.maximum(_to_numpy(_row_min(dist)), 0.0)
+    return out
+
+
+def _row_min(x: Any) -> Any:
+    return x.min(axis=1) if isinstance(x, np.ndarray) else x.amin(1)
+
+
+def _row_max(x: Any) -> Any:
+    return x.max(axis=1) if isinstance(x, np.ndarray) else x.amax(1)
+
+
+def _row_norm(x: Any) -> Any:
+    return np.linalg.norm(x, axis=1) if isinstance(x, np.ndarray) else x.norm(dim=1)
+
+
+def _row_logsumexp(x: Any) -> Any:
+    return logsumexp(x, axis=1) if isinstance(x, np.ndarray) else x.logsumexp(1)
 
 
 class Mahalanobis(oodlens.Scorer):
@@ -83,48 +190,103 @@ class Mahalanobis(oodlens.Scorer):
         self.reg = reg
 
     def _fit(self, train: oodlens.Outputs) -> None:
-        counts = check_fit_labels("mahalanobis", train.labels, train.n_classes)
-        y = train.labels
-        c, d = train.n_classes, train.features.shape[1]
-        shift = np.asarray(train.features[0], dtype=np.float64)  # conditions the subtraction
-        sums = np.zeros((c, d))  # per-class sums of g = f - shift
-        outer = np.zeros((d, d))  # sum of g g^T
-        for start, f in _blocks(train.features):
-            g = f - shift
-            outer += g.T @ g
-            yb = np.asarray(y[start : start + len(g)])
-            order = np.argsort(yb, kind="stable")
-            classes, first = np.unique(yb[order], return_index=True)
-            sums[classes] += np.add.reduceat(g[order], first, axis=0)
-        n = int(counts.sum())
-        means_g = sums / counts[:, None]
-        cov = (outer - (means_g * counts[:, None]).T @ means_g) / n
+        self._fit_classes(_GaussianPass.run(self.name, train))
+
+    def _fit_classes(self, stats: _GaussianPass) -> None:
+        d = stats.outer.shape[0]
+        means_g = stats.sums / stats.counts[:, None]
+        cov = (stats.outer - (means_g * stats.counts[:, None]).T @ means_g) / stats.n
         cov = (cov + cov.T) / 2.0
         ridge = self.reg * np.trace(cov) / d
         if ridge == 0.0 and np.linalg.matrix_rank(cov) < d:
             raise ValueError(
-                f"mahalanobis: the feature covariance is singular (rank {np.linalg.matrix_rank(cov)} < {d}) "
-                "and reg=0; use reg > 0 (default 1e-6)."
+                f"{self.name}: the feature covariance is singular (rank "
+                f"{np.linalg.matrix_rank(cov)} < {d}) and reg=0; use reg > 0 (default 1e-6)."
             )
-        self.means_ = means_g + shift
+        self.means_ = means_g + stats.shift
         self.precision_ = np.linalg.inv(cov + ridge * np.eye(d))
 
     def _score(self, outputs: oodlens.Outputs) -> np.ndarray:
-        # (f-mu)^T P (f-mu) = f^T P f - 2 f^T P mu + mu^T P mu, for all classes at once
-        quad_mu = np.einsum("cd,cd->c", self.means_ @ self.precision_, self.means_)
-        rows = rows_per_chunk(outputs.features.shape[1] + len(self.means_), BLOCK_VALUES)
-        out = np.empty(outputs.n_samples)
-        for start, f in _blocks(outputs.features, rows):
-            fp = f @ self.precision_
-            quad_f = np.einsum("nd,nd->n", fp, f)
-            dist = quad_f[:, None] - 2.0 * fp @ self.means_.T + quad_mu[None, :]
-            out[start : start + len(f)] = -np.maximum(dist.min(axis=1), 0.0)
-        return out
+        return -_min_distance(outputs.features, self.means_, self.precision_)
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
     norm = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.maximum(norm, 1e-12)
+
+
+def _norms(features: np.ndarray) -> np.ndarray:
+    """Row norms (at least 1e-12), read in row blocks."""
+    out = np.empty(features.shape[0])
+    for start, f in iter_row_chunks(features, rows_per_chunk(features.shape[1], BLOCK_VALUES)):
+        out[start : start + len(f)] = np.linalg.norm(np.asarray(f, np.float64), axis=1)
+    return np.maximum(out, 1e-12)
+
+
+class _NeighbourBank:
+    """Training rows ``scale_i * f_i`` for exact top-k inner-product search, kept as a
+    reference to the features (a memory map stays on disk) and the per-row scales.
+
+    numpy: float64 products over bank blocks read from the features. On a compute device:
+    float32 products; the scaled bank is kept on a CUDA device when it fits the device's
+    memory budget, else streamed to it block by block."""
+
+    def __init__(self, features: np.ndarray, scale: np.ndarray) -> None:
+        self.features, self.scale = features, scale
+        self._resident: tuple[str, Any] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_resident": None}
+
+    def _device_blocks(self, device: str) -> Iterator[Any]:
+        import torch
+
+        n, d = self.features.shape
+        if self._resident is not None and self._resident[0] == device:
+            yield self._resident[1]
+            return
+        scale = torch.as_tensor(self.scale, device=device)
+        rows = rows_per_chunk(d, BLOCK_VALUES)
+        blocks = (
+            (f * scale[s : s + len(f), None].float())
+            for s, f in device_blocks(self.features, rows, device, torch.float32)
+        )
+        if n * d * 4 <= device_memory_budget(device):
+            self._resident = (device, torch.cat(list(blocks)))
+            yield self._resident[1]
+        else:
+            yield from blocks
+
+    def top_k(self, queries: np.ndarray, k: int) -> np.ndarray:
+        """(Q, k) largest inner products of the normalised queries with the bank rows."""
+        n, d = self.features.shape
+        bank_rows = min(n, rows_per_chunk(d, BLOCK_VALUES))
+        query_rows = rows_per_chunk(max(d, bank_rows + k), BLOCK_VALUES)
+        out = np.empty((queries.shape[0], k))
+        device = current_device()
+        if device is not None:
+            import torch
+
+            query_rows = rows_per_chunk(max(d, min(n, 1 << 16)), 1 << 26)
+            for start, q in device_blocks(queries, query_rows, device, torch.float32):
+                q = q / q.norm(dim=1, keepdim=True).clamp_min(1e-12)
+                top = q.new_empty((len(q), 0))
+                for bank in self._device_blocks(device):
+                    top = torch.cat([top, q @ bank.T], dim=1)
+                    if top.shape[1] > k:
+                        top = top.topk(k, dim=1, sorted=False).values
+                out[start : start + len(q)] = top.double().cpu().numpy()
+            return out
+        for start, block in iter_row_chunks(queries, query_rows):
+            z = _normalise(np.asarray(block, dtype=np.float64))
+            top = np.empty((len(z), 0))  # the k largest products so far, unordered
+            for b, f in iter_row_chunks(self.features, bank_rows):
+                sim = z @ (np.asarray(f, np.float64) * self.scale[b : b + len(f), None]).T
+                top = np.concatenate([top, sim], axis=1)
+                if top.shape[1] > k:
+                    top = -np.partition(-top, k - 1, axis=1)[:, :k]
+            out[start : start + len(z)] = top
+        return out
 
 
 class KNN(oodlens.Scorer):
@@ -133,11 +295,12 @@ class KNN(oodlens.Scorer):
     .. math:: s(x) = -\lVert z - z_{(k)} \rVert_2, \qquad z = f / \lVert f \rVert_2
 
     where :math:`z_{(k)}` is the k-th nearest normalised training feature. The fitted bank
-    holds the normalised training features as float32. Exact search by blocked matrix
-    products (:math:`\lVert z - t\rVert^2 = 2 - 2 z^\top t` for unit vectors) in float64,
-    keeping the running k largest similarities per query, so memory beyond the bank stays
-    bounded; faiss (``IndexFlatL2``) is used instead when installed and ``use_faiss`` is
-    true. Paper: https://arxiv.org/abs/2204.06507 ; code:
+    refers to the training features (no copy: a memory-mapped matrix stays on disk) and
+    holds their inverse norms. Exact search by blocked matrix products
+    (:math:`\lVert z - t\rVert^2 = 2 - 2 z^\top t` for unit vectors) in float64 (float32
+    on a compute device), keeping the running k largest similarities per query, so memory
+    stays bounded; faiss (``IndexFlatL2``) is used instead when installed and ``use_faiss``
+    is true. Paper: https://arxiv.org/abs/2204.06507 ; code:
     https://github.com/deeplearning-wisc/knn-ood
 
     Args:
@@ -162,10 +325,7 @@ class KNN(oodlens.Scorer):
             raise ValueError(
                 f"knn: k={self.k!r} must be an integer in [1, {n}] (the number of training rows)."
             )
-        bank = np.empty((n, d), dtype=np.float32)
-        for start, block in iter_row_chunks(train.features, rows_per_chunk(d, BLOCK_VALUES)):
-            bank[start : start + len(block)] = _normalise(np.asarray(block, dtype=np.float32))
-        self.bank_ = bank
+        self.bank_ = _NeighbourBank(train.features, 1.0 / _norms(train.features))
         self.index_ = None
         if self.use_faiss:
             try:
@@ -173,32 +333,21 @@ class KNN(oodlens.Scorer):
             except ImportError:
                 faiss = None
             if faiss is not None:
-                self.index_ = faiss.IndexFlatL2(self.bank_.shape[1])
-                self.index_.add(self.bank_)
+                self.index_ = faiss.IndexFlatL2(d)
+                for _, block in iter_row_chunks(train.features, rows_per_chunk(d)):
+                    self.index_.add(_normalise(np.asarray(block, dtype=np.float32)))
 
     def _score(self, outputs: oodlens.Outputs) -> np.ndarray:
         k = int(self.k)
-        n_bank, d = self.bank_.shape
-        bank_rows = min(n_bank, rows_per_chunk(d, BLOCK_VALUES))
-        query_rows = rows_per_chunk(max(d, bank_rows + k), BLOCK_VALUES)
-        out = np.empty(outputs.n_samples)
-        for start, block in iter_row_chunks(outputs.features, query_rows):
-            z = _normalise(np.asarray(block, dtype=np.float32))
-            if self.index_ is not None:
-                dist2, _ = self.index_.search(z, k)
-                kth_dist2 = dist2[:, -1].astype(np.float64)
-                out[start : start + len(z)] = -np.sqrt(np.maximum(kth_dist2, 0.0))
-                continue
-            z64 = z.astype(np.float64)
-            top = np.empty((len(z), 0))  # the k largest similarities so far, unordered
-            for b in range(0, n_bank, bank_rows):
-                sim = z64 @ self.bank_[b : b + bank_rows].astype(np.float64).T
-                top = np.concatenate([top, sim], axis=1)
-                if top.shape[1] > k:
-                    top = -np.partition(-top, k - 1, axis=1)[:, :k]
-            kth = top.min(axis=1)
-            out[start : start + len(z)] = -np.sqrt(np.maximum(2.0 - 2.0 * kth, 0.0))
-        return out
+        if self.index_ is not None:
+            out = np.empty(outputs.n_samples)
+            rows = rows_per_chunk(outputs.features.shape[1], BLOCK_VALUES)
+            for start, block in iter_row_chunks(outputs.features, rows):
+                dist2, _ = self.index_.search(_normalise(np.asarray(block, dtype=np.float32)), k)
+                out[start : start + len(block)] = -np.sqrt(np.maximum(dist2[:, -1], 0.0))
+            return out
+        kth = self.bank_.top_k(outputs.features, k).min(axis=1)
+        return -np.sqrt(np.maximum(2.0 - 2.0 * kth, 0.0))
 
 
 class ViM(oodlens.Scorer):
@@ -253,19 +402,22 @@ class ViM(oodlens.Scorer):
         # singular value of a head whose rows sum to zero (softmax-equivalent heads), which
         # numpy's default cut-off (1e-15) would invert, throwing the origin far away
         self.origin_ = -np.linalg.pinv(w, rcond=max(w.shape) * np.finfo(np.float64).eps) @ b
-        xtx = np.zeros((d, d))
+        origin, w_, b_ = _on_device(self.origin_), _on_device(w), _on_device(b)
+        if origin is None:
+            origin, w_, b_ = self.origin_, w, b
+        xtx = 0.0
         max_logit_sum = 0.0
         for _, f in _blocks(train.features):
-            x = f - self.origin_
-            xtx += x.T @ x
-            max_logit_sum += float((f @ w.T + b).max(axis=1).sum())
-        eigval, eigvec = np.linalg.eigh(xtx / n)
+            x = f - origin
+            xtx = xtx + x.T @ x
+            max_logit_sum += float(_row_max(f @ w_.T + b_).sum())
+        eigval, eigvec = np.linalg.eigh(_to_numpy(xtx) / n)
         self.residual_basis_ = np.ascontiguousarray(eigvec[:, : d - dim])
+        basis = _on_device(self.residual_basis_)
+        basis = self.residual_basis_ if basis is None else basis
         vlogit_sum = 0.0
         for _, f in _blocks(train.features):
-            vlogit_sum += float(
-                np.linalg.norm((f - self.origin_) @ self.residual_basis_, axis=1).sum()
-            )
+            vlogit_sum += float(_row_norm((f - origin) @ basis).sum())
         if vlogit_sum / n <= 0:
             raise ValueError(
                 "vim: the training features have no residual outside the principal subspace; lower dim."
@@ -277,12 +429,28 @@ class ViM(oodlens.Scorer):
     def _score(self, outputs: oodlens.Outputs) -> np.ndarray:
         rows = rows_per_chunk(outputs.features.shape[1] + len(self.bias_), BLOCK_VALUES)
         out = np.empty(outputs.n_samples)
+        fitted = (self.origin_, self.residual_basis_, self.weight_, self.bias_)
+        moved = [_on_device(a) for a in fitted]
+        origin, basis, w, b = fitted if moved[0] is None else moved
         for start, f in _blocks(outputs.features, rows):
-            vlogit = np.linalg.norm((f - self.origin_) @ self.residual_basis_, axis=1) * self.alpha_
-            out[start : start + len(f)] = (
-                logsumexp(f @ self.weight_.T + self.bias_, axis=1) - vlogit
-            )
+            vlogit = _row_norm((f - origin) @ basis) * self.alpha_
+            out[start : start + len(f)] = _to_numpy(_row_logsumexp(f @ w.T + b) - vlogit)
         return out
+
+
+def _percentile(features: np.ndarray, q: float) -> float:
+    """``np.percentile(features, q)``, exactly: sorted on a CUDA compute device when the
+    values fit its memory budget, else :func:`oodlens.arrays.streamed_percentile`."""
+    device = current_device()
+    if device is None or features.size * 32 > device_memory_budget(device):
+        return float(streamed_percentile(features, q))
+    import torch
+
+    flat = torch.cat([f.flatten() for _, f in _blocks(features)]).sort().values
+    pos = (flat.numel() - 1) * q / 100.0
+    lo, hi = int(np.floor(pos)), int(np.ceil(pos))
+    a, b = float(flat[lo]), float(flat[hi])
+    return a + (b - a) * (pos - lo)
 
 
 class ReAct(oodlens.Scorer):
@@ -325,17 +493,18 @@ class ReAct(oodlens.Scorer):
 
     def _fit(self, train: oodlens.Outputs, val: oodlens.Outputs | None = None) -> None:
         source = val if self.percentile_on == "val" else train
-        self.threshold_ = float(streamed_percentile(source.features, self.percentile))
+        self.threshold_ = _percentile(source.features, self.percentile)
 
     def _score(self, outputs: oodlens.Outputs) -> np.ndarray:
         w = np.asarray(outputs.head_weight, np.float64)
+        b = np.asarray(outputs.head_bias, np.float64)
         rows = rows_per_chunk(outputs.features.shape[1] + len(w), BLOCK_VALUES)
         out = np.empty(outputs.n_samples)
+        w_, b_ = _on_device(w), _on_device(b)
+        w_, b_ = (w, b) if w_ is None else (w_, b_)
         for start, f in _blocks(outputs.features, rows):
-            clipped = np.minimum(f, self.threshold_)
-            out[start : start + len(f)] = oodlens.functional.energy(
-                clipped @ w.T + outputs.head_bias
-            )
+            clipped = f.clip(max=self.threshold_)
+            out[start : start + len(f)] = _to_numpy(_row_logsumexp(clipped @ w_.T + b_))
         return out
 
 
@@ -357,28 +526,21 @@ class RMD(Mahalanobis):
     description = "class Mahalanobis distance minus a background Gaussian's (Ren et al. 2021)"
 
     def _fit(self, train: oodlens.Outputs) -> None:
-        super()._fit(train)
-        d = train.features.shape[1]
-        shift = np.asarray(train.features[0], dtype=np.float64)
-        total, outer, n = np.zeros(d), np.zeros((d, d)), 0
-        for _, f in _blocks(train.features):
-            g = f - shift
-            total += g.sum(axis=0)
-            outer += g.T @ g
-            n += len(g)
-        mean_g = total / n
-        cov = (outer - n * np.outer(mean_g, mean_g)) / n
+        stats = _GaussianPass.run(self.name, train)
+        self._fit_classes(stats)
+        d, n = stats.outer.shape[0], stats.n
+        mean_g = stats.sums.sum(axis=0) / n
+        cov = (stats.outer - n * np.outer(mean_g, mean_g)) / n
         cov = (cov + cov.T) / 2.0
-        self.background_mean_ = mean_g + shift
+        self.background_mean_ = mean_g + stats.shift
         self.background_precision_ = np.linalg.inv(cov + self.reg * np.trace(cov) / d * np.eye(d))
 
     def _score(self, outputs: oodlens.Outputs) -> np.ndarray:
         class_part = super()._score(outputs)  # -min_k d_k
-        out = np.empty(outputs.n_samples)
-        for start, f in _blocks(outputs.features):
-            g = f - self.background_mean_
-            out[start : start + len(f)] = np.einsum("nd,nd->n", g @ self.background_precision_, g)
-        return class_part + out  # -(min_k d_k - d_0)
+        d0 = _min_distance(
+            outputs.features, self.background_mean_[None, :], self.background_precision_
+        )
+        return class_part + d0  # -(min_k d_k - d_0)
 
 
 class SHE(oodlens.Scorer):
@@ -448,7 +610,8 @@ class NNGuide(oodlens.Scorer):
             k: number of neighbours (default 10, pytorch-ood's; the paper uses 100 with a
                 subsampled ImageNet bank); at most the number of training rows.
 
-        Exact search in blocks (the bank is float64, N x D). Paper:
+        Exact search in blocks, as KNN's (the bank refers to the training features and holds
+        one scale per row). Paper:
         https://arxiv.org/abs/2309.14888 ; code: https://github.com/roomo7time/nnguide
     """
 
@@ -465,21 +628,16 @@ class NNGuide(oodlens.Scorer):
         n, d = train.features.shape
         if self.k > n:
             raise ValueError(f"nnguide: k={self.k} exceeds the {n} training rows.")
-        bank = np.empty((n, d))
-        for start, f in _blocks(train.features):
-            z = np.asarray(train.logits[start : start + len(f)], dtype=np.float64)
-            bank[start : start + len(f)] = _normalise(f) * logsumexp(z, axis=1)[:, None]
-        self.bank_ = bank
+        energy = np.empty(n)
+        logit_rows = rows_per_chunk(train.logits.shape[1], BLOCK_VALUES)
+        for start, z in iter_row_chunks(train.logits, logit_rows):
+            energy[start : start + len(z)] = logsumexp(np.asarray(z, np.float64), axis=1)
+        self.bank_ = _NeighbourBank(train.features, energy / _norms(train.features))
 
     def _score(self, outputs: oodlens.Outputs) -> np.ndarray:
-        out = np.empty(outputs.n_samples)
-        rows = max(1, BLOCK_VALUES // max(1, self.bank_.shape[0]))
-        for start, f in _blocks(outputs.features, rows):
-            sim = _normalise(f) @ self.bank_.T
-            top = -np.partition(-sim, self.k - 1, axis=1)[:, : self.k]
-            z = np.asarray(outputs.logits[start : start + len(f)], dtype=np.float64)
-            out[start : start + len(f)] = logsumexp(z, axis=1) * top.mean(axis=1)
-        return out
+        top = self.bank_.top_k(outputs.features, int(self.k))
+        z = np.asarray(outputs.logits, dtype=np.float64)
+        return logsumexp(z, axis=1) * top.mean(axis=1)
 
 
 @oodlens.hookimpl

@@ -1,0 +1,71 @@
+"""Where scorers compute: numpy on the CPU (the default), or torch on a device.
+
+The harness runs fitting and scoring inside :func:`compute_device` with its own device when
+that is not the CPU (``oodlens bench --device cuda``); scorers with a torch path ask
+:func:`current_device` and move their row blocks there (:func:`device_blocks`). Outside the
+context, or with ``None``, every scorer runs its numpy path, so nothing changes on a CPU.
+The torch paths also run on ``"cpu"``, which is how the tests compare them with the numpy
+paths.
+
+Example:
+    >>> with compute_device("cpu"):
+    ...     current_device()
+    'cpu'
+    >>> current_device() is None
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
+
+import numpy as np
+
+from .arrays import iter_row_chunks
+
+__all__ = ["compute_device", "current_device", "device_blocks", "device_memory_budget"]
+
+_DEVICE: ContextVar[str | None] = ContextVar("oodlens_compute_device", default=None)
+
+
+@contextmanager
+def compute_device(device: Any) -> Iterator[None]:
+    """Run the scorers' torch paths on ``device`` (a torch device or its name) inside the
+    block; ``None`` keeps the numpy paths."""
+    token = _DEVICE.set(None if device is None else str(device))
+    try:
+        yield
+    finally:
+        _DEVICE.reset(token)
+
+
+def current_device() -> str | None:
+    """The device set by :func:`compute_device`, or ``None`` (numpy on the CPU)."""
+    return _DEVICE.get()
+
+
+def device_blocks(
+    array: np.ndarray, rows: int, device: str, dtype: Any = None
+) -> Iterator[tuple[int, Any]]:
+    """``(start, tensor)`` row blocks of a (possibly memory-mapped) array on ``device``, as
+    ``dtype`` (default ``torch.float64``); read with :func:`oodlens.arrays.iter_row_chunks`."""
+    import torch
+
+    dtype = torch.float64 if dtype is None else dtype
+    for start, block in iter_row_chunks(array, rows):
+        yield start, torch.from_numpy(np.ascontiguousarray(block)).to(device, dtype)
+
+
+def device_memory_budget(device: str, share: float = 0.25) -> int:
+    """Bytes a scorer may keep resident on ``device``: ``share`` of the free memory of a
+    CUDA device; 0 elsewhere (CPU: stream from the arrays instead)."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return 0
+    free, _ = torch.cuda.mem_get_info(dev)
+    return int(free * share)
