@@ -46,11 +46,12 @@ from oodlens.backbones import (
     save_checkpoint,
 )
 from oodlens.bench import BenchmarkConfig, load_config, run_benchmark
+from oodlens.bench.config import expand_scorers
 from oodlens.compute import compute_device
 from oodlens.datasets import split_spec
 from oodlens.extract import ImageDataset, default_num_workers
 from oodlens.outputs import Outputs
-from oodlens.registry import create_scorer, list_scorers, load_dataset
+from oodlens.registry import create_scorer_from_spec, load_dataset
 
 PROFILES = {"cpu": ("resnet18", 64, 256), "gpu": ("resnet50", 224, 256)}
 
@@ -115,11 +116,6 @@ def synthetic(n: int, folder: Path, tag: str, d: int = 2048, c: int = 10) -> Out
     )
 
 
-def output_scorers() -> list[str]:
-    """Every installed output-based scorer (model-aware ones make their own passes)."""
-    return [e.name for e in list_scorers() if "model" not in create_scorer(e.name).requirements()]
-
-
 def scoring_at_size(
     n_train: int, n_test: int, device, folder: Path
 ) -> list[tuple[str, float, float]]:
@@ -128,8 +124,8 @@ def scoring_at_size(
     val = synthetic(2000, folder, "val")
     rows = []
     with compute_device(device if device.type == "cuda" else None):
-        for name in output_scorers():
-            scorer = create_scorer(name)
+        for name in expand_scorers(["all"]):
+            scorer = create_scorer_from_spec(name)
             t0 = time.perf_counter()
             scorer.fit(train, val=val)
             _sync(device)
@@ -145,10 +141,10 @@ def device_vs_numpy(device, folder: Path) -> dict[str, float]:
     train, test = synthetic(20000, folder, "small_train"), synthetic(4000, folder, "small_test")
     val = synthetic(2000, folder, "val")
     out = {}
-    for name in output_scorers():
-        a = create_scorer(name).fit(train, val=val).score(test)
+    for name in expand_scorers(["all"]):
+        a = create_scorer_from_spec(name).fit(train, val=val).score(test)
         with compute_device(device):
-            b = create_scorer(name).fit(train, val=val).score(test)
+            b = create_scorer_from_spec(name).fit(train, val=val).score(test)
         out[name] = float(np.max(np.abs(a - b)) / max(1e-12, np.max(np.abs(a))))
     return out
 
