@@ -190,7 +190,7 @@ def main() -> None:
         elif cfg.checkpoints:
             ckpt = cfg.checkpoints[0]
         else:  # random weights with the ID set's classes, saved like a trained checkpoint
-            names = tuple(load_dataset(split_spec(cfg.id, "train")).class_names)
+            names = tuple(load_dataset(split_spec(cfg.id, "train")).classes)
             net = timm.create_model(model_name, pretrained=False, num_classes=len(names))
             ckpt = str(cache / "random.safetensors")
             mc = ModelConfig(model_name, len(names), class_names=names, img_size=img_size)

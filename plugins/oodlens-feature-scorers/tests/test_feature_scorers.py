@@ -483,8 +483,15 @@ def test_torch_path_equals_the_numpy_path(data, tmp_path, monkeypatch, name, par
     on a GPU): the same scores as numpy, with memory-mapped float16 features and small
     blocks; ``resident``: the nearest-neighbour bank and ReAct's sort kept on the device
     (what a CUDA device with room does), else streamed to it block by block."""
+    import torch
+
     from oodlens.compute import compute_device
 
+    def no_implicit_copy(self, *args, **kwargs):
+        raise TypeError("implicit tensor -> numpy conversion (fails on a CUDA device)")
+
+    # as on CUDA, where np.asarray(tensor) fails: every copy back must be explicit
+    monkeypatch.setattr(torch.Tensor, "__array__", no_implicit_copy)
     train, test = data
     val = train.subset(slice(0, 200))
     half = tmp_path / "f16.npy"

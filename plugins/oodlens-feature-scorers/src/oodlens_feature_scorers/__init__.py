@@ -55,6 +55,13 @@ def _blocks(array: np.ndarray, rows: int | None = None) -> Iterator[tuple[int, A
     if device is not None:
         yield from device_blocks(array, rows, device)
         return
+    yield from _host_blocks(array, rows)
+
+
+def _host_blocks(array: np.ndarray, rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """``(start, float64 numpy block)`` whatever the compute device (for cheap passes)."""
+    if rows is None:
+        rows = rows_per_chunk(array.shape[1], BLOCK_VALUES)
     for start, block in iter_row_chunks(array, rows):
         yield start, np.asarray(block, dtype=np.float64)
 
@@ -570,7 +577,7 @@ class SHE(oodlens.Scorer):
         check_fit_labels("she", train.labels, train.n_classes)
         c, d = train.n_classes, train.features.shape[1]
         sums, counts = np.zeros((c, d)), np.zeros(c)
-        for start, f in _blocks(train.features):
+        for start, f in _host_blocks(train.features):
             y = np.asarray(train.labels[start : start + len(f)])
             pred = np.asarray(train.logits[start : start + len(f)]).argmax(axis=1)
             ok = pred == y
@@ -587,7 +594,7 @@ class SHE(oodlens.Scorer):
 
     def _score(self, outputs: oodlens.Outputs) -> np.ndarray:
         out = np.empty(outputs.n_samples)
-        for start, f in _blocks(outputs.features):
+        for start, f in _host_blocks(outputs.features):
             pred = np.asarray(outputs.logits[start : start + len(f)]).argmax(axis=1)
             out[start : start + len(f)] = np.einsum("nd,nd->n", f, self.patterns_[pred])
         return out
