@@ -428,34 +428,44 @@ class BatchPreprocess:
 
         return pil_to_tensor(image)
 
-    def batch(self, images: list[torch.Tensor], device: str | torch.device) -> torch.Tensor:
-        """(N, C, H, W) float32 on ``device`` from decoded images (any sizes)."""
-        from torchvision.transforms.v2 import functional as F
-
+    def batch(
+        self, images: torch.Tensor | list[torch.Tensor], device: str | torch.device
+    ) -> torch.Tensor:
+        """(N, C, H, W) float32 on ``device`` from decoded images: a uint8 (N, C, H, W)
+        tensor, or a list of (C, H, W) ones of any sizes."""
         device = torch.device(device)
-        out: torch.Tensor | None = None
+        if isinstance(images, torch.Tensor):
+            return self._same_size(images, device)
+        if not images:
+            raise ValueError("BatchPreprocess.batch got no images.")
         by_size: dict[tuple[int, ...], list[int]] = {}
         for i, img in enumerate(images):
             by_size.setdefault(tuple(img.shape), []).append(i)
-        mean = torch.tensor(self.mean, device=device).view(-1, 1, 1) * 255.0
-        std = torch.tensor(self.std, device=device).view(-1, 1, 1) * 255.0
+        out: torch.Tensor | None = None
         for rows in by_size.values():
-            x = torch.stack([images[i] for i in rows]).to(device, non_blocking=True).float()
-            h, w = self._resized(x.shape[-2], x.shape[-1])
-            # as PIL: the horizontal pass, stored as 8 bits, then the vertical pass
-            for size in ((x.shape[-2], w), (h, w)):
-                if tuple(x.shape[-2:]) != size:
-                    x = F.resize(x, list(size), interpolation=self.interpolation, antialias=True)
-                    x = x.round_().clamp_(0.0, 255.0)
-            if self.crop is not None:
-                x = F.center_crop(x, list(self.crop))
-            x = (x - mean) / std
+            x = self._same_size(torch.stack([images[i] for i in rows]), device)
             if out is None:
                 out = torch.empty((len(images), *x.shape[1:]), device=device)
             out[rows] = x
-        if out is None:
-            raise ValueError("BatchPreprocess.batch got no images.")
+        assert out is not None
         return out
+
+    def _same_size(self, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """Resize, crop and normalise a uint8 (N, C, H, W) batch on ``device``."""
+        from torchvision.transforms.v2 import functional as F
+
+        x = x.to(device, non_blocking=True).float()
+        h, w = self._resized(x.shape[-2], x.shape[-1])
+        # as PIL: the horizontal pass, stored as 8 bits, then the vertical pass
+        for size in ((x.shape[-2], w), (h, w)):
+            if tuple(x.shape[-2:]) != size:
+                x = F.resize(x, list(size), interpolation=self.interpolation, antialias=True)
+                x = x.round_().clamp_(0.0, 255.0)
+        if self.crop is not None:
+            x = F.center_crop(x, list(self.crop))
+        mean = torch.tensor(self.mean, device=device).view(-1, 1, 1) * 255.0
+        std = torch.tensor(self.std, device=device).view(-1, 1, 1) * 255.0
+        return (x - mean) / std
 
     def _resized(self, h: int, w: int) -> tuple[int, int]:
         """Output size of torchvision's ``Resize(self.resize)`` for an h x w image."""

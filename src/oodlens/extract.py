@@ -77,12 +77,15 @@ class ImageDataset(torch.utils.data.Dataset):
 
 def collate_decoded(
     batch: list[tuple[torch.Tensor, int, bool, str, str]],
-) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor, list[str], list[str]]:
-    """Collate ``(image, label, ok, id, error)`` rows whose images have different sizes
-    (decoded at their native size for :class:`~oodlens.backbones.BatchPreprocess`): the
-    images stay a list."""
+) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor, torch.Tensor, list[str], list[str]]:
+    """Collate ``(image, label, ok, id, error)`` rows of images decoded at their native size
+    (for :class:`~oodlens.backbones.BatchPreprocess`): one uint8 tensor when every image has
+    the same size, else a list of them."""
     images, labels, ok, ids, errors = zip(*batch, strict=True)
-    return list(images), torch.tensor(labels), torch.tensor(ok), list(ids), list(errors)
+    same = all(im.shape == images[0].shape for im in images)
+    # one tensor when the sizes agree (one pinned copy), else a list
+    stacked: Any = torch.stack(images) if same else list(images)
+    return stacked, torch.tensor(labels), torch.tensor(ok), list(ids), list(errors)
 
 
 @dataclass
@@ -180,6 +183,17 @@ def extract_outputs(
     writer = OutputsWriter(out_dir, features_dtype) if out_dir is not None else None
     feature_type = np.dtype(features_dtype)
     logits, feats, labels, bad, messages = [], [], [], [], []
+    pending: list[tuple[Callable[[], np.ndarray], Callable[[], np.ndarray], np.ndarray]] = []
+
+    def store(z: Callable[[], np.ndarray], f: Callable[[], np.ndarray], y: np.ndarray) -> None:
+        if writer is not None:
+            writer.append(z(), f().astype(feature_type), y)
+            logits.append(None)  # counts the batches written
+        else:
+            logits.append(z())
+            feats.append(f().astype(feature_type))
+            labels.append(y)
+
     try:
         with torch.inference_mode(), autocast:
             for x, y, ok, path, err in tqdm(
@@ -197,21 +211,20 @@ def extract_outputs(
                         writer.empty_block()
                     continue
                 if on_device:
-                    batch = transform.batch(
-                        [x[i] for i in keep.nonzero().flatten().tolist()], device
-                    )
-                    batch = batch.contiguous(memory_format=fmt)
+                    if isinstance(x, list):
+                        x = [x[i] for i in keep.nonzero().flatten().tolist()]
+                    elif not keep.all():
+                        x = x[keep]
+                    batch = transform.batch(x, device).contiguous(memory_format=fmt)
                 else:
                     batch = x[keep].to(device, non_blocking=True, memory_format=fmt)
                 z, f = forward_all(model, batch)
-                z, f = z.float().cpu().numpy(), f.float().cpu().numpy().astype(feature_type)
-                if writer is not None:
-                    writer.append(z, f, y[keep].numpy())
-                    logits.append(None)  # counts the batches written
-                else:
-                    logits.append(z)
-                    feats.append(f)
-                    labels.append(y[keep].numpy())
+                # copied back without waiting: this batch is stored while the next one runs
+                pending.append((_to_host(z), _to_host(f), y[keep].numpy()))
+                if len(pending) > 1:
+                    store(*pending.pop(0))
+            while pending:
+                store(*pending.pop(0))
     except BaseException:
         if writer is not None:
             writer.close()
@@ -261,6 +274,25 @@ def extract_outputs(
         ),
         class_names=None,
     )
+
+
+def _to_host(t: torch.Tensor) -> Callable[[], np.ndarray]:
+    """Start copying ``t`` (as float32) to the host; the returned call waits for the copy
+    and gives the numpy array. On CUDA the copy goes into pinned memory without blocking."""
+    t = t.float()
+    if t.device.type != "cuda":
+        host = t.cpu().numpy()
+        return lambda: host
+    buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    buf.copy_(t, non_blocking=True)
+    done = torch.cuda.Event()
+    done.record()
+
+    def wait() -> np.ndarray:
+        done.synchronize()
+        return buf.numpy()
+
+    return wait
 
 
 class LazyBackbone:
