@@ -24,21 +24,30 @@ from typing import Any
 
 import numpy as np
 
-from .arrays import iter_row_chunks
+from .arrays import iter_row_chunks, rows_per_chunk
 
 __all__ = ["compute_device", "current_device", "device_blocks", "device_memory_budget"]
 
 _DEVICE: ContextVar[str | None] = ContextVar("oodlens_compute_device", default=None)
+#: arrays copied to the device once per context: ``id(array) -> (array, tensor)``
+_RESIDENT: ContextVar[dict[int, tuple[np.ndarray, Any]] | None] = ContextVar(
+    "oodlens_resident_arrays", default=None
+)
 
 
 @contextmanager
 def compute_device(device: Any) -> Iterator[None]:
     """Run the scorers' torch paths on ``device`` (a torch device or its name) inside the
-    block; ``None`` keeps the numpy paths."""
+    block; ``None`` keeps the numpy paths. Arrays read by :func:`device_blocks` are copied
+    to the device once per block when they fit its memory budget (half the free memory of a
+    CUDA device), so that the scorers run one after another on one copy of the outputs;
+    the copies are freed when the block ends."""
     token = _DEVICE.set(None if device is None else str(device))
+    resident = _RESIDENT.set({})
     try:
         yield
     finally:
+        _RESIDENT.reset(resident)
         _DEVICE.reset(token)
 
 
@@ -51,12 +60,39 @@ def device_blocks(
     array: np.ndarray, rows: int, device: str, dtype: Any = None
 ) -> Iterator[tuple[int, Any]]:
     """``(start, tensor)`` row blocks of a (possibly memory-mapped) array on ``device``, as
-    ``dtype`` (default ``torch.float64``); read with :func:`oodlens.arrays.iter_row_chunks`."""
+    ``dtype`` (default ``torch.float64``); read with :func:`oodlens.arrays.iter_row_chunks`,
+    or sliced from the copy kept on the device. Blocks may be views of that copy: never
+    modify them in place."""
     import torch
 
     dtype = torch.float64 if dtype is None else dtype
+    whole = _resident(array, device)
+    if whole is not None:
+        for start in range(0, array.shape[0], rows):
+            yield start, whole[start : start + rows].to(dtype)
+        return
     for start, block in iter_row_chunks(array, rows):
         yield start, torch.from_numpy(np.ascontiguousarray(block)).to(device, dtype)
+
+
+def _resident(array: np.ndarray, device: str) -> Any:
+    """The copy of ``array`` on ``device`` kept for this :func:`compute_device` block (made
+    on first use when it fits half the device's free memory), or ``None``."""
+    import torch
+
+    cache = _RESIDENT.get()
+    if cache is None or array.dtype.kind != "f":
+        return None
+    hit = cache.get(id(array))
+    if hit is not None and hit[0] is array:
+        return hit[1]
+    if array.nbytes > device_memory_budget(device, share=0.5):
+        return None
+    whole = torch.empty(array.shape, dtype=getattr(torch, array.dtype.name), device=device)
+    for start, block in iter_row_chunks(array, rows_per_chunk(int(np.prod(array.shape[1:])))):
+        whole[start : start + len(block)] = torch.from_numpy(np.ascontiguousarray(block))
+    cache[id(array)] = (array, whole)  # the array is kept alive, so its id stays its own
+    return whole
 
 
 def device_memory_budget(device: str, share: float = 0.25) -> int:

@@ -216,8 +216,9 @@ def extract_outputs(
                     elif not keep.all():
                         x = x[keep]
                     batch = transform.batch(x, device).contiguous(memory_format=fmt)
-                else:
-                    batch = x[keep].to(device, non_blocking=True, memory_format=fmt)
+                else:  # x[keep] would copy the whole batch out of pinned memory
+                    x = x if keep.all() else x[keep]
+                    batch = x.to(device, non_blocking=True, memory_format=fmt)
                 z, f = forward_all(model, batch)
                 # copied back without waiting: this batch is stored while the next one runs
                 pending.append((_to_host(z), _to_host(f), y[keep].numpy()))

@@ -481,8 +481,8 @@ DEVICE_SETTINGS = [
 def test_torch_path_equals_the_numpy_path(data, tmp_path, monkeypatch, name, params, resident):
     """Inside oodlens.compute.compute_device the scorers run in torch (here on the CPU, as
     on a GPU): the same scores as numpy, with memory-mapped float16 features and small
-    blocks; ``resident``: the nearest-neighbour bank and ReAct's sort kept on the device
-    (what a CUDA device with room does), else streamed to it block by block."""
+    blocks; ``resident``: the features, the nearest-neighbour bank and ReAct's sort kept on
+    the device (what a CUDA device with room does), else streamed to it block by block."""
     import torch
 
     from oodlens.compute import compute_device
@@ -505,7 +505,9 @@ def test_torch_path_equals_the_numpy_path(data, tmp_path, monkeypatch, name, par
     )
     monkeypatch.setattr(oodlens_feature_scorers, "BLOCK_VALUES", 16 * 50)  # 50-row blocks
     if resident:
-        monkeypatch.setattr(oodlens_feature_scorers, "device_memory_budget", lambda d: 1 << 40)
+        budget = lambda device, share=0.25: 1 << 40  # noqa: E731
+        monkeypatch.setattr(oodlens_feature_scorers, "device_memory_budget", budget)
+        monkeypatch.setattr("oodlens.compute.device_memory_budget", budget)
     for fit_on in (train, mm_train):
         expected = oodlens.create_scorer(name, **params).fit(fit_on, val=val).score(test)
         with compute_device("cpu"):

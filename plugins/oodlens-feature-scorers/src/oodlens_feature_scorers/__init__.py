@@ -55,13 +55,6 @@ def _blocks(array: np.ndarray, rows: int | None = None) -> Iterator[tuple[int, A
     if device is not None:
         yield from device_blocks(array, rows, device)
         return
-    yield from _host_blocks(array, rows)
-
-
-def _host_blocks(array: np.ndarray, rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
-    """``(start, float64 numpy block)`` whatever the compute device (for cheap passes)."""
-    if rows is None:
-        rows = rows_per_chunk(array.shape[1], BLOCK_VALUES)
     for start, block in iter_row_chunks(array, rows):
         yield start, np.asarray(block, dtype=np.float64)
 
@@ -80,13 +73,14 @@ def _to_numpy(x: Any) -> np.ndarray:
     return x if isinstance(x, np.ndarray) else x.detach().cpu().numpy()
 
 
-def _labels(labels: np.ndarray, start: int, count: int, like: Any) -> Any:
-    y = np.asarray(labels[start : start + count])
+def _index(values: np.ndarray, like: Any) -> Any:
+    """Integer ``values`` where ``like`` lives: as they are for numpy, else a tensor on its
+    device."""
     if isinstance(like, np.ndarray):
-        return y
+        return values
     import torch
 
-    return torch.as_tensor(y, device=like.device)
+    return torch.as_tensor(np.array(values), device=like.device)
 
 
 @dataclass
@@ -116,7 +110,7 @@ class _GaussianPass:
             for start, f in _blocks(features):
                 g = f - shift_t
                 outer_t += g.T @ g
-                sums_t.index_add_(0, _labels(labels, start, len(g), g), g)
+                sums_t.index_add_(0, _index(labels[start : start + len(g)], g), g)
             sums, outer = _to_numpy(sums_t), _to_numpy(outer_t)
         else:
             sums, outer = np.zeros((c, d)), np.zeros((d, d))
@@ -225,8 +219,8 @@ def _normalise(x: np.ndarray) -> np.ndarray:
 def _norms(features: np.ndarray) -> np.ndarray:
     """Row norms (at least 1e-12), read in row blocks."""
     out = np.empty(features.shape[0])
-    for start, f in iter_row_chunks(features, rows_per_chunk(features.shape[1], BLOCK_VALUES)):
-        out[start : start + len(f)] = np.linalg.norm(np.asarray(f, np.float64), axis=1)
+    for start, f in _blocks(features):
+        out[start : start + len(f)] = _to_numpy(_row_norm(f))
     return np.maximum(out, 1e-12)
 
 
@@ -577,12 +571,18 @@ class SHE(oodlens.Scorer):
         check_fit_labels("she", train.labels, train.n_classes)
         c, d = train.n_classes, train.features.shape[1]
         sums, counts = np.zeros((c, d)), np.zeros(c)
-        for start, f in _host_blocks(train.features):
+        sums_t = _on_device(sums)
+        for start, f in _blocks(train.features):
             y = np.asarray(train.labels[start : start + len(f)])
             pred = np.asarray(train.logits[start : start + len(f)]).argmax(axis=1)
-            ok = pred == y
-            np.add.at(sums, y[ok], f[ok])
+            ok = np.flatnonzero(pred == y)
             counts += np.bincount(y[ok], minlength=c)
+            if sums_t is None:
+                np.add.at(sums, y[ok], f[ok])
+            else:
+                sums_t.index_add_(0, _index(y[ok], f), f[_index(ok, f)])
+        if sums_t is not None:
+            sums = _to_numpy(sums_t)
         empty = np.flatnonzero(counts == 0)
         if empty.size:
             raise ValueError(
@@ -594,9 +594,11 @@ class SHE(oodlens.Scorer):
 
     def _score(self, outputs: oodlens.Outputs) -> np.ndarray:
         out = np.empty(outputs.n_samples)
-        for start, f in _host_blocks(outputs.features):
+        patterns = _on_device(self.patterns_)
+        patterns = self.patterns_ if patterns is None else patterns
+        for start, f in _blocks(outputs.features):
             pred = np.asarray(outputs.logits[start : start + len(f)]).argmax(axis=1)
-            out[start : start + len(f)] = np.einsum("nd,nd->n", f, self.patterns_[pred])
+            out[start : start + len(f)] = _to_numpy((f * patterns[_index(pred, f)]).sum(1))
         return out
 
 
