@@ -412,7 +412,12 @@ class ViM(oodlens.Scorer):
             x = f - origin
             xtx = xtx + x.T @ x
             max_logit_sum += float(_row_max(f @ w_.T + b_).sum())
-        eigval, eigvec = np.linalg.eigh(_to_numpy(xtx) / n)
+        if isinstance(xtx, np.ndarray):
+            eigvec = np.linalg.eigh(xtx / n)[1]
+        else:  # on the compute device (cuSOLVER on CUDA)
+            import torch
+
+            eigvec = _to_numpy(torch.linalg.eigh(xtx / n)[1])
         self.residual_basis_ = np.ascontiguousarray(eigvec[:, : d - dim])
         basis = _on_device(self.residual_basis_)
         basis = self.residual_basis_ if basis is None else basis
