@@ -220,3 +220,61 @@ def test_content_hashes_in_threads_equal_the_serial_ones():
 
     source = oodlens.load_dataset("digits:0-4@test")
     assert content_hashes(source, threads=2) == content_hashes(source)
+
+
+def test_several_datasets_in_one_pass_equal_one_at_a_time(net, tmp_path):
+    """cached_extract_all: one DataLoader over every missing dataset (batches straddle two
+    datasets here), each written to the entry cached_extract would write; cached entries are
+    read; a corrupt file names its dataset, and nothing is cached then."""
+    from PIL import Image
+
+    from oodlens.extract import cached_extract_all
+
+    model, transform, size, _ = net
+    sources = {
+        "a": oodlens.load_dataset("digits:0-4@test"),
+        "b": oodlens.load_dataset("digits:5-9@test"),
+        "c": oodlens.load_dataset("digits:0-1@train"),
+    }
+    one = Cache(tmp_path / "one")
+    alone = {
+        k: cached_extract(lambda: model, "r", "w", s, transform, size, one, batch_size=50)[0]
+        for k, s in sources.items()
+    }
+    many = Cache(tmp_path / "many")
+    first = cached_extract_all(
+        lambda: model, "r", "w", {"a": sources["a"]}, transform, size, many, batch_size=50
+    )
+    assert not first["a"][1]
+    got = cached_extract_all(
+        lambda: model, "r", "w", sources, transform, size, many, batch_size=50, progress=False
+    )
+    assert [hit for _, hit, _ in got.values()] == [True, False, False]
+    for k, (out, _, corrupt) in got.items():
+        assert corrupt == [] and isinstance(out.features, np.memmap)
+        np.testing.assert_array_equal(out.labels, alone[k].labels)
+        np.testing.assert_allclose(out.logits, alone[k].logits, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(out.features, alone[k].features, rtol=1e-5, atol=1e-5)
+        # the same cache entry as one dataset at a time: found by cached_extract
+        again, hit, _ = cached_extract(
+            lambda: model, "r", "w", sources[k], transform, size, many, progress=False
+        )
+        assert hit and again.n_samples == out.n_samples
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(5):
+        Image.fromarray(np.full((8, 8, 3), i * 40, np.uint8)).save(folder / f"{i}.png")
+    (folder / "broken.png").write_bytes(b"not a png")
+    mixed = {"digits": sources["b"], "folder": oodlens.load_dataset(str(folder))}
+    fresh = Cache(tmp_path / "fresh")
+    with pytest.raises(oodlens.datasets.CorruptImageError, match=r"(?s)in '.*imgs'.*broken\.png"):
+        cached_extract_all(lambda: model, "r", "w", mixed, transform, size, fresh, progress=False)
+    assert not any((tmp_path / "fresh" / "outputs").iterdir())  # no entry, no temp folder
+    got = cached_extract_all(
+        lambda: model, "r", "w", mixed, transform, size, fresh, skip_corrupt=True, progress=False
+    )
+    assert got["digits"][2] == [] and [p.rsplit("/", 1)[-1] for p in got["folder"][2]] == [
+        "broken.png"
+    ]
+    assert got["folder"][0].n_samples == 5

@@ -3,6 +3,7 @@ shared by the CLI, the harness and the explain workflow."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ __all__ = [
     "LazyBackbone",
     "extract_outputs",
     "cached_extract",
+    "cached_extract_all",
 ]
 
 log = logging.getLogger(__name__)
@@ -144,6 +146,124 @@ def extract_outputs(
     Raises:
         CorruptImageError: unreadable images and ``skip_corrupt=False``; the message lists them.
     """
+    part = _Part(source, OutputsWriter(out_dir, features_dtype) if out_dir is not None else None)
+    _extract_parts(
+        model,
+        [part],
+        transform,
+        input_size,
+        device=device,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        progress=progress,
+        precision=precision,
+        channels_last=channels_last,
+        features_dtype=features_dtype,
+        shard=shard,
+    )
+    try:
+        _check_corrupt([part], skip_corrupt, report)
+    except CorruptImageError:
+        part.close()
+        raise
+    return part.finish(model, empty_ok=shard is not None, load=shard is None)
+
+
+@dataclass
+class _Part:
+    """One dataset of an extraction: where its rows go, and what failed to load."""
+
+    source: DatasetSource
+    writer: OutputsWriter | None
+    logits: list[np.ndarray] = field(default_factory=list)
+    features: list[np.ndarray] = field(default_factory=list)
+    labels: list[np.ndarray] = field(default_factory=list)
+    rows: int = 0
+    bad: list[str] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+
+    def store(self, z: np.ndarray, f: np.ndarray, y: np.ndarray) -> None:
+        if self.writer is not None:
+            self.writer.append(z, f, y)
+        else:
+            self.logits.append(z)
+            self.features.append(f)
+            self.labels.append(y)
+        self.rows += len(z)
+
+    def finish(self, model: nn.Module, empty_ok: bool = False, load: bool = True) -> Outputs | None:
+        """The outputs (with the model's head), memory-mapped from the writer's folder or
+        from memory; ``None`` for a shard (``load=False``)."""
+        if not self.rows and not empty_ok:
+            raise ValueError(
+                f"No readable images in {self.source.spec!r}: all {len(self.source)} failed "
+                "to load (skipped as corrupt)."
+            )
+        head = get_head(model)
+        weight = None if head is None else head.weight.detach().float().cpu().numpy()
+        bias = None
+        if head is not None:
+            bias = (
+                head.bias.detach().float().cpu().numpy()
+                if head.bias is not None
+                else np.zeros(head.out_features, np.float32)
+            )
+        if self.writer is not None:
+            return self.writer.finish(weight, bias, load=load)
+        return Outputs(
+            logits=np.concatenate(self.logits),
+            labels=np.concatenate(self.labels),
+            features=np.concatenate(self.features),
+            head_weight=weight,
+            head_bias=bias,
+            class_names=None,
+        )
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _check_corrupt(parts: list[_Part], skip_corrupt: bool, report: ExtractionReport | None) -> None:
+    """Raise for unreadable images (naming each dataset and file), or log and report them."""
+    failed = [p for p in parts if p.bad]
+    if not failed:
+        return
+    if not skip_corrupt:
+        lines = []
+        for p in failed:
+            shown = "\n  ".join(p.messages[:10])
+            more = f"\n  ... and {len(p.bad) - 10} more" if len(p.bad) > 10 else ""
+            lines.append(f"{len(p.bad)} unreadable image(s) in {p.source.spec!r}:\n  {shown}{more}")
+        raise CorruptImageError(
+            "\n".join(lines)
+            + "\nRemove or replace them, or allow skipping them (--skip-corrupt / skip_corrupt=True)."
+        )
+    for p in failed:
+        log.warning(
+            "Skipped %d unreadable image(s) in %s: %s", len(p.bad), p.source.spec, p.messages[:5]
+        )
+        if report is not None:
+            report.corrupt.extend(p.bad)
+
+
+def _extract_parts(
+    model: nn.Module,
+    parts: list[_Part],
+    transform: Any,
+    input_size: tuple[int, int, int],
+    device: str | torch.device,
+    batch_size: int,
+    num_workers: int,
+    progress: bool,
+    precision: str,
+    channels_last: bool,
+    features_dtype: str = "float32",
+    shard: tuple[int, int] | None = None,
+) -> None:
+    """One forward pass over the datasets of ``parts``, one after another through a single
+    DataLoader (its workers start once), each row stored into its own part. With ``shard``
+    (one part only): the batches ``b % world == rank``, each stored as one block."""
     from tqdm.auto import tqdm
 
     if precision not in PRECISIONS:
@@ -152,15 +272,20 @@ def extract_outputs(
         )
     device = torch.device(device)
     on_device = isinstance(transform, BatchPreprocess)
-    dataset: Any = ImageDataset(source, transform.decode if on_device else transform, input_size)
+    item_transform = transform.decode if on_device else transform
+    datasets = [ImageDataset(p.source, item_transform, input_size) for p in parts]
+    dataset: Any = datasets[0] if len(datasets) == 1 else torch.utils.data.ConcatDataset(datasets)
+    n_source = len(parts[0].source)
     if shard is not None:
         rank, world = shard
         mine = [
             i
-            for b in range(rank, -(-len(source) // batch_size), world)
-            for i in range(b * batch_size, min((b + 1) * batch_size, len(source)))
+            for b in range(rank, -(-n_source // batch_size), world)
+            for i in range(b * batch_size, min((b + 1) * batch_size, n_source))
         ]
         dataset = torch.utils.data.Subset(dataset, mine)
+    # where each part's rows start in the order of the loader
+    offsets = np.cumsum([0] + [len(d) for d in datasets]) if shard is None else [0, len(dataset)]
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,
@@ -180,35 +305,45 @@ def extract_outputs(
         dtype=torch.bfloat16 if precision == "bf16" else torch.float16,
         enabled=precision != "fp32",
     )
-    writer = OutputsWriter(out_dir, features_dtype) if out_dir is not None else None
     feature_type = np.dtype(features_dtype)
-    logits, feats, labels, bad, messages = [], [], [], [], []
-    pending: list[tuple[Callable[[], np.ndarray], Callable[[], np.ndarray], np.ndarray]] = []
+    pending: list[tuple[Any, Any, np.ndarray, np.ndarray, int, int]] = []
 
-    def store(z: Callable[[], np.ndarray], f: Callable[[], np.ndarray], y: np.ndarray) -> None:
-        if writer is not None:
-            writer.append(z(), f().astype(feature_type), y)
-            logits.append(None)  # counts the batches written
-        else:
-            logits.append(z())
-            feats.append(f().astype(feature_type))
-            labels.append(y)
+    def store(z, f, y: np.ndarray, rows: np.ndarray, lo: int, hi: int) -> None:
+        """Split a batch (positions [lo, hi), kept ``rows``) among the parts it covers."""
+        z, f = z(), f().astype(feature_type)
+        first = int(np.searchsorted(offsets, lo, side="right")) - 1
+        last = int(np.searchsorted(offsets, hi - 1, side="right")) - 1
+        for k in range(first, last + 1):
+            a, b = np.searchsorted(rows, [offsets[k], offsets[k + 1]])
+            if b > a:
+                parts[k].store(z[a:b], f[a:b], y[a:b])
+            elif parts[k].writer is not None:
+                parts[k].writer.empty_block()  # every image of this batch was unreadable
 
+    position = 0
     try:
         with torch.inference_mode(), autocast:
+            desc = parts[0].source.spec if len(parts) == 1 else f"{len(parts)} datasets"
             for x, y, ok, path, err in tqdm(
-                loader,
-                desc=f"extract {source.spec}",
-                disable=None if progress else True,
-                leave=False,
+                loader, desc=f"extract {desc}", disable=None if progress else True, leave=False
             ):
-                failed = [i for i, good in enumerate(ok.tolist()) if not good]
-                bad.extend(path[i] for i in failed)
-                messages.extend(err[i] for i in failed)
+                lo, hi = position, position + len(ok)
+                position = hi
                 keep = ok.bool()
-                if not keep.any():
-                    if writer is not None:
-                        writer.empty_block()
+                for i in (~keep).nonzero().flatten().tolist():
+                    k = int(np.searchsorted(offsets, lo + i, side="right")) - 1
+                    parts[k].bad.append(path[i])
+                    parts[k].messages.append(err[i])
+                rows = np.arange(lo, hi)[keep.numpy()]
+                if not len(rows):
+                    store(
+                        lambda: np.empty((0, 0)),
+                        lambda: np.empty((0, 0)),
+                        y[:0].numpy(),
+                        rows,
+                        lo,
+                        hi,
+                    )
                     continue
                 if on_device:
                     if isinstance(x, list):
@@ -221,60 +356,19 @@ def extract_outputs(
                     batch = x.to(device, non_blocking=True, memory_format=fmt)
                 z, f = forward_all(model, batch)
                 # copied back without waiting: this batch is stored while the next one runs
-                pending.append((_to_host(z), _to_host(f), y[keep].numpy()))
+                pending.append((_to_host(z), _to_host(f), y[keep].numpy(), rows, lo, hi))
                 if len(pending) > 1:
                     store(*pending.pop(0))
             while pending:
                 store(*pending.pop(0))
     except BaseException:
-        if writer is not None:
-            writer.close()
+        for p in parts:
+            p.close()
         raise
     finally:
         model.train(was_training)
         if channels_last:
             model.to(memory_format=torch.contiguous_format)
-    if bad:
-        if not skip_corrupt:
-            shown = "\n  ".join(messages[:10])
-            raise CorruptImageError(
-                f"{len(bad)} unreadable image(s) in {source.spec!r}:\n  {shown}"
-                + (f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else "")
-                + "\nRemove or replace them, or allow skipping them (--skip-corrupt / skip_corrupt=True)."
-            )
-        log.warning("Skipped %d unreadable image(s) in %s: %s", len(bad), source.spec, messages[:5])
-        if report is not None:
-            report.corrupt.extend(bad)
-    if not logits and shard is None:
-        raise ValueError(
-            f"No readable images in {source.spec!r}: all {len(source)} failed to load "
-            "(skipped as corrupt)."
-        )
-    head = get_head(model)
-    if writer is not None:
-        load = shard is None  # a shard is assembled (and validated) by rank 0
-        if head is None:
-            return writer.finish(None, None, load=load)
-        bias = head.bias if head.bias is not None else torch.zeros(head.out_features)
-        return writer.finish(
-            head.weight.detach().float().cpu().numpy(),
-            bias.detach().float().cpu().numpy(),
-            load=load,
-        )
-    return Outputs(
-        logits=np.concatenate(logits),
-        labels=np.concatenate(labels),
-        features=np.concatenate(feats),
-        head_weight=None if head is None else head.weight.detach().float().cpu().numpy(),
-        head_bias=None
-        if head is None
-        else (
-            head.bias.detach().float().cpu().numpy()
-            if head.bias is not None
-            else np.zeros(head.out_features, np.float32)
-        ),
-        class_names=None,
-    )
 
 
 def _to_host(t: torch.Tensor) -> Callable[[], np.ndarray]:
@@ -344,18 +438,16 @@ def cached_extract(
 
     Returns the outputs, whether it was a cache hit, and the skipped corrupt files.
     """
-    key = cache.key(
-        {
-            "model": model_name,
-            "weights": weights_id,
-            "data": source.fingerprint(),
-            "transform": repr(transform),
-            "skip_corrupt": skip_corrupt,
-            # fp32 entries keep their keys from before these options existed
-            **({"precision": precision} if precision != "fp32" else {}),
-            **({"channels_last": True} if channels_last else {}),
-            **({"features_dtype": features_dtype} if features_dtype != "float32" else {}),
-        }
+    key = _outputs_key(
+        cache,
+        model_name,
+        weights_id,
+        source,
+        transform,
+        skip_corrupt,
+        precision,
+        channels_last,
+        features_dtype,
     )
     cached = cache.get_outputs(key)
     barrier()  # every rank has looked before any rank writes
@@ -384,6 +476,135 @@ def cached_extract(
     with atomic_dir(cache.outputs_path(key)) as tmp:
         extract_outputs(get_model(), source, transform, input_size, out_dir=tmp, **kwargs)
     return Outputs.load_dir(cache.outputs_path(key)), False, rep.corrupt
+
+
+def _outputs_key(
+    cache: Cache,
+    model_name: str,
+    weights_id: str,
+    source: DatasetSource,
+    transform: Any,
+    skip_corrupt: bool,
+    precision: str,
+    channels_last: bool,
+    features_dtype: str,
+) -> str:
+    """The cache key of one dataset's outputs: model, weights, data, preprocessing, options."""
+    return cache.key(
+        {
+            "model": model_name,
+            "weights": weights_id,
+            "data": source.fingerprint(),
+            "transform": repr(transform),
+            "skip_corrupt": skip_corrupt,
+            # fp32 entries keep their keys from before these options existed
+            **({"precision": precision} if precision != "fp32" else {}),
+            **({"channels_last": True} if channels_last else {}),
+            **({"features_dtype": features_dtype} if features_dtype != "float32" else {}),
+        }
+    )
+
+
+def cached_extract_all(
+    get_model: Callable[[], nn.Module],
+    model_name: str,
+    weights_id: str,
+    sources: dict[str, DatasetSource],
+    transform: Any,
+    input_size: tuple[int, int, int],
+    cache: Cache,
+    device: Any = "cpu",
+    batch_size: int = 256,
+    num_workers: int = 0,
+    skip_corrupt: bool = False,
+    progress: bool = True,
+    precision: str = "fp32",
+    channels_last: bool = False,
+    features_dtype: str = "float32",
+) -> dict[str, tuple[Outputs, bool, list[str]]]:
+    """:func:`cached_extract` for several datasets of one model: the cached entries are
+    read, and the others extracted in one pass through one DataLoader (its workers start
+    once, not once per dataset), each written into its own cache entry, the same entry a
+    single :func:`cached_extract` would write. Under torchrun, or with the cache off, each
+    dataset goes through :func:`cached_extract` in turn.
+
+    Returns ``{name: (outputs, cache hit, skipped corrupt files)}`` in the order of ``sources``.
+    """
+    options = {
+        "device": device,
+        "batch_size": batch_size,
+        "num_workers": num_workers,
+        "skip_corrupt": skip_corrupt,
+        "progress": progress,
+        "precision": precision,
+        "channels_last": channels_last,
+        "features_dtype": features_dtype,
+    }
+    if rank_and_world()[1] > 1 or not cache.enabled:
+        return {
+            name: cached_extract(
+                get_model, model_name, weights_id, src, transform, input_size, cache, **options
+            )
+            for name, src in sources.items()
+        }
+    keys = {
+        name: _outputs_key(
+            cache,
+            model_name,
+            weights_id,
+            src,
+            transform,
+            skip_corrupt,
+            precision,
+            channels_last,
+            features_dtype,
+        )
+        for name, src in sources.items()
+    }
+    results: dict[str, tuple[Outputs, bool, list[str]]] = {}
+    for name, key in keys.items():
+        cached = cache.get_outputs(key)
+        if cached is not None:
+            results[name] = (cached, True, [])
+    missing = [name for name in sources if name not in results]
+    if missing:
+        with contextlib.ExitStack() as stack:
+            parts = {
+                name: _Part(
+                    sources[name],
+                    OutputsWriter(
+                        stack.enter_context(atomic_dir(cache.outputs_path(keys[name]))),
+                        features_dtype,
+                    ),
+                )
+                for name in missing
+            }
+            model = get_model()
+            _extract_parts(
+                model,
+                list(parts.values()),
+                transform,
+                input_size,
+                device=device,
+                batch_size=batch_size,
+                num_workers=num_workers,
+                progress=progress,
+                precision=precision,
+                channels_last=channels_last,
+                features_dtype=features_dtype,
+            )
+            try:
+                _check_corrupt(list(parts.values()), skip_corrupt, None)
+            except CorruptImageError:
+                for part in parts.values():
+                    part.close()
+                raise
+            for part in parts.values():
+                part.finish(model)
+        for name in missing:
+            out = Outputs.load_dir(cache.outputs_path(keys[name]))
+            results[name] = (out, False, list(parts[name].bad))
+    return {name: results[name] for name in sources}
 
 
 def _sharded_extract(get_model, source, transform, input_size, cache, key, kwargs):

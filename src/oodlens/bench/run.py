@@ -381,35 +381,35 @@ def _backbone(plan: _Plan, model_name: str, ckpt: str | None):
 def _extract(
     plan, get_model, model_name, ckpt, transform, input_size, sources, progress
 ) -> dict[str, Outputs]:
-    from ..extract import cached_extract
+    from ..extract import cached_extract_all
 
     weights_id = file_sha256(ckpt) if ckpt else f"timm-pretrained:{model_name}"
+    t0 = time.perf_counter()
+    results = cached_extract_all(
+        get_model,
+        model_name,
+        weights_id,
+        sources,
+        transform,
+        input_size,
+        plan.cache,
+        device=plan.device,
+        batch_size=plan.cfg.batch_size,
+        num_workers=plan.num_workers,
+        skip_corrupt=plan.cfg.skip_corrupt,
+        progress=progress,
+        precision=plan.cfg.precision,
+        channels_last=plan.cfg.channels_last,
+        features_dtype=plan.cfg.features_dtype,
+    )
     outputs: dict[str, Outputs] = {}
-    for key, source in sources.items():
-        t0 = time.perf_counter()
-        out, hit, corrupt = cached_extract(
-            get_model,
-            model_name,
-            weights_id,
-            source,
-            transform,
-            input_size,
-            plan.cache,
-            device=plan.device,
-            batch_size=plan.cfg.batch_size,
-            num_workers=plan.num_workers,
-            skip_corrupt=plan.cfg.skip_corrupt,
-            progress=progress,
-            precision=plan.cfg.precision,
-            channels_last=plan.cfg.channels_last,
-            features_dtype=plan.cfg.features_dtype,
-        )
+    for key, (out, hit, corrupt) in results.items():
         plan.info["cache_hits" if hit else "cache_misses"] += 1
-        if not hit:
-            plan.timings["extract"] += time.perf_counter() - t0
         if corrupt:
-            plan.info["corrupt"][source.spec] = corrupt
+            plan.info["corrupt"][sources[key].spec] = corrupt
         outputs[key] = out
+    if not all(hit for _, hit, _ in results.values()):
+        plan.timings["extract"] += time.perf_counter() - t0
     return outputs
 
 
