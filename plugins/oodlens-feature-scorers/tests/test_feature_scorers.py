@@ -342,11 +342,13 @@ def test_many_small_blocks_equal_one_block(data, tmp_path, monkeypatch, name, pa
             np.testing.assert_allclose(vars(many)[attr], value, rtol=1e-10, atol=1e-10)
 
 
-def test_memmap_is_never_loaded_whole(tmp_path, monkeypatch):
+@pytest.mark.parametrize("streamed", [True, False])
+def test_memmap_is_never_loaded_whole(tmp_path, monkeypatch, streamed):
     """Fitting and scoring on memory-mapped features allocate about one block, never a
-    float64 copy of the whole matrix (25.6 MB here; knn and nnguide keep a reference to the
-    features and one scale per row, and every scorer keeps an 8-byte fingerprint per fitting
-    row for conformal checks)."""
+    float64 copy of the whole matrix (25.6 MB here; knn and nnguide keep a float32 bank, or,
+    ``streamed`` (a bank over IN_MEMORY_BANK_BYTES), a reference to the features and one
+    scale per row; every scorer keeps an 8-byte fingerprint per fitting row for conformal
+    checks)."""
     rng = np.random.default_rng(0)
     n, d, c = 100_000, 32, 4
     path = tmp_path / "features.npy"
@@ -362,11 +364,14 @@ def test_memmap_is_never_loaded_whole(tmp_path, monkeypatch):
     test = train.subset(slice(0, 1000))
     monkeypatch.setattr(oodlens_feature_scorers, "BLOCK_VALUES", 1 << 15)  # 1024 rows
     whole64 = n * d * 8
+    bank = 0 if streamed else n * d * 4
+    if streamed:
+        monkeypatch.setattr(oodlens_feature_scorers, "IN_MEMORY_BANK_BYTES", 0)
     for name, params, fit_extra in [
         ("mahalanobis", {}, 0),
         ("vim", {"dim": 16}, 0),
-        ("knn", {"k": 5, "use_faiss": False}, 2 * n * 8),  # the (N,) inverse norms
-        ("nnguide", {"k": 5}, 3 * n * 8),  # and the (N,) energies
+        ("knn", {"k": 5, "use_faiss": False}, bank + 2 * n * 8),  # the (N,) inverse norms
+        ("nnguide", {"k": 5}, 2 * bank + 3 * n * 8),  # float64 bank, and (N,) energies
     ]:
         scorer = oodlens.create_scorer(name, **params)
         tracemalloc.start()
@@ -504,6 +509,8 @@ def test_torch_path_equals_the_numpy_path(data, tmp_path, monkeypatch, name, par
         head_bias=train.head_bias,
     )
     monkeypatch.setattr(oodlens_feature_scorers, "BLOCK_VALUES", 16 * 50)  # 50-row blocks
+    if not resident:  # the nearest-neighbour banks streamed from the features too
+        monkeypatch.setattr(oodlens_feature_scorers, "IN_MEMORY_BANK_BYTES", 0)
     if resident:
         budget = lambda device, share=0.25: 1 << 40  # noqa: E731
         monkeypatch.setattr(oodlens_feature_scorers, "device_memory_budget", budget)

@@ -5,7 +5,8 @@ Only oodlens's public API is used. Every score is **higher = more in-distributio
 Features may be memory-mapped (``np.load(..., mmap_mode="r")``, or outputs cached by
 oodlens): fitting and scoring read them in row blocks of about :data:`BLOCK_VALUES` numbers
 (see :func:`oodlens.arrays.iter_row_chunks`) and never convert the whole matrix to float64;
-KNN and NNGuide keep a reference to the training features instead of a copy.
+KNN and NNGuide keep a reference to the training features instead of a copy once the bank
+would exceed :data:`IN_MEMORY_BANK_BYTES`.
 
 Inside :func:`oodlens.compute.compute_device` (the harness enters it with its device when
 that is not the CPU), the heavy parts run in torch on that device, in float64 except the
@@ -37,6 +38,7 @@ __all__ = [
     "NNGuide",
     "register_scorers",
     "BLOCK_VALUES",
+    "IN_MEMORY_BANK_BYTES",
 ]
 
 log = logging.getLogger(__name__)
@@ -216,24 +218,37 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norm, 1e-12)
 
 
-def _norms(features: np.ndarray) -> np.ndarray:
-    """Row norms (at least 1e-12), read in row blocks."""
-    out = np.empty(features.shape[0])
-    for start, f in _blocks(features):
-        out[start : start + len(f)] = _to_numpy(_row_norm(f))
-    return np.maximum(out, 1e-12)
+#: Up to this many bytes, the nearest-neighbour scorers keep their scaled training bank in
+#: memory as float32 (fastest on a CPU); above it (e.g. 1.28M x 2048 features, 10 GB) they
+#: keep a reference to the features and one scale per row, and stream the bank in blocks.
+IN_MEMORY_BANK_BYTES = 1 << 30
 
 
 class _NeighbourBank:
-    """Training rows ``scale_i * f_i`` for exact top-k inner-product search, kept as a
-    reference to the features (a memory map stays on disk) and the per-row scales.
+    """Training rows ``scale_i * f_i`` for exact top-k inner-product search: in memory (as
+    ``dtype``) when they fit :data:`IN_MEMORY_BANK_BYTES`, else a reference to the features
+    (a memory map stays on disk) and the per-row scales.
 
-    numpy: float64 products over bank blocks read from the features. On a compute device:
-    float32 products; the scaled bank is kept on a CUDA device when it fits the device's
-    memory budget, else streamed to it block by block."""
+    numpy: float64 products over bank blocks. On a compute device: float32 products; the
+    bank is kept on a CUDA device when it fits the device's memory budget, else streamed to
+    it block by block."""
 
-    def __init__(self, features: np.ndarray, scale: np.ndarray) -> None:
-        self.features, self.scale = features, scale
+    def __init__(
+        self, features: np.ndarray, weights: np.ndarray | None = None, dtype: type = np.float32
+    ) -> None:
+        """Rows ``weights_i * f_i / ||f_i||`` (weights default to 1), in one pass."""
+        n, d = features.shape
+        in_memory = n * d * np.dtype(dtype).itemsize <= IN_MEMORY_BANK_BYTES
+        bank = np.empty((n, d), dtype=dtype) if in_memory else None
+        scale = np.empty(n)
+        for start, f in _blocks(features):
+            rows = slice(start, start + len(f))
+            norms = _to_numpy(_row_norm(f))
+            scale[rows] = (1.0 if weights is None else weights[rows]) / np.maximum(norms, 1e-12)
+            if bank is not None:
+                bank[rows] = _to_numpy(f) * scale[rows, None]
+        self.features: np.ndarray = features if bank is None else bank
+        self.scale: np.ndarray | None = None if bank is not None else scale
         self._resident: tuple[str, Any] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -246,10 +261,10 @@ class _NeighbourBank:
         if self._resident is not None and self._resident[0] == device:
             yield self._resident[1]
             return
-        scale = torch.as_tensor(self.scale, device=device)
         rows = rows_per_chunk(d, BLOCK_VALUES)
+        scale = None if self.scale is None else torch.as_tensor(self.scale, device=device)
         blocks = (
-            (f * scale[s : s + len(f), None].float())
+            f if scale is None else f * scale[s : s + len(f), None].float()
             for s, f in device_blocks(self.features, rows, device, torch.float32)
         )
         if n * d * 4 <= device_memory_budget(device):
@@ -282,7 +297,8 @@ class _NeighbourBank:
             z = _normalise(np.asarray(block, dtype=np.float64))
             top = np.empty((len(z), 0))  # the k largest products so far, unordered
             for b, f in iter_row_chunks(self.features, bank_rows):
-                sim = z @ (np.asarray(f, np.float64) * self.scale[b : b + len(f), None]).T
+                f = np.asarray(f, np.float64)
+                sim = z @ (f if self.scale is None else f * self.scale[b : b + len(f), None]).T
                 top = np.concatenate([top, sim], axis=1)
                 if top.shape[1] > k:
                     top = -np.partition(-top, k - 1, axis=1)[:, :k]
@@ -296,8 +312,9 @@ class KNN(oodlens.Scorer):
     .. math:: s(x) = -\lVert z - z_{(k)} \rVert_2, \qquad z = f / \lVert f \rVert_2
 
     where :math:`z_{(k)}` is the k-th nearest normalised training feature. The fitted bank
-    refers to the training features (no copy: a memory-mapped matrix stays on disk) and
-    holds their inverse norms. Exact search by blocked matrix products
+    holds the normalised training features as float32 up to
+    :data:`IN_MEMORY_BANK_BYTES` (1 GiB), and above it only their inverse norms and a
+    reference to the features (a memory-mapped matrix stays on disk, read in blocks). Exact search by blocked matrix products
     (:math:`\lVert z - t\rVert^2 = 2 - 2 z^\top t` for unit vectors) in float64 (float32
     on a compute device), keeping the running k largest similarities per query, so memory
     stays bounded; faiss (``IndexFlatL2``) is used instead when installed and ``use_faiss``
@@ -326,7 +343,7 @@ class KNN(oodlens.Scorer):
             raise ValueError(
                 f"knn: k={self.k!r} must be an integer in [1, {n}] (the number of training rows)."
             )
-        self.bank_ = _NeighbourBank(train.features, 1.0 / _norms(train.features))
+        self.bank_ = _NeighbourBank(train.features)
         self.index_ = None
         if self.use_faiss:
             try:
@@ -624,8 +641,8 @@ class NNGuide(oodlens.Scorer):
             k: number of neighbours (default 10, pytorch-ood's; the paper uses 100 with a
                 subsampled ImageNet bank); at most the number of training rows.
 
-        Exact search in blocks, as KNN's (the bank refers to the training features and holds
-        one scale per row). Paper:
+        Exact search in blocks, as KNN's (the bank is in memory up to
+        :data:`IN_MEMORY_BANK_BYTES`, else a reference to the features and one scale per row). Paper:
         https://arxiv.org/abs/2309.14888 ; code: https://github.com/roomo7time/nnguide
     """
 
@@ -646,7 +663,8 @@ class NNGuide(oodlens.Scorer):
         logit_rows = rows_per_chunk(train.logits.shape[1], BLOCK_VALUES)
         for start, z in iter_row_chunks(train.logits, logit_rows):
             energy[start : start + len(z)] = logsumexp(np.asarray(z, np.float64), axis=1)
-        self.bank_ = _NeighbourBank(train.features, energy / _norms(train.features))
+        # float64 in memory, as the reference code (its products are not renormalised)
+        self.bank_ = _NeighbourBank(train.features, energy, np.float64)
 
     def _score(self, outputs: oodlens.Outputs) -> np.ndarray:
         top = self.bank_.top_k(outputs.features, int(self.k))
