@@ -61,14 +61,15 @@ def _blocks(array: np.ndarray, rows: int | None = None) -> Iterator[tuple[int, A
         yield start, np.asarray(block, dtype=np.float64)
 
 
-def _on_device(array: np.ndarray) -> Any:
-    """A fitted numpy array as a float64 tensor on the compute device (``None``: none set)."""
+def _fitted(*arrays: np.ndarray) -> tuple[Any, ...]:
+    """Fitted numpy arrays where the blocks of :func:`_blocks` live: as they are, or as
+    float64 tensors on the compute device when one is set."""
     device = current_device()
     if device is None:
-        return None
+        return arrays
     import torch
 
-    return torch.as_tensor(np.asarray(array, dtype=np.float64), device=device)
+    return tuple(torch.as_tensor(np.asarray(a, dtype=np.float64), device=device) for a in arrays)
 
 
 def _to_numpy(x: Any) -> np.ndarray:
@@ -103,27 +104,18 @@ class _GaussianPass:
         features, labels = train.features, train.labels
         c, d = train.n_classes, features.shape[1]
         shift = np.asarray(features[0], dtype=np.float64)
-        shift_t = _on_device(shift)
-        if shift_t is not None:
-            import torch
-
-            sums_t = torch.zeros((c, d), dtype=torch.float64, device=shift_t.device)
-            outer_t = torch.zeros((d, d), dtype=torch.float64, device=shift_t.device)
-            for start, f in _blocks(features):
-                g = f - shift_t
-                outer_t += g.T @ g
-                sums_t.index_add_(0, _index(labels[start : start + len(g)], g), g)
-            sums, outer = _to_numpy(sums_t), _to_numpy(outer_t)
-        else:
-            sums, outer = np.zeros((c, d)), np.zeros((d, d))
-            for start, f in _blocks(features):
-                g = f - shift
-                outer += g.T @ g
-                yb = np.asarray(labels[start : start + len(g)])
+        shift_, sums_, outer_ = _fitted(shift, np.zeros((c, d)), np.zeros((d, d)))
+        for start, f in _blocks(features):
+            g = f - shift_
+            outer_ += g.T @ g
+            yb = np.asarray(labels[start : start + len(g)])
+            if isinstance(g, np.ndarray):
                 order = np.argsort(yb, kind="stable")
                 classes, first = np.unique(yb[order], return_index=True)
-                sums[classes] += np.add.reduceat(g[order], first, axis=0)
-        return cls(counts, shift, sums, outer, int(counts.sum()))
+                sums_[classes] += np.add.reduceat(g[order], first, axis=0)
+            else:
+                sums_.index_add_(0, _index(yb, g), g)
+        return cls(counts, shift, _to_numpy(sums_), _to_numpy(outer_), int(counts.sum()))
 
 
 def _min_distance(features: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
@@ -132,8 +124,7 @@ def _min_distance(features: np.ndarray, means: np.ndarray, precision: np.ndarray
     quad_mu = np.einsum("cd,cd->c", means @ precision, means)
     rows = rows_per_chunk(features.shape[1] + len(means), BLOCK_VALUES)
     out = np.empty(features.shape[0])
-    mats = [_on_device(a) for a in (means, precision, quad_mu)]
-    mu, p, qm = (means, precision, quad_mu) if mats[0] is None else mats
+    mu, p, qm = _fitted(means, precision, quad_mu)
     for start, f in _blocks(features, rows):
         fp = f @ p
         dist = (fp * f).sum(1)[:, None] - 2.0 * fp @ mu.T + qm[None, :]
@@ -420,9 +411,7 @@ class ViM(oodlens.Scorer):
         # singular value of a head whose rows sum to zero (softmax-equivalent heads), which
         # numpy's default cut-off (1e-15) would invert, throwing the origin far away
         self.origin_ = -np.linalg.pinv(w, rcond=max(w.shape) * np.finfo(np.float64).eps) @ b
-        origin, w_, b_ = _on_device(self.origin_), _on_device(w), _on_device(b)
-        if origin is None:
-            origin, w_, b_ = self.origin_, w, b
+        origin, w_, b_ = _fitted(self.origin_, w, b)
         xtx = 0.0
         max_logit_sum = 0.0
         for _, f in _blocks(train.features):
@@ -436,8 +425,7 @@ class ViM(oodlens.Scorer):
 
             eigvec = _to_numpy(torch.linalg.eigh(xtx / n)[1])
         self.residual_basis_ = np.ascontiguousarray(eigvec[:, : d - dim])
-        basis = _on_device(self.residual_basis_)
-        basis = self.residual_basis_ if basis is None else basis
+        (basis,) = _fitted(self.residual_basis_)
         vlogit_sum = 0.0
         for _, f in _blocks(train.features):
             vlogit_sum += float(_row_norm((f - origin) @ basis).sum())
@@ -452,9 +440,7 @@ class ViM(oodlens.Scorer):
     def _score(self, outputs: oodlens.Outputs) -> np.ndarray:
         rows = rows_per_chunk(outputs.features.shape[1] + len(self.bias_), BLOCK_VALUES)
         out = np.empty(outputs.n_samples)
-        fitted = (self.origin_, self.residual_basis_, self.weight_, self.bias_)
-        moved = [_on_device(a) for a in fitted]
-        origin, basis, w, b = fitted if moved[0] is None else moved
+        origin, basis, w, b = _fitted(self.origin_, self.residual_basis_, self.weight_, self.bias_)
         for start, f in _blocks(outputs.features, rows):
             vlogit = _row_norm((f - origin) @ basis) * self.alpha_
             out[start : start + len(f)] = _to_numpy(_row_logsumexp(f @ w.T + b) - vlogit)
@@ -519,15 +505,12 @@ class ReAct(oodlens.Scorer):
         self.threshold_ = _percentile(source.features, self.percentile)
 
     def _score(self, outputs: oodlens.Outputs) -> np.ndarray:
-        w = np.asarray(outputs.head_weight, np.float64)
-        b = np.asarray(outputs.head_bias, np.float64)
+        w, b = _fitted(outputs.head_weight, outputs.head_bias)
         rows = rows_per_chunk(outputs.features.shape[1] + len(w), BLOCK_VALUES)
         out = np.empty(outputs.n_samples)
-        w_, b_ = _on_device(w), _on_device(b)
-        w_, b_ = (w, b) if w_ is None else (w_, b_)
         for start, f in _blocks(outputs.features, rows):
             clipped = f.clip(max=self.threshold_)
-            out[start : start + len(f)] = _to_numpy(_row_logsumexp(clipped @ w_.T + b_))
+            out[start : start + len(f)] = _to_numpy(_row_logsumexp(clipped @ w.T + b))
         return out
 
 
@@ -592,19 +575,17 @@ class SHE(oodlens.Scorer):
     def _fit(self, train: oodlens.Outputs) -> None:
         check_fit_labels("she", train.labels, train.n_classes)
         c, d = train.n_classes, train.features.shape[1]
-        sums, counts = np.zeros((c, d)), np.zeros(c)
-        sums_t = _on_device(sums)
+        (sums,), counts = _fitted(np.zeros((c, d))), np.zeros(c)
         for start, f in _blocks(train.features):
             y = np.asarray(train.labels[start : start + len(f)])
             pred = np.asarray(train.logits[start : start + len(f)]).argmax(axis=1)
             ok = np.flatnonzero(pred == y)
             counts += np.bincount(y[ok], minlength=c)
-            if sums_t is None:
+            if isinstance(f, np.ndarray):
                 np.add.at(sums, y[ok], f[ok])
             else:
-                sums_t.index_add_(0, _index(y[ok], f), f[_index(ok, f)])
-        if sums_t is not None:
-            sums = _to_numpy(sums_t)
+                sums.index_add_(0, _index(y[ok], f), f[_index(ok, f)])
+        sums = _to_numpy(sums)
         empty = np.flatnonzero(counts == 0)
         if empty.size:
             raise ValueError(
@@ -616,8 +597,7 @@ class SHE(oodlens.Scorer):
 
     def _score(self, outputs: oodlens.Outputs) -> np.ndarray:
         out = np.empty(outputs.n_samples)
-        patterns = _on_device(self.patterns_)
-        patterns = self.patterns_ if patterns is None else patterns
+        (patterns,) = _fitted(self.patterns_)
         for start, f in _blocks(outputs.features):
             pred = np.asarray(outputs.logits[start : start + len(f)]).argmax(axis=1)
             out[start : start + len(f)] = _to_numpy((f * patterns[_index(pred, f)]).sum(1))
