@@ -576,9 +576,12 @@ class SHE(oodlens.Scorer):
         check_fit_labels("she", train.labels, train.n_classes)
         c, d = train.n_classes, train.features.shape[1]
         (sums,), counts = _fitted(np.zeros((c, d))), np.zeros(c)
-        for start, f in _blocks(train.features):
+        rows = rows_per_chunk(d, BLOCK_VALUES)
+        # the logits in the same row blocks, read (not mapped) like the features
+        logit_blocks = iter_row_chunks(train.logits, rows)
+        for (start, f), (_, z) in zip(_blocks(train.features, rows), logit_blocks, strict=True):
             y = np.asarray(train.labels[start : start + len(f)])
-            pred = np.asarray(train.logits[start : start + len(f)]).argmax(axis=1)
+            pred = z.argmax(axis=1)
             ok = np.flatnonzero(pred == y)
             counts += np.bincount(y[ok], minlength=c)
             if isinstance(f, np.ndarray):
@@ -598,8 +601,10 @@ class SHE(oodlens.Scorer):
     def _score(self, outputs: oodlens.Outputs) -> np.ndarray:
         out = np.empty(outputs.n_samples)
         (patterns,) = _fitted(self.patterns_)
-        for start, f in _blocks(outputs.features):
-            pred = np.asarray(outputs.logits[start : start + len(f)]).argmax(axis=1)
+        rows = rows_per_chunk(outputs.features.shape[1], BLOCK_VALUES)
+        logit_blocks = iter_row_chunks(outputs.logits, rows)
+        for (start, f), (_, z) in zip(_blocks(outputs.features, rows), logit_blocks, strict=True):
+            pred = z.argmax(axis=1)
             out[start : start + len(f)] = _to_numpy((f * patterns[_index(pred, f)]).sum(1))
         return out
 
