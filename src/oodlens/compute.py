@@ -26,7 +26,15 @@ import numpy as np
 
 from .arrays import iter_row_chunks, rows_per_chunk
 
-__all__ = ["compute_device", "current_device", "device_blocks", "device_memory_budget"]
+__all__ = [
+    "compute_device",
+    "current_device",
+    "device_blocks",
+    "device_memory_budget",
+    "fitted_arrays",
+    "row_blocks",
+    "to_numpy",
+]
 
 _DEVICE: ContextVar[str | None] = ContextVar("oodlens_compute_device", default=None)
 #: arrays copied to the device once per context: ``id(array) -> (array, tensor)``
@@ -105,3 +113,38 @@ def device_memory_budget(device: str, share: float = 0.25) -> int:
         return 0
     free, _ = torch.cuda.mem_get_info(dev)
     return int(free * share)
+
+
+def row_blocks(array: np.ndarray, rows: int) -> Iterator[tuple[int, Any]]:
+    """``(start, float64 block)`` of ``rows`` rows: numpy arrays read with
+    :func:`oodlens.arrays.iter_row_chunks`, or, inside :func:`compute_device`, tensors on
+    that device (:func:`device_blocks`)."""
+    device = current_device()
+    if device is not None:
+        yield from device_blocks(array, rows, device)
+        return
+    for start, block in iter_row_chunks(array, rows):
+        yield start, np.asarray(block, dtype=np.float64)
+
+
+def fitted_arrays(*arrays: np.ndarray) -> tuple[Any, ...]:
+    """Fitted numpy arrays where a scorer's row blocks live: unchanged without a compute
+    device, else as float64 tensors on it.
+
+    Example:
+        >>> w, b = fitted_arrays(np.ones((2, 3)), np.zeros(2))
+        >>> type(w).__name__
+        'ndarray'
+    """
+    device = current_device()
+    if device is None:
+        return arrays
+    import torch
+
+    return tuple(torch.as_tensor(np.asarray(a, dtype=np.float64), device=device) for a in arrays)
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """A numpy array as it is, or a tensor copied to the host as numpy (explicitly: CUDA
+    tensors refuse ``np.asarray``)."""
+    return x if isinstance(x, np.ndarray) else x.detach().cpu().numpy()

@@ -332,6 +332,7 @@ def test_many_small_blocks_equal_one_block(data, tmp_path, monkeypatch, name, pa
         return real(array, rows)
 
     monkeypatch.setattr(oodlens_feature_scorers, "iter_row_chunks", counting)
+    monkeypatch.setattr("oodlens.compute.iter_row_chunks", counting)  # behind row_blocks
     monkeypatch.setattr(oodlens_feature_scorers, "BLOCK_VALUES", 64)  # a few rows per block
     many = oodlens.create_scorer(name, **params).fit(train)
     many_scores = many.score(test)

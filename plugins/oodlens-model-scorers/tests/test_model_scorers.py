@@ -6,6 +6,7 @@ the harness. Uses oodlens's public API only."""
 from __future__ import annotations
 
 import numpy as np
+import oodlens_model_scorers
 import pytest
 import torch
 from scipy.special import logsumexp, softmax
@@ -231,3 +232,49 @@ def test_on_a_vision_transformer():
     ash = oodlens.create_scorer("ash", layer="blocks.11").fit(outputs, model=mi)
     with pytest.raises(ValueError, match=r"needs a \(B, C, H, W\) activation map"):
         ash.score(outputs, model=mi)
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [
+        ("ash", {}),
+        ("ash", {"variant": "p", "percentile": 80}),
+        ("ash", {"variant": "b"}),
+        ("scale", {}),
+        ("dice", {}),
+        ("gradnorm", {}),
+    ],
+)
+def test_torch_path_equals_the_numpy_path(digits, monkeypatch, name, params):
+    """Inside oodlens.compute.compute_device the output-based paths run in torch (here on
+    the CPU, as on a GPU): the same scores as numpy, with implicit tensor -> numpy copies
+    forbidden as on CUDA. The digits features are post-ReLU, with exact zeros: ASH "b"
+    shapes on the host so that ties at the cut pick the same positions."""
+    from oodlens.compute import compute_device
+
+    def no_implicit_copy(self, *args, **kwargs):
+        raise TypeError("implicit tensor -> numpy conversion (fails on a CUDA device)")
+
+    _, _, (train, _), (test, _) = digits
+    expected = oodlens.create_scorer(name, **params).fit(train).score(test)
+    monkeypatch.setattr(torch.Tensor, "__array__", no_implicit_copy)
+    with compute_device("cpu"):
+        got = oodlens.create_scorer(name, **params).fit(train).score(test)
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9)
+
+
+def test_torch_shaping_equals_numpy_without_ties():
+    rng = np.random.default_rng(0)
+    a = np.abs(rng.normal(size=(20, 64)))
+    t = torch.tensor(a)
+    for variant in ("p", "b", "s"):
+        np.testing.assert_allclose(
+            oodlens_model_scorers.ash_shape(t, 70, variant).numpy(),
+            oodlens_model_scorers.ash_shape(a, 70, variant),
+            rtol=1e-12,
+        )
+    np.testing.assert_allclose(
+        oodlens_model_scorers.scale_shape(t, 70).numpy(),
+        oodlens_model_scorers.scale_shape(a, 70),
+        rtol=1e-12,
+    )

@@ -25,7 +25,14 @@ from scipy.special import logsumexp
 
 import oodlens
 from oodlens.arrays import check_fit_labels, iter_row_chunks, rows_per_chunk, streamed_percentile
-from oodlens.compute import current_device, device_blocks, device_memory_budget
+from oodlens.compute import (
+    current_device,
+    device_blocks,
+    device_memory_budget,
+    fitted_arrays,
+    row_blocks,
+    to_numpy,
+)
 from oodlens.params import Boolean, Interval, Options
 
 __all__ = [
@@ -53,27 +60,7 @@ def _blocks(array: np.ndarray, rows: int | None = None) -> Iterator[tuple[int, A
     each: numpy arrays, or torch tensors on the compute device when one is set."""
     if rows is None:
         rows = rows_per_chunk(array.shape[1], BLOCK_VALUES)
-    device = current_device()
-    if device is not None:
-        yield from device_blocks(array, rows, device)
-        return
-    for start, block in iter_row_chunks(array, rows):
-        yield start, np.asarray(block, dtype=np.float64)
-
-
-def _fitted(*arrays: np.ndarray) -> tuple[Any, ...]:
-    """Fitted numpy arrays where the blocks of :func:`_blocks` live: as they are, or as
-    float64 tensors on the compute device when one is set."""
-    device = current_device()
-    if device is None:
-        return arrays
-    import torch
-
-    return tuple(torch.as_tensor(np.asarray(a, dtype=np.float64), device=device) for a in arrays)
-
-
-def _to_numpy(x: Any) -> np.ndarray:
-    return x if isinstance(x, np.ndarray) else x.detach().cpu().numpy()
+    yield from row_blocks(array, rows)
 
 
 def _index(values: np.ndarray, like: Any) -> Any:
@@ -104,7 +91,7 @@ class _GaussianPass:
         features, labels = train.features, train.labels
         c, d = train.n_classes, features.shape[1]
         shift = np.asarray(features[0], dtype=np.float64)
-        shift_, sums_, outer_ = _fitted(shift, np.zeros((c, d)), np.zeros((d, d)))
+        shift_, sums_, outer_ = fitted_arrays(shift, np.zeros((c, d)), np.zeros((d, d)))
         for start, f in _blocks(features):
             g = f - shift_
             outer_ += g.T @ g
@@ -115,7 +102,7 @@ class _GaussianPass:
                 sums_[classes] += np.add.reduceat(g[order], first, axis=0)
             else:
                 sums_.index_add_(0, _index(yb, g), g)
-        return cls(counts, shift, _to_numpy(sums_), _to_numpy(outer_), int(counts.sum()))
+        return cls(counts, shift, to_numpy(sums_), to_numpy(outer_), int(counts.sum()))
 
 
 def _min_distance(features: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
@@ -124,11 +111,11 @@ def _min_distance(features: np.ndarray, means: np.ndarray, precision: np.ndarray
     quad_mu = np.einsum("cd,cd->c", means @ precision, means)
     rows = rows_per_chunk(features.shape[1] + len(means), BLOCK_VALUES)
     out = np.empty(features.shape[0])
-    mu, p, qm = _fitted(means, precision, quad_mu)
+    mu, p, qm = fitted_arrays(means, precision, quad_mu)
     for start, f in _blocks(features, rows):
         fp = f @ p
         dist = (fp * f).sum(1)[:, None] - 2.0 * fp @ mu.T + qm[None, :]
-        out[start : start + len(f)] = np.maximum(_to_numpy(_row_min(dist)), 0.0)
+        out[start : start + len(f)] = np.maximum(to_numpy(_row_min(dist)), 0.0)
     return out
 
 
@@ -242,10 +229,10 @@ class _NeighbourBank:
         )
         for start, f in blocks:
             rows = slice(start, start + len(f))
-            norms = _to_numpy(_row_norm(f)).astype(np.float64)
+            norms = to_numpy(_row_norm(f)).astype(np.float64)
             scale[rows] = (1.0 if weights is None else weights[rows]) / np.maximum(norms, 1e-12)
             if bank is not None:
-                bank[rows] = _to_numpy(f) * scale[rows, None].astype(bank.dtype)
+                bank[rows] = to_numpy(f) * scale[rows, None].astype(bank.dtype)
         self.features: np.ndarray = features if bank is None else bank
         self.scale: np.ndarray | None = None if bank is not None else scale
         self._resident: tuple[str, Any] | None = None
@@ -423,7 +410,7 @@ class ViM(oodlens.Scorer):
         # singular value of a head whose rows sum to zero (softmax-equivalent heads), which
         # numpy's default cut-off (1e-15) would invert, throwing the origin far away
         self.origin_ = -np.linalg.pinv(w, rcond=max(w.shape) * np.finfo(np.float64).eps) @ b
-        origin, w_, b_ = _fitted(self.origin_, w, b)
+        origin, w_, b_ = fitted_arrays(self.origin_, w, b)
         xtx = 0.0
         max_logit_sum = 0.0
         for _, f in _blocks(train.features):
@@ -435,9 +422,9 @@ class ViM(oodlens.Scorer):
         else:  # on the compute device (cuSOLVER on CUDA)
             import torch
 
-            eigvec = _to_numpy(torch.linalg.eigh(xtx / n)[1])
+            eigvec = to_numpy(torch.linalg.eigh(xtx / n)[1])
         self.residual_basis_ = np.ascontiguousarray(eigvec[:, : d - dim])
-        (basis,) = _fitted(self.residual_basis_)
+        (basis,) = fitted_arrays(self.residual_basis_)
         vlogit_sum = 0.0
         for _, f in _blocks(train.features):
             vlogit_sum += float(_row_norm((f - origin) @ basis).sum())
@@ -452,10 +439,12 @@ class ViM(oodlens.Scorer):
     def _score(self, outputs: oodlens.Outputs) -> np.ndarray:
         rows = rows_per_chunk(outputs.features.shape[1] + len(self.bias_), BLOCK_VALUES)
         out = np.empty(outputs.n_samples)
-        origin, basis, w, b = _fitted(self.origin_, self.residual_basis_, self.weight_, self.bias_)
+        origin, basis, w, b = fitted_arrays(
+            self.origin_, self.residual_basis_, self.weight_, self.bias_
+        )
         for start, f in _blocks(outputs.features, rows):
             vlogit = _row_norm((f - origin) @ basis) * self.alpha_
-            out[start : start + len(f)] = _to_numpy(_row_logsumexp(f @ w.T + b) - vlogit)
+            out[start : start + len(f)] = to_numpy(_row_logsumexp(f @ w.T + b) - vlogit)
         return out
 
 
@@ -517,12 +506,12 @@ class ReAct(oodlens.Scorer):
         self.threshold_ = _percentile(source.features, self.percentile)
 
     def _score(self, outputs: oodlens.Outputs) -> np.ndarray:
-        w, b = _fitted(outputs.head_weight, outputs.head_bias)
+        w, b = fitted_arrays(outputs.head_weight, outputs.head_bias)
         rows = rows_per_chunk(outputs.features.shape[1] + len(w), BLOCK_VALUES)
         out = np.empty(outputs.n_samples)
         for start, f in _blocks(outputs.features, rows):
             clipped = f.clip(max=self.threshold_)
-            out[start : start + len(f)] = _to_numpy(_row_logsumexp(clipped @ w.T + b))
+            out[start : start + len(f)] = to_numpy(_row_logsumexp(clipped @ w.T + b))
         return out
 
 
@@ -587,7 +576,7 @@ class SHE(oodlens.Scorer):
     def _fit(self, train: oodlens.Outputs) -> None:
         check_fit_labels("she", train.labels, train.n_classes)
         c, d = train.n_classes, train.features.shape[1]
-        (sums,), counts = _fitted(np.zeros((c, d))), np.zeros(c)
+        (sums,), counts = fitted_arrays(np.zeros((c, d))), np.zeros(c)
         rows = rows_per_chunk(d, BLOCK_VALUES)
         # the logits in the same row blocks, read (not mapped) like the features
         logit_blocks = iter_row_chunks(train.logits, rows)
@@ -600,7 +589,7 @@ class SHE(oodlens.Scorer):
                 np.add.at(sums, y[ok], f[ok])
             else:
                 sums.index_add_(0, _index(y[ok], f), f[_index(ok, f)])
-        sums = _to_numpy(sums)
+        sums = to_numpy(sums)
         empty = np.flatnonzero(counts == 0)
         if empty.size:
             raise ValueError(
@@ -612,12 +601,12 @@ class SHE(oodlens.Scorer):
 
     def _score(self, outputs: oodlens.Outputs) -> np.ndarray:
         out = np.empty(outputs.n_samples)
-        (patterns,) = _fitted(self.patterns_)
+        (patterns,) = fitted_arrays(self.patterns_)
         rows = rows_per_chunk(outputs.features.shape[1], BLOCK_VALUES)
         logit_blocks = iter_row_chunks(outputs.logits, rows)
         for (start, f), (_, z) in zip(_blocks(outputs.features, rows), logit_blocks, strict=True):
             pred = z.argmax(axis=1)
-            out[start : start + len(f)] = _to_numpy((f * patterns[_index(pred, f)]).sum(1))
+            out[start : start + len(f)] = to_numpy((f * patterns[_index(pred, f)]).sum(1))
         return out
 
 

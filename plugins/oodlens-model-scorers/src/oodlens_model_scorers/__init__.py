@@ -24,7 +24,8 @@ import numpy as np
 from scipy.special import logsumexp
 
 import oodlens
-from oodlens.arrays import iter_row_chunks, rows_per_chunk
+from oodlens.arrays import rows_per_chunk
+from oodlens.compute import fitted_arrays, row_blocks, to_numpy
 from oodlens.params import Interval, Options
 from oodlens.scorers import ModelInputs
 
@@ -41,8 +42,13 @@ __all__ = [
 
 
 def _blocks(array: np.ndarray):
-    for start, block in iter_row_chunks(array, rows_per_chunk(array.shape[1])):
-        yield start, np.asarray(block, dtype=np.float64)
+    """float64 row blocks: numpy, or tensors on the compute device when one is set
+    (:mod:`oodlens.compute`; the harness sets its CUDA device)."""
+    yield from row_blocks(array, rows_per_chunk(array.shape[1]))
+
+
+def _logsumexp_rows(x: Any) -> Any:
+    return logsumexp(x, axis=1) if isinstance(x, np.ndarray) else x.logsumexp(1)
 
 
 def _kept(n: int, percentile: float) -> int:
@@ -56,6 +62,15 @@ def ash_shape(a: np.ndarray, percentile: float, variant: str) -> np.ndarray:
     pruning) / k; ``s``: scaled by exp(sum before / sum after)."""
     n, d = a.shape
     k = _kept(d, percentile)
+    if not isinstance(a, np.ndarray):  # a torch tensor
+        values, idx = a.topk(k, dim=1)
+        if variant == "b":
+            fill = (a.sum(1) / k)[:, None].expand(-1, k)
+            return a.new_zeros(a.shape).scatter_(1, idx, fill)
+        kept = a.new_zeros(a.shape).scatter_(1, idx, values)
+        if variant == "s":
+            kept *= (a.sum(1) / kept.sum(1)).exp()[:, None]
+        return kept
     idx = np.argpartition(-a, k - 1, axis=1)[:, :k]
     rows = np.arange(n)[:, None]
     out = np.zeros_like(a)
@@ -73,15 +88,18 @@ def scale_shape(a: np.ndarray, percentile: float) -> np.ndarray:
     """SCALE on (N, D) activations: every activation times exp(s1 / s2), s1 the sum of all,
     s2 the sum of the top ``100 - percentile`` % (no pruning)."""
     k = _kept(a.shape[1], percentile)
+    if not isinstance(a, np.ndarray):  # a torch tensor
+        return a * (a.sum(1) / a.topk(k, dim=1).values.sum(1)).exp()[:, None]
     top = -np.partition(-a, k - 1, axis=1)[:, :k]
     return a * np.exp(a.sum(axis=1) / top.sum(axis=1))[:, None]
 
 
-def _check_nonnegative(name: str, a: np.ndarray) -> None:
-    if a.min() < 0:
+def _check_nonnegative(name: str, a: Any) -> None:
+    low = float(a.min())
+    if low < 0:
         raise ValueError(
             f"{name} assumes non-negative (post-ReLU) activations, as in the CNNs of its paper; "
-            f"these have negative values (min {a.min():.3g}), e.g. a vision transformer's "
+            f"these have negative values (min {low:.3g}), e.g. a vision transformer's "
             "pre-logits. It is not defined for them: use a CNN backbone, or layer= an inner "
             "ReLU feature map."
         )
@@ -243,11 +261,13 @@ class GradNorm(oodlens.Scorer):
             return self._score_inner(model)
         out = np.empty(outputs.n_samples)
         c = outputs.n_classes
+        w, b = fitted_arrays(outputs.head_weight, outputs.head_bias)
         for start, f in _blocks(outputs.features):
-            z = f @ np.asarray(outputs.head_weight, np.float64).T + outputs.head_bias
-            logp = z / self.temperature - logsumexp(z / self.temperature, axis=1, keepdims=True)
-            spread = np.abs(np.exp(logp) - 1.0 / c).sum(axis=1)
-            out[start : start + len(f)] = spread * np.abs(f).sum(axis=1) / self.temperature
+            z = (f @ w.T + b) / self.temperature
+            logp = z - _logsumexp_rows(z)[:, None]
+            probs = np.exp(logp) if isinstance(logp, np.ndarray) else logp.exp()
+            spread = abs(probs - 1.0 / c).sum(1)
+            out[start : start + len(f)] = to_numpy(spread * abs(f).sum(1) / self.temperature)
         return out
 
     def _score_inner(self, model: ModelInputs) -> np.ndarray:
@@ -297,13 +317,14 @@ class _Shaping(oodlens.Scorer):
     def _score(self, outputs: oodlens.Outputs, model: ModelInputs | None = None) -> np.ndarray:
         if self.layer != "penultimate":
             return _energy_through(model, self.layer, self._shape, self.name)
-        w = np.asarray(outputs.head_weight, np.float64)
+        w, b = fitted_arrays(outputs.head_weight, outputs.head_bias)
         out = np.empty(outputs.n_samples)
         for start, f in _blocks(outputs.features):
             _check_nonnegative(self.name, f)
-            out[start : start + len(f)] = logsumexp(
-                self._shape(f) @ w.T + outputs.head_bias, axis=1
-            )
+            shaped = self._shape(f)
+            if not isinstance(shaped, type(f)):  # shaped on the host (ASH "b")
+                shaped = f.new_tensor(shaped)
+            out[start : start + len(f)] = to_numpy(_logsumexp_rows(shaped @ w.T + b))
         return out
 
 
@@ -346,7 +367,12 @@ class ASH(_Shaping):
         self.percentile = percentile
         self.layer = layer
 
-    def _shape(self, a: np.ndarray) -> np.ndarray:
+    def _shape(self, a: Any) -> Any:
+        if self.variant == "b" and not isinstance(a, np.ndarray):
+            # ties at the cut (e.g. zeros) keep other positions with torch.topk than with
+            # numpy's argpartition, and "b" gives them weight: shaped on the host, so that a
+            # GPU run gives the CPU's numbers
+            return ash_shape(to_numpy(a), self.percentile, "b")
         return ash_shape(a, self.percentile, self.variant)
 
 
@@ -409,7 +435,7 @@ class DICE(oodlens.Scorer):
     def _fit(self, train: oodlens.Outputs) -> None:
         total = np.zeros(train.features.shape[1])
         for _, f in _blocks(train.features):
-            total += f.sum(axis=0)
+            total += to_numpy(f.sum(0))
         mean = total / train.n_samples
         w = np.asarray(train.head_weight, np.float64)
         contrib = w * mean[None, :]
@@ -418,10 +444,9 @@ class DICE(oodlens.Scorer):
 
     def _score(self, outputs: oodlens.Outputs) -> np.ndarray:
         out = np.empty(outputs.n_samples)
+        w, b = fitted_arrays(self.masked_weight_, outputs.head_bias)
         for start, f in _blocks(outputs.features):
-            out[start : start + len(f)] = logsumexp(
-                f @ self.masked_weight_.T + outputs.head_bias, axis=1
-            )
+            out[start : start + len(f)] = to_numpy(_logsumexp_rows(f @ w.T + b))
         return out
 
 
