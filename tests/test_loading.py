@@ -278,3 +278,19 @@ def test_several_datasets_in_one_pass_equal_one_at_a_time(net, tmp_path):
         "broken.png"
     ]
     assert got["folder"][0].n_samples == 5
+    # with the cache off: kept in memory, and the skipped files still reported
+    off = cached_extract_all(
+        lambda: model,
+        "r",
+        "w",
+        mixed,
+        transform,
+        size,
+        Cache(tmp_path / "off", enabled=False),
+        skip_corrupt=True,
+        progress=False,
+    )
+    assert not isinstance(off["folder"][0].features, np.memmap)
+    assert [p.rsplit("/", 1)[-1] for p in off["folder"][2]] == ["broken.png"]
+    np.testing.assert_allclose(off["digits"][0].logits, got["digits"][0].logits, atol=1e-5)
+    assert not (tmp_path / "off").exists()

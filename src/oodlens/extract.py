@@ -423,59 +423,19 @@ def cached_extract(
     transform: Any,
     input_size: tuple[int, int, int],
     cache: Cache,
-    device: Any = "cpu",
-    batch_size: int = 256,
-    num_workers: int = 0,
-    skip_corrupt: bool = False,
-    progress: bool = True,
-    precision: str = "fp32",
-    channels_last: bool = False,
-    features_dtype: str = "float32",
+    **options: Any,
 ) -> tuple[Outputs, bool, list[str]]:
     """Outputs of the model on ``source``, from the cache when an entry exists for the same
-    (model name, weights hash, dataset fingerprint, transform, extraction version).
-    ``get_model()`` returns the network; it is called only on a cache miss.
+    (model name, weights hash, dataset fingerprint, transform, extraction options).
+    ``get_model()`` returns the network; it is called only on a cache miss. ``options``:
+    those of :func:`cached_extract_all` (device, batch_size, num_workers, skip_corrupt,
+    progress, precision, channels_last, features_dtype).
 
     Returns the outputs, whether it was a cache hit, and the skipped corrupt files.
     """
-    key = _outputs_key(
-        cache,
-        model_name,
-        weights_id,
-        source,
-        transform,
-        skip_corrupt,
-        precision,
-        channels_last,
-        features_dtype,
-    )
-    cached = cache.get_outputs(key)
-    barrier()  # every rank has looked before any rank writes
-    if cached is not None:
-        return cached, True, []
-    rep = ExtractionReport()
-    # extract_outputs runs under inference_mode itself; the model is built outside it, so that
-    # its parameters stay ordinary tensors (Grad-CAM needs gradients through them later)
-    kwargs = {
-        "device": device,
-        "batch_size": batch_size,
-        "num_workers": num_workers,
-        "skip_corrupt": skip_corrupt,
-        "progress": progress,
-        "report": rep,
-        "precision": precision,
-        "channels_last": channels_last,
-        "features_dtype": features_dtype,
-    }
-    if rank_and_world()[1] > 1:
-        return _sharded_extract(get_model, source, transform, input_size, cache, key, kwargs)
-    if not cache.enabled:
-        return extract_outputs(get_model(), source, transform, input_size, **kwargs), False, []
-    # written straight into the cache, batch by batch, then renamed into place: the features
-    # never have to fit in memory, and an interrupted run leaves no entry
-    with atomic_dir(cache.outputs_path(key)) as tmp:
-        extract_outputs(get_model(), source, transform, input_size, out_dir=tmp, **kwargs)
-    return Outputs.load_dir(cache.outputs_path(key)), False, rep.corrupt
+    return cached_extract_all(
+        get_model, model_name, weights_id, {"": source}, transform, input_size, cache, **options
+    )[""]
 
 
 def _outputs_key(
@@ -522,31 +482,15 @@ def cached_extract_all(
     channels_last: bool = False,
     features_dtype: str = "float32",
 ) -> dict[str, tuple[Outputs, bool, list[str]]]:
-    """:func:`cached_extract` for several datasets of one model: the cached entries are
-    read, and the others extracted in one pass through one DataLoader (its workers start
-    once, not once per dataset), each written into its own cache entry, the same entry a
-    single :func:`cached_extract` would write. Under torchrun, or with the cache off, each
-    dataset goes through :func:`cached_extract` in turn.
+    """Outputs of the model on each of ``sources``, each from its own cache entry (see
+    :func:`cached_extract`) when it exists. The others are extracted in one pass through one
+    DataLoader (its workers start once, not once per dataset), each written into its own
+    cache entry, batch by batch, then renamed into place: the features never have to fit in
+    memory, and an interrupted run leaves no entry. With the cache off they are kept in
+    memory; under torchrun each dataset is sharded across the ranks in turn.
 
     Returns ``{name: (outputs, cache hit, skipped corrupt files)}`` in the order of ``sources``.
     """
-    options = {
-        "device": device,
-        "batch_size": batch_size,
-        "num_workers": num_workers,
-        "skip_corrupt": skip_corrupt,
-        "progress": progress,
-        "precision": precision,
-        "channels_last": channels_last,
-        "features_dtype": features_dtype,
-    }
-    if rank_and_world()[1] > 1 or not cache.enabled:
-        return {
-            name: cached_extract(
-                get_model, model_name, weights_id, src, transform, input_size, cache, **options
-            )
-            for name, src in sources.items()
-        }
     keys = {
         name: _outputs_key(
             cache,
@@ -566,8 +510,24 @@ def cached_extract_all(
         cached = cache.get_outputs(key)
         if cached is not None:
             results[name] = (cached, True, [])
+    barrier()  # every rank has looked before any rank writes
     missing = [name for name in sources if name not in results]
-    if missing:
+    if missing and rank_and_world()[1] > 1:
+        options = {
+            "device": device,
+            "batch_size": batch_size,
+            "num_workers": num_workers,
+            "skip_corrupt": skip_corrupt,
+            "progress": progress,
+            "precision": precision,
+            "channels_last": channels_last,
+            "features_dtype": features_dtype,
+        }
+        for name in missing:
+            results[name] = _sharded_extract(
+                get_model, sources[name], transform, input_size, cache, keys[name], options
+            )
+    elif missing:
         with contextlib.ExitStack() as stack:
             parts = {
                 name: _Part(
@@ -575,10 +535,14 @@ def cached_extract_all(
                     OutputsWriter(
                         stack.enter_context(atomic_dir(cache.outputs_path(keys[name]))),
                         features_dtype,
-                    ),
+                    )
+                    if cache.enabled
+                    else None,
                 )
                 for name in missing
             }
+            # the network is built outside inference_mode (_extract_parts enters it), so that
+            # its parameters stay ordinary tensors (Grad-CAM needs gradients through them)
             model = get_model()
             _extract_parts(
                 model,
@@ -599,10 +563,14 @@ def cached_extract_all(
                 for part in parts.values():
                     part.close()
                 raise
-            for part in parts.values():
-                part.finish(model)
+            finished = {name: part.finish(model) for name, part in parts.items()}
         for name in missing:
-            out = Outputs.load_dir(cache.outputs_path(keys[name]))
+            # entries are read back from their final place (the temporary folder is gone)
+            out = (
+                Outputs.load_dir(cache.outputs_path(keys[name]))
+                if cache.enabled
+                else finished[name]
+            )
             results[name] = (out, False, list(parts[name].bad))
     return {name: results[name] for name in sources}
 
