@@ -30,6 +30,8 @@ __all__ = [
     "build_transform",
     "BatchPreprocess",
     "PREPROCESS_MODES",
+    "PRECISIONS",
+    "precision_autocast",
     "resolve_preprocess",
     "resolve_device",
 ]
@@ -347,6 +349,27 @@ def build_transform(
         cfg["input_size"] = (cfg["input_size"][0], img_size, img_size)
         cfg["crop_pct"] = 1.0
     return create_transform(**cfg, is_training=False), cfg
+
+
+#: Autocast precisions of the forward pass (extraction) and of training.
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def precision_autocast(device: str | torch.device, precision: str) -> torch.autocast:
+    """``torch.autocast`` on ``device`` for a :data:`PRECISIONS` value (disabled for fp32).
+
+    Raises:
+        ValueError: an unknown precision, naming the valid ones.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(
+            f"precision={precision!r} is not valid; use one of {', '.join(PRECISIONS)}."
+        )
+    return torch.autocast(
+        device_type=torch.device(device).type,
+        dtype=torch.bfloat16 if precision == "bf16" else torch.float16,
+        enabled=precision != "fp32",
+    )
 
 
 #: Where images are resized and normalised: per image with PIL on the DataLoader workers

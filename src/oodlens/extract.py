@@ -16,7 +16,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .backbones import BatchPreprocess, ModelConfig, create_backbone, forward_all, get_head
+from .backbones import (
+    PRECISIONS,
+    BatchPreprocess,
+    ModelConfig,
+    create_backbone,
+    forward_all,
+    get_head,
+    precision_autocast,
+)
 from .cache import Cache
 from .datasets import CorruptImageError, DatasetSource
 from .distributed import all_gather, barrier, rank_and_world
@@ -35,9 +43,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: Extraction precisions: autocast dtypes of the forward pass.
-PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def default_num_workers() -> int:
@@ -266,10 +271,7 @@ def _extract_parts(
     (one part only): the batches ``b % world == rank``, each stored as one block."""
     from tqdm.auto import tqdm
 
-    if precision not in PRECISIONS:
-        raise ValueError(
-            f"precision={precision!r} is not valid; use one of {', '.join(PRECISIONS)}."
-        )
+    autocast = precision_autocast(device, precision)
     device = torch.device(device)
     on_device = isinstance(transform, BatchPreprocess)
     item_transform = transform.decode if on_device else transform
@@ -300,11 +302,6 @@ def _extract_parts(
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    autocast = torch.autocast(
-        device_type=device.type,
-        dtype=torch.bfloat16 if precision == "bf16" else torch.float16,
-        enabled=precision != "fp32",
-    )
     feature_type = np.dtype(features_dtype)
     pending: list[tuple[Any, Any, np.ndarray, np.ndarray, int, int]] = []
 

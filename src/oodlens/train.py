@@ -134,15 +134,15 @@ def train_model(
         build_transform,
         check_model_name,
         create_backbone,
+        precision_autocast,
         resolve_device,
         save_checkpoint,
     )
 
     out = check_checkpoint_out(out)
     check_model_name(cfg.model)
-    if cfg.precision not in ("fp32", "bf16", "fp16"):
-        raise ValueError(f"precision={cfg.precision!r} is not valid; use fp32, bf16 or fp16.")
     dev = resolve_device(device)
+    autocast = precision_autocast(dev, cfg.precision)  # checked before any work
     torch.manual_seed(cfg.seed)
     train_src = load_dataset(split_spec(cfg.data, "train"))
     if any(cfg.holdout):
@@ -167,11 +167,6 @@ def train_model(
     model.to(dev).train()
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.to(memory_format=fmt)
-    autocast = torch.autocast(
-        dev.type,
-        dtype=torch.bfloat16 if cfg.precision == "bf16" else torch.float16,
-        enabled=cfg.precision != "fp32",
-    )
     scaler = torch.amp.GradScaler(dev.type, enabled=cfg.precision == "fp16")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = max(1, cfg.epochs * len(loader))
