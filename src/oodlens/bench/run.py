@@ -207,7 +207,7 @@ def _prepare(cfg: BenchmarkConfig) -> _Plan:
     info["num_workers"] = workers
     info["duplicates"] = _duplicates(sources, cache, info["warnings"], workers)
     info["preprocess"] = resolve_preprocess(cfg.preprocess, device)
-    info["score_device"] = str(device) if device.type == "cuda" else "cpu (numpy)"
+    info["score_device"] = str(_score_device(device) or "cpu (numpy)")
     return _Plan(cfg, device, cache, specs, dists, aware, sources, info, workers)
 
 
@@ -457,11 +457,16 @@ def _score(
     rows: list[dict[str, Any]] = []
     out = run.outputs
     ood_val = {k.split(":", 1)[1]: v for k, v in out.items() if k.startswith("ood_val:")}
-    # on CUDA the scorers' torch paths run there (oodlens.compute); elsewhere numpy
-    with compute_device(plan.device if plan.device.type == "cuda" else None):
+    with compute_device(_score_device(plan.device)):
         for spec in plan.scorers:
             rows += _score_one(plan, run, failures, model_inputs, spec, ood_val)
     return rows
+
+
+def _score_device(device: Any) -> Any:
+    """Where the scorers fit and score: the run's device on CUDA (their torch paths, see
+    :mod:`oodlens.compute`), else ``None`` (numpy on the CPU)."""
+    return device if device.type == "cuda" else None
 
 
 def _score_one(plan, run, failures, model_inputs, spec, ood_val) -> list[dict[str, Any]]:
