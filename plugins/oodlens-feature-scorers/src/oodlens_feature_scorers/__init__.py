@@ -207,9 +207,8 @@ class _NeighbourBank:
     ``dtype``) when they fit :data:`IN_MEMORY_BANK_BYTES`, else a reference to the features
     (a memory map stays on disk) and the per-row scales.
 
-    numpy: float64 products over bank blocks. On a compute device: float32 products; the
-    bank is kept on a CUDA device when it fits the device's memory budget, else streamed to
-    it block by block."""
+    numpy: float64 products over bank blocks. On a compute device: float32 products against
+    the whole bank when it fits the device's memory budget, else block by block."""
 
     def __init__(
         self, features: np.ndarray, weights: np.ndarray | None = None, dtype: type = np.float32
@@ -235,29 +234,19 @@ class _NeighbourBank:
                 bank[rows] = to_numpy(f) * scale[rows, None].astype(bank.dtype)
         self.features: np.ndarray = features if bank is None else bank
         self.scale: np.ndarray | None = None if bank is not None else scale
-        self._resident: tuple[str, Any] | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_resident": None}
 
     def _device_blocks(self, device: str) -> Iterator[Any]:
+        """The bank rows on ``device`` as float32: in one block when they fit the device's
+        memory budget (read from the copy :mod:`oodlens.compute` keeps for every scorer of
+        the run), else block by block."""
         import torch
 
         n, d = self.features.shape
-        if self._resident is not None and self._resident[0] == device:
-            yield self._resident[1]
-            return
-        rows = rows_per_chunk(d, BLOCK_VALUES)
+        fits = n * d * 4 <= device_memory_budget(device)
+        rows = n if fits else rows_per_chunk(d, BLOCK_VALUES)
         scale = None if self.scale is None else torch.as_tensor(self.scale, device=device)
-        blocks = (
-            f if scale is None else f * scale[s : s + len(f), None].float()
-            for s, f in device_blocks(self.features, rows, device, torch.float32)
-        )
-        if n * d * 4 <= device_memory_budget(device):
-            self._resident = (device, torch.cat(list(blocks)))
-            yield self._resident[1]
-        else:
-            yield from blocks
+        for s, f in device_blocks(self.features, rows, device, torch.float32):
+            yield f if scale is None else f * scale[s : s + len(f), None].float()
 
     def top_k(self, queries: np.ndarray, k: int) -> np.ndarray:
         """(Q, k) largest inner products of the normalised queries with the bank rows."""
