@@ -2,14 +2,17 @@
 side by side in one run, on whatever device is present.
 
     python benchmarks/gpu_throughput.py [--profile cpu|gpu] [--config FILE] [--workers N]
+        [--bare-workers N] [--repeats N] [--scoring N,M]
 
 Rows (every ratio is to row 1, measured in the same process):
 1. pure forward, fp32: one resident batch on the device, ``model(x)`` repeated;
 2. the same under bf16 autocast;
-3. bare loop: a DataLoader over every set of the benchmark with ``--workers`` workers and
+3. bare loop: a DataLoader over every set of the benchmark with ``--bare-workers`` workers and
    timm's PIL transform, ``model(x.to(device))`` -- what a user would write;
 4. ``run_benchmark``, first run (empty outputs cache), output-based scorers only: its
-   extraction alone (the harness's own timer), then end to end;
+   extraction alone (the harness's own timer: it includes building the network and
+   starting the workers), then end to end; on a GPU also its extraction with the PIL
+   transform on the workers, and under bf16 autocast in channels-last;
 5. the same, second run (outputs from the cache).
 Then, with ``--scoring N,M``: every installed output-based scorer fitted on N and scoring M
 synthetic rows of 2048-d features (memory-mapped float32, 10 classes), on the compute device
@@ -161,6 +164,9 @@ def main() -> None:
     ap.add_argument("--profile", choices=sorted(PROFILES), help="default: gpu if CUDA, else cpu")
     ap.add_argument("--config", help="benchmark config (default: the digits demo)")
     ap.add_argument("--workers", type=int, default=None, help="default: from the CPU count")
+    ap.add_argument(
+        "--bare-workers", type=int, default=None, help="workers of row 3 (default: --workers)"
+    )
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument(
         "--scoring",
@@ -171,6 +177,7 @@ def main() -> None:
     profile = args.profile or ("gpu" if device.type == "cuda" else "cpu")
     model_name, img_size, batch = PROFILES[profile]
     workers = default_num_workers() if args.workers is None else args.workers
+    bare_workers = workers if args.bare_workers is None else args.bare_workers
     cfg = load_config(args.config) if args.config else BenchmarkConfig()
     cfg = dataclasses.replace(
         cfg,
@@ -209,10 +216,11 @@ def main() -> None:
         x = torch.randn(batch, *input_size)
         fp32 = max(pure_forward(model, x, device, "fp32") for _ in range(args.repeats))
         bf16 = max(pure_forward(model, x, device, "bf16") for _ in range(args.repeats))
-        bare, extract, first, second, pil = [], [], [], [], []
+        bare, extract, first, second, pil, fast = [], [], [], [], [], []
         pil_cfg = dataclasses.replace(cfg, preprocess="pil")
+        fast_cfg = dataclasses.replace(cfg, precision="bf16", channels_last=True)
         for _ in range(args.repeats):
-            bare.append(bare_loop(model, transform, input_size, specs, batch, workers, device))
+            bare.append(bare_loop(model, transform, input_size, specs, batch, bare_workers, device))
             shutil.rmtree(cache / "outputs", ignore_errors=True)
             t0 = time.perf_counter()
             res = run_benchmark(cfg, progress=False)
@@ -224,17 +232,21 @@ def main() -> None:
             if res.info["preprocess"] == "device":
                 shutil.rmtree(cache / "outputs", ignore_errors=True)
                 pil.append(run_benchmark(pil_cfg, progress=False).timings["extract"])
+            if device.type == "cuda":
+                shutil.rmtree(cache / "outputs", ignore_errors=True)
+                fast.append(run_benchmark(fast_cfg, progress=False).timings["extract"])
         assert res.info["cache_misses"] > 0 and res2.info["cache_misses"] == 0
         scorers = sorted(res.table.scorer.unique())
     rows = [
         ("1. pure forward, resident batch, fp32", fp32),
         ("2. same, bf16 autocast", bf16),
-        (f"3. bare loop, {workers} workers, PIL transform", n_images / min(bare)),
+        (f"3. bare loop, {bare_workers} workers, PIL transform", n_images / min(bare)),
         (
-            f"4a. harness extraction ({res.info['preprocess']} preprocessing)",
+            f"4a. harness extraction ({res.info['preprocess']}, {workers} workers)",
             n_images / min(extract),
         ),
         *([("4c. same, PIL preprocessing", n_images / min(pil))] if pil else []),
+        *([("4d. same as 4a, bf16 + channels-last", n_images / min(fast))] if fast else []),
         ("4b. harness end to end (first run)", n_images / min(first)),
         ("5. harness end to end (cached)", n_images / min(second)),
     ]

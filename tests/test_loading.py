@@ -294,3 +294,66 @@ def test_several_datasets_in_one_pass_equal_one_at_a_time(net, tmp_path):
     assert [p.rsplit("/", 1)[-1] for p in off["folder"][2]] == ["broken.png"]
     np.testing.assert_allclose(off["digits"][0].logits, got["digits"][0].logits, atol=1e-5)
     assert not (tmp_path / "off").exists()
+
+
+def test_batches_cut_into_one_chunk_per_worker():
+    from oodlens.extract import _batch_chunks
+
+    plan = _batch_chunks(70, 32, 4)  # chunks of 8: 4 per full batch, the last batch of 6 whole
+    assert [[(c.start, c.stop) for c in b] for b in plan] == [
+        [(0, 8), (8, 16), (16, 24), (24, 32)],
+        [(32, 40), (40, 48), (48, 56), (56, 64)],
+        [(64, 70)],
+    ]
+    assert _batch_chunks(10, 4, 0) == [[range(0, 4)], [range(4, 8)], [range(8, 10)]]
+    for n, batch, workers in ((1000, 256, 14), (13, 5, 3), (0, 8, 2)):
+        plan = _batch_chunks(n, batch, workers)
+        assert [i for b in plan for c in b for i in c] == list(range(n))  # every row once
+        assert all(sum(map(len, b)) == min(batch, n - k * batch) for k, b in enumerate(plan))
+
+
+@pytest.mark.parametrize("device_preprocess", [False, True])
+def test_workers_decoding_chunks_give_the_rows_of_one_process(net, tmp_path, device_preprocess):
+    """With workers, each batch is decoded in chunks by all of them and put together on the
+    device: the same outputs, in the same order, as without workers, with images of mixed
+    sizes (a chunk then holds a list) and an unreadable one in the middle of a chunk."""
+    from PIL import Image
+
+    from oodlens.backbones import BatchPreprocess
+
+    model, transform, size, _ = net
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(37):
+        shape = (12, 12) if i % 3 else (20, 9)
+        Image.fromarray(rng.integers(0, 255, (*shape, 3), dtype=np.uint8)).save(
+            folder / f"{i:02d}.png"
+        )
+    (folder / "17b.png").write_bytes(b"not a png")
+    source = oodlens.load_dataset(str(folder))
+    tf = BatchPreprocess(transform) if device_preprocess else transform
+    runs = []
+    for workers in (0, 2):
+        report = ExtractionReport()
+        out = extract_outputs(
+            model,
+            source,
+            tf,
+            size,
+            batch_size=16,
+            num_workers=workers,
+            progress=False,
+            skip_corrupt=True,
+            report=report,
+        )
+        assert [p.rsplit("/", 1)[-1] for p in report.corrupt] == ["17b.png"]
+        runs.append(out)
+    single, chunked = runs
+    assert chunked.n_samples == 37
+    np.testing.assert_array_equal(chunked.labels, single.labels)
+    np.testing.assert_allclose(chunked.logits, single.logits, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(chunked.features, single.features, rtol=1e-5, atol=1e-5)
+    # row 18 (after the unreadable file) is image 18, as extracted alone
+    alone = extract_outputs(model, source.subset([19], "one"), tf, size, progress=False)
+    np.testing.assert_allclose(chunked.logits[18], alone.logits[0], rtol=1e-5, atol=1e-5)

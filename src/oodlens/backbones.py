@@ -418,6 +418,7 @@ class BatchPreprocess:
         self.resize: int | tuple[int, ...] | None = None
         self.crop: tuple[int, int] | None = None
         self.mean = self.std = None
+        self._constants: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         for step in getattr(transform, "transforms", [transform]):
             name = type(step).__name__
             if isinstance(step, T.Resize) and step.max_size is None:
@@ -486,9 +487,22 @@ class BatchPreprocess:
                 x = x.round_().clamp_(0.0, 255.0)
         if self.crop is not None:
             x = F.center_crop(x, list(self.crop))
-        mean = torch.tensor(self.mean, device=device).view(-1, 1, 1) * 255.0
-        std = torch.tensor(self.std, device=device).view(-1, 1, 1) * 255.0
+        mean, std = self._normalisation(device)
         return (x - mean) / std
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_constants": {}}  # device tensors stay in this process
+
+    def _normalisation(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std (x 255) as (C, 1, 1) tensors on ``device``, made once per device: a
+        copy from pageable memory to a GPU waits for the device, which would stall the
+        pipeline at every batch."""
+        if device not in self._constants:
+            self._constants[device] = tuple(
+                (torch.tensor(v, dtype=torch.float32) * 255.0).view(-1, 1, 1).to(device)
+                for v in (self.mean, self.std)
+            )
+        return self._constants[device]
 
     def _resized(self, h: int, w: int) -> tuple[int, int]:
         """Output size of torchvision's ``Resize(self.resize)`` for an h x w image."""

@@ -364,32 +364,48 @@ def load_folder_source(path: str, split: str, spec: str) -> DatasetSource:
         root, split = root / split, "all"
     elif split == "test" and (root / "train").is_dir() and (root / "val").is_dir():
         root, split = root / "val", "all"  # ImageNet's layout: its val set is the test set
-    is_img = lambda p: p.is_file() and p.suffix.lower() in IMG_EXTENSIONS  # noqa: E731
     subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    class_dirs = [d for d in subdirs if any(is_img(p) for p in d.rglob("*"))]
-    if class_dirs:
-        classes = tuple(d.name for d in class_dirs)
-        files = [
-            (str(p), k) for k, d in enumerate(class_dirs) for p in sorted(d.rglob("*")) if is_img(p)
-        ]
+    found = [(d.name, _image_files(str(d))) for d in subdirs]
+    found = [(name, images) for name, images in found if images]
+    if found:
+        classes = tuple(name for name, _ in found)
+        files = [(p, k) for k, (_, images) in enumerate(found) for p in images]
     else:
         classes = (root.name,)
-        files = [(str(p), 0) for p in sorted(root.iterdir()) if is_img(p)]
+        files = [(str(p), 0) for p in sorted(root.iterdir()) if _is_image(str(p))]
     if not files:
         raise ValueError(
             f"No images ({', '.join(IMG_EXTENSIONS)}) found in {str(root)!r}; expected one sub-folder "
             "per class (ImageFolder layout) or image files directly in the folder."
         )
     paths = [f for f, _ in files]
+    prefix = os.path.join(str(root), "")
     source = DatasetSource(
         spec=str(Path(path).expanduser()),
         classes=classes,
         ids=paths,
         labels=np.array([k for _, k in files], dtype=np.int64),
         loader=lambda i: _open_image(paths[i]),
-        keys=[Path(p).relative_to(root).as_posix() for p in paths],
+        keys=[p[len(prefix) :].replace(os.sep, "/") for p in paths],
     )
     return _hash_split(source, split)
+
+
+def _is_image(path: str) -> bool:
+    return os.path.splitext(path)[1].lower() in IMG_EXTENSIONS and os.path.isfile(path)
+
+
+def _image_files(folder: str) -> list[str]:
+    """The image files under ``folder``, recursively (linked folders are not entered), in
+    the order of their sorted path parts (as sorting ``Path`` objects gives). ``os.walk``
+    rather than ``Path.rglob``: listing 14,000 files took 0.7 s through pathlib."""
+    images = [
+        os.path.join(top, name)
+        for top, _, names in os.walk(folder)
+        for name in names
+        if _is_image(os.path.join(top, name))
+    ]
+    return sorted(images, key=lambda p: p.split(os.sep))
 
 
 def load_torchvision_source(

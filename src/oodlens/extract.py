@@ -288,15 +288,17 @@ def _extract_parts(
         dataset = torch.utils.data.Subset(dataset, mine)
     # where each part's rows start in the order of the loader
     offsets = np.cumsum([0] + [len(d) for d in datasets]) if shard is None else [0, len(dataset)]
+    plan = _batch_chunks(len(dataset), batch_size, num_workers)
     loader = torch.utils.data.DataLoader(
         dataset,
-        batch_size=batch_size,
+        batch_sampler=[chunk for chunks in plan for chunk in chunks],
         num_workers=num_workers,
-        shuffle=False,
         pin_memory=device.type == "cuda",
-        persistent_workers=num_workers > 0,
+        prefetch_factor=4 if num_workers > 0 else None,
         collate_fn=collate_decoded if on_device else None,
     )
+    # the workers start decoding while the network moves to the device
+    chunks_in = iter(loader)
     was_training = model.training
     model.eval().to(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -307,7 +309,7 @@ def _extract_parts(
 
     def store(z, f, y: np.ndarray, rows: np.ndarray, lo: int, hi: int) -> None:
         """Split a batch (positions [lo, hi), kept ``rows``) among the parts it covers."""
-        z, f = z(), f().astype(feature_type)
+        z, f = z(), f().astype(feature_type, copy=False)
         first = int(np.searchsorted(offsets, lo, side="right")) - 1
         last = int(np.searchsorted(offsets, hi - 1, side="right")) - 1
         for k in range(first, last + 1):
@@ -321,17 +323,23 @@ def _extract_parts(
     try:
         with torch.inference_mode(), autocast:
             desc = parts[0].source.spec if len(parts) == 1 else f"{len(parts)} datasets"
-            for x, y, ok, path, err in tqdm(
-                loader, desc=f"extract {desc}", disable=None if progress else True, leave=False
+            for chunks in tqdm(
+                plan, desc=f"extract {desc}", disable=None if progress else True, leave=False
             ):
+                # exactly as many chunks as planned: the loader never raises StopIteration,
+                # which would stop its workers before the last batches are stored
+                got = [next(chunks_in) for _ in chunks]
+                ok = torch.cat([g[2] for g in got]).bool()
+                y = torch.cat([g[1] for g in got])
                 lo, hi = position, position + len(ok)
                 position = hi
-                keep = ok.bool()
-                for i in (~keep).nonzero().flatten().tolist():
+                paths = [p for g in got for p in g[3]]
+                errors = [e for g in got for e in g[4]]
+                for i in (~ok).nonzero().flatten().tolist():
                     k = int(np.searchsorted(offsets, lo + i, side="right")) - 1
-                    parts[k].bad.append(path[i])
-                    parts[k].messages.append(err[i])
-                rows = np.arange(lo, hi)[keep.numpy()]
+                    parts[k].bad.append(paths[i])
+                    parts[k].messages.append(errors[i])
+                rows = np.arange(lo, hi)[ok.numpy()]
                 if not len(rows):
                     store(
                         lambda: np.empty((0, 0)),
@@ -342,18 +350,11 @@ def _extract_parts(
                         hi,
                     )
                     continue
-                if on_device:
-                    if isinstance(x, list):
-                        x = [x[i] for i in keep.nonzero().flatten().tolist()]
-                    elif not keep.all():
-                        x = x[keep]
-                    batch = transform.batch(x, device).contiguous(memory_format=fmt)
-                else:  # x[keep] would copy the whole batch out of pinned memory
-                    x = x if keep.all() else x[keep]
-                    batch = x.to(device, non_blocking=True, memory_format=fmt)
-                z, f = forward_all(model, batch)
+                kept = [_readable(x, keep.bool()) for x, _, keep, _, _ in got]
+                batch = _device_batch([k for k in kept if len(k)], transform, device)
+                z, f = forward_all(model, batch.contiguous(memory_format=fmt))
                 # copied back without waiting: this batch is stored while the next one runs
-                pending.append((_to_host(z), _to_host(f), y[keep].numpy(), rows, lo, hi))
+                pending.append((_to_host(z), _to_host(f), y[ok].numpy(), rows, lo, hi))
                 if len(pending) > 1:
                     store(*pending.pop(0))
             while pending:
@@ -366,6 +367,40 @@ def _extract_parts(
         model.train(was_training)
         if channels_last:
             model.to(memory_format=torch.contiguous_format)
+
+
+def _batch_chunks(n: int, batch_size: int, workers: int) -> list[list[range]]:
+    """The positions of each batch of ``batch_size`` over ``n`` rows, cut into about one
+    chunk per DataLoader worker (at least 8 images each): the workers decode a batch
+    together, so the first batch is ready after one chunk's decoding, not a whole batch's
+    by one worker (0.25 s of a 2.6 s extraction on a GPU, measured)."""
+    size = -(-batch_size // max(1, min(workers, batch_size // 8)))
+    plan = []
+    for lo in range(0, n, batch_size):
+        hi = min(lo + batch_size, n)
+        plan.append([range(a, min(a + size, hi)) for a in range(lo, hi, size)])
+    return plan
+
+
+def _readable(x: torch.Tensor | list[torch.Tensor], keep: torch.Tensor) -> Any:
+    """The images of one loaded chunk whose ``keep`` is true (a tensor or a list)."""
+    if keep.all():
+        return x
+    if isinstance(x, list):
+        return [x[i] for i in keep.nonzero().flatten().tolist()]
+    return x[keep]  # copies out of pinned memory: only for chunks with unreadable images
+
+
+def _device_batch(chunks: list[Any], transform: Any, device: torch.device) -> torch.Tensor:
+    """One batch on ``device`` from the readable images of its loaded chunks: transformed
+    tensors, or (``BatchPreprocess``) decoded uint8 images preprocessed there in one go."""
+    if not isinstance(transform, BatchPreprocess):
+        moved = [x.to(device, non_blocking=True) for x in chunks]
+        return moved[0] if len(moved) == 1 else torch.cat(moved)
+    if all(isinstance(x, torch.Tensor) for x in chunks) and len({x.shape[1:] for x in chunks}) == 1:
+        moved = [x.to(device, non_blocking=True) for x in chunks]
+        return transform.batch(moved[0] if len(moved) == 1 else torch.cat(moved), device)
+    return transform.batch([image for x in chunks for image in x], device)
 
 
 def _to_host(t: torch.Tensor) -> Callable[[], np.ndarray]:

@@ -510,7 +510,7 @@ def test_torch_path_equals_the_numpy_path(data, tmp_path, monkeypatch, name, par
         head_bias=train.head_bias,
     )
     monkeypatch.setattr(oodlens_feature_scorers, "BLOCK_VALUES", 16 * 50)  # 50-row blocks
-    if not resident:  # the nearest-neighbour banks streamed from the features too
+    if not resident:  # the numpy path's nearest-neighbour banks streamed too
         monkeypatch.setattr(oodlens_feature_scorers, "IN_MEMORY_BANK_BYTES", 0)
     if resident:
         budget = lambda device, share=0.25: 1 << 40  # noqa: E731
@@ -521,6 +521,8 @@ def test_torch_path_equals_the_numpy_path(data, tmp_path, monkeypatch, name, par
         with compute_device("cpu"):
             scorer = oodlens.create_scorer(name, **params).fit(fit_on, val=val)
             got = scorer.score(test)
+        if name in ("knn", "nnguide"):  # fitted on a device: no bank built in host memory
+            assert scorer.bank_.scale is not None and scorer.bank_.features is fit_on.features
         # float32 products for the neighbour searches, float64 elsewhere
         tol = 1e-5 if name in ("knn", "nnguide") else 1e-9
         np.testing.assert_allclose(got, expected, rtol=tol, atol=tol)
