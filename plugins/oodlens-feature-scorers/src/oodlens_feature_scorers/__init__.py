@@ -77,12 +77,13 @@ def _index(values: np.ndarray, like: Any) -> Any:
 class _GaussianPass:
     """One pass over the training features: per-class row counts, the per-class sums of
     ``g = f - shift`` and ``sum g g^T`` (``shift`` = the first training row, which keeps the
-    subtraction well conditioned)."""
+    subtraction well conditioned). The arrays stay where the pass ran (float64 tensors on
+    the compute device, else numpy), so that the covariance algebra runs there too."""
 
-    counts: np.ndarray
-    shift: np.ndarray
-    sums: np.ndarray
-    outer: np.ndarray
+    counts: Any
+    shift: Any
+    sums: Any
+    outer: Any
     n: int
 
     @classmethod
@@ -102,7 +103,8 @@ class _GaussianPass:
                 sums_[classes] += np.add.reduceat(g[order], first, axis=0)
             else:
                 sums_.index_add_(0, _index(yb, g), g)
-        return cls(counts, shift, to_numpy(sums_), to_numpy(outer_), int(counts.sum()))
+        (counts_,) = fitted_arrays(counts.astype(np.float64))
+        return cls(counts_, shift_, sums_, outer_, int(counts.sum()))
 
 
 def _min_distance(features: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
@@ -178,28 +180,30 @@ class Mahalanobis(oodlens.Scorer):
         means_g = stats.sums / stats.counts[:, None]
         cov = (stats.outer - (means_g * stats.counts[:, None]).T @ means_g) / stats.n
         cov = (cov + cov.T) / 2.0
-        ridge = self.reg * np.trace(cov) / d
-        if ridge == 0.0 and np.linalg.matrix_rank(cov) < d:
+        ridge = self.reg * float(cov.trace()) / d
+        if ridge == 0.0 and np.linalg.matrix_rank(to_numpy(cov)) < d:
             raise ValueError(
                 f"{self.name}: the feature covariance is singular (rank "
-                f"{np.linalg.matrix_rank(cov)} < {d}) and reg=0; use reg > 0 (default 1e-6)."
+                f"{np.linalg.matrix_rank(to_numpy(cov))} < {d}) and reg=0; use reg > 0 "
+                "(default 1e-6)."
             )
-        self.means_ = means_g + stats.shift
-        self.precision_ = _inverse(cov + ridge * np.eye(d))
+        self.means_ = to_numpy(means_g + stats.shift)
+        self.precision_ = _ridged_inverse(cov, ridge)
 
     def _score(self, outputs: oodlens.Outputs) -> np.ndarray:
         return -_min_distance(outputs.features, self.means_, self.precision_)
 
 
-def _inverse(matrix: np.ndarray) -> np.ndarray:
-    """``np.linalg.inv``, on the compute device when one is set (a 2048 x 2048 inverse
-    takes ~0.2 s on CPU cores, ~0.01 s on a GPU)."""
-    if current_device() is None:
-        return np.linalg.inv(matrix)
+def _ridged_inverse(cov: Any, ridge: float) -> np.ndarray:
+    """``inv(cov + ridge I)`` as numpy: numpy's, or torch's on the device ``cov`` lives on
+    (a 2048 x 2048 inverse takes ~0.2 s on CPU cores, ~0.01 s on a GPU)."""
+    if isinstance(cov, np.ndarray):
+        return np.linalg.inv(cov + ridge * np.eye(cov.shape[0]))
     import torch
 
-    (m,) = fitted_arrays(matrix)
-    return to_numpy(torch.linalg.inv(m))
+    return to_numpy(
+        torch.linalg.inv(cov + ridge * torch.eye(len(cov), dtype=cov.dtype, device=cov.device))
+    )
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -541,11 +545,11 @@ class RMD(Mahalanobis):
         stats = _GaussianPass.run(self.name, train)
         self._fit_classes(stats)
         d, n = stats.outer.shape[0], stats.n
-        mean_g = stats.sums.sum(axis=0) / n
-        cov = (stats.outer - n * np.outer(mean_g, mean_g)) / n
+        mean_g = stats.sums.sum(0) / n
+        cov = (stats.outer - n * (mean_g[:, None] * mean_g[None, :])) / n
         cov = (cov + cov.T) / 2.0
-        self.background_mean_ = mean_g + stats.shift
-        self.background_precision_ = _inverse(cov + self.reg * np.trace(cov) / d * np.eye(d))
+        self.background_mean_ = to_numpy(mean_g + stats.shift)
+        self.background_precision_ = _ridged_inverse(cov, self.reg * float(cov.trace()) / d)
 
     def _score(self, outputs: oodlens.Outputs) -> np.ndarray:
         class_part = super()._score(outputs)  # -min_k d_k
