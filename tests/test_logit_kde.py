@@ -261,3 +261,52 @@ def test_one_sided_caps_the_top_logit_at_the_class_mode():
     np.testing.assert_allclose(s.score(test)[below], plain.score(test)[below], rtol=1e-12)
     with pytest.raises(ValueError, match="one_sided=True needs mode='class_conditional'"):
         oodlens.create_scorer("logit_kde", one_sided=True).fit(train)
+
+
+DEVICE_SETTINGS = [
+    {},
+    {"bandwidth": "cv"},
+    {"method": "exact"},
+    {"mode": "class_conditional"},
+    {"mode": "class_conditional", "top_k": 2},
+    {"mode": "class_conditional", "one_sided": True},
+]
+
+
+@pytest.mark.parametrize("params", DEVICE_SETTINGS)
+def test_torch_path_equals_the_numpy_path(monkeypatch, tmp_path, params):
+    """Inside oodlens.compute.compute_device the O(rows x classes) passes run in torch (here
+    on the CPU, as on a GPU): the column statistics and the binning of the marginal fit,
+    the marginal scoring and the class-conditional top-k. Same scores as numpy, in many
+    ragged row blocks, fitted on memory-mapped float32 logits too."""
+    import torch
+
+    import oodlens.scorers.logit_kde as mod
+    from oodlens.compute import compute_device
+
+    def no_implicit_copy(self, *args, **kwargs):
+        raise TypeError("implicit tensor -> numpy conversion (fails on a CUDA device)")
+
+    monkeypatch.setattr(torch.Tensor, "__array__", no_implicit_copy)
+    rng = np.random.default_rng(3)
+    logits = realistic_logits("bimodal", 3000, 11)
+    labels = logits.argmax(axis=1)
+    flip = rng.random(3000) < 0.1  # some training rows labelled otherwise than predicted
+    labels[flip] = rng.integers(0, 3, int(flip.sum()))
+    np.save(tmp_path / "z.npy", logits.astype(np.float32))
+    mapped = np.load(tmp_path / "z.npy", mmap_mode="r")
+    far = [[1e3, -1e3, 50.0], [-40.0, 2.0, 400.0]]  # beyond the grids: density 0
+    test = Outputs(logits=np.vstack([realistic_logits("heavy_tailed", 400, 12), far]))
+    monkeypatch.setattr(mod, "rows_per_chunk", lambda c, target=0: 37)
+    for train_logits in (logits, mapped):
+        train = Outputs(logits=train_logits, labels=labels)
+        expected = kde(**params).fit(train).score(test)
+        with compute_device("cpu"):
+            scorer = kde(**params).fit(train)
+            got = scorer.score(test)
+        np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-15)
+        # fitted in the context, scored outside (and the reverse): the same
+        np.testing.assert_allclose(scorer.score(test), expected, rtol=1e-9, atol=1e-15)
+        with compute_device("cpu"):
+            again = kde(**params).fit(train).score(test)
+        np.testing.assert_allclose(again, expected, rtol=1e-9, atol=1e-15)

@@ -15,6 +15,7 @@ more than ``CUT`` bandwidths from every training point; their density (below
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from scipy.linalg import cholesky, solve_triangular
@@ -119,6 +120,7 @@ class Grid1D:
         self.delta = span / (self.points - 1)
         self.offsets = np.concatenate([[0], np.cumsum(self.points)])
         self.grid = np.zeros(int(self.offsets[-1]))
+        self._device_weights: Any = None  # bin weights added on a compute device
 
     def _locate(self, values: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, ...]:
         p = (values - self.start[groups]) / self.delta[groups]
@@ -140,13 +142,17 @@ class Grid1D:
         flat, frac, _ = self._locate(np.asarray(values, dtype=np.float64).ravel(), groups.ravel())
         self._bin(flat, frac)
 
-    def add_columns(self, block: np.ndarray, max_values: int = 1 << 21) -> None:
+    def add_columns(self, block: Any, max_values: int = 1 << 21) -> None:
         """Bin a (rows, G) block whose column j holds values of group j (marginal mode).
 
         Works on a few columns at a time, transposed, so each group's bins are contiguous and
         the temporaries stay small whatever the block size. The values must lie within the
-        ``lo``/``hi`` the grid was built with.
+        ``lo``/``hi`` the grid was built with. A float64 torch tensor is binned where it
+        lives (``index_add_``; the weights join the grid in :meth:`finish`).
         """
+        if not isinstance(block, np.ndarray) and hasattr(block, "index_add_"):
+            self._add_columns_torch(block)
+            return
         block = np.asarray(block)
         rows, groups = block.shape
         step = max(1, max_values // max(1, rows))
@@ -160,10 +166,27 @@ class Grid1D:
             i0 += (self.offsets[j0:j1] - self.offsets[j0])[:, None]
             self._bin(i0.ravel(), p.ravel(), int(self.offsets[j0]), int(self.offsets[j1]))
 
+    def _add_columns_torch(self, block: Any) -> None:
+        import torch
+
+        dev = block.device
+        if self._device_weights is None:
+            self._device_weights = torch.zeros(self.grid.size, dtype=torch.float64, device=dev)
+        start, delta = (torch.as_tensor(a, device=dev) for a in (self.start, self.delta))
+        p = (block - start) / delta
+        i0 = torch.minimum(p.long(), torch.as_tensor(self.points - 2, device=dev))
+        frac = (p - i0).ravel()
+        flat = (i0 + torch.as_tensor(self.offsets[:-1], device=dev)).ravel()
+        self._device_weights.index_add_(0, flat, 1.0 - frac)
+        self._device_weights.index_add_(0, flat + 1, frac)
+
     def finish(self, counts: np.ndarray) -> Grid1D:
         """Turn bin weights into densities; ``counts`` is (G,) training values per group."""
         from scipy.signal import fftconvolve
 
+        if self._device_weights is not None:
+            self.grid += self._device_weights.cpu().numpy()
+            self._device_weights = None
         for g in range(self.points.size):
             seg = slice(self.offsets[g], self.offsets[g + 1])
             lags = min(
@@ -181,6 +204,35 @@ class Grid1D:
         flat, frac, inside = self._locate(np.asarray(values, dtype=np.float64), groups)
         out = self.grid[flat] * (1.0 - frac) + self.grid[flat + 1] * frac
         return np.where(inside, out, 0.0)
+
+    def device_arrays(self, device: Any) -> dict[str, Any]:
+        """The fitted grid as tensors on ``device``, for :meth:`column_means` (made once per
+        scoring pass, not per block)."""
+        import torch
+
+        arrays = {"grid": self.grid, "start": self.start, "delta": self.delta}
+        out = {k: torch.as_tensor(v, dtype=torch.float64, device=device) for k, v in arrays.items()}
+        out["last"] = torch.as_tensor(self.points - 1, device=device)
+        out["offsets"] = torch.as_tensor(self.offsets[:-1], device=device)
+        return out
+
+    def column_means(self, block: Any, arrays: dict[str, Any] | None = None) -> Any:
+        """Mean over the columns of a (rows, G) block (column j under group j's KDE) of the
+        densities: numpy, or, for a float64 tensor, evaluated where it lives with the
+        tensors of :meth:`device_arrays`."""
+        if isinstance(block, np.ndarray):
+            groups = np.broadcast_to(np.arange(block.shape[1]), block.shape).ravel()
+            return self.evaluate(block.ravel(), groups).reshape(block.shape).mean(axis=1)
+        import torch
+
+        a = arrays if arrays is not None else self.device_arrays(block.device)
+        p = (block - a["start"]) / a["delta"]
+        inside = (p >= 0) & (p <= a["last"])
+        i0 = torch.minimum(p.floor().clamp(min=0), a["last"] - 1).long()
+        frac = p - i0
+        flat = a["offsets"] + i0
+        dens = a["grid"][flat] * (1.0 - frac) + a["grid"][flat + 1] * frac
+        return torch.where(inside, dens, 0.0).mean(1)
 
 
 class ExactND:

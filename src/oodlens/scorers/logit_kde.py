@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import numpy as np
 
 from ..arrays import iter_row_chunks, rows_per_chunk
+from ..compute import current_device, device_blocks, row_blocks, to_numpy
 from ..outputs import Outputs
 from ..params import Boolean, Interval, Options
 from . import kde as _kde
@@ -45,6 +47,14 @@ def _cv_multiplier(sample: np.ndarray, rng: np.random.Generator) -> float:
     return best
 
 
+def _column_min(x: Any) -> Any:
+    return x.min(axis=0) if isinstance(x, np.ndarray) else x.amin(0)
+
+
+def _column_max(x: Any) -> Any:
+    return x.max(axis=0) if isinstance(x, np.ndarray) else x.amax(0)
+
+
 class LogitKDE(Scorer):
     r"""Logit kernel density estimation: distrust predictions whose logits are rare in training.
 
@@ -78,6 +88,11 @@ class LogitKDE(Scorer):
     O(n_train + grid) to fit, O(1) per test value, and within ~1e-4 of the peak density of
     the exact result (1-D). Fitting streams over the training logits in chunks (memory-mapped
     arrays are read block by block), so the (n, C) training logits are never copied whole.
+    Inside :func:`oodlens.compute.compute_device` (the harness with ``--device cuda``) the
+    passes over all n x C logits run in torch there: the column statistics, the binning and
+    the scoring of the marginal grids, the class-conditional top-k; the grids' smoothing
+    (FFT) and the densities of the n top-k values stay in numpy. ``method="exact"`` keeps
+    its numpy sums.
 
     Defined behaviour on awkward input:
 
@@ -208,23 +223,25 @@ class LogitKDE(Scorer):
         )
         keep: list[np.ndarray] = []
         cv_parts: list[np.ndarray] = []
-        for start, chunk in iter_row_chunks(logits, rows):
-            x = chunk.astype(np.float64, copy=False)
+        # float64 row blocks: numpy, or tensors on the compute device (the column statistics
+        # come back as (C,) arrays)
+        for start, x in row_blocks(logits, rows):
             k = x.shape[0]
-            cmean = x.mean(axis=0)
-            cm2 = ((x - cmean) ** 2).sum(axis=0)
+            cmean_ = x.mean(0)
+            cmean = to_numpy(cmean_)
+            cm2 = to_numpy(((x - cmean_) ** 2).sum(0))
             delta = cmean - mean
             total = count + k
             mean = mean + delta * (k / total)
             m2 = m2 + cm2 + delta**2 * (count * k / total)
             count = total
-            lo = np.minimum(lo, x.min(axis=0))
-            hi = np.maximum(hi, x.max(axis=0))
+            lo = np.minimum(lo, to_numpy(_column_min(x)))
+            hi = np.maximum(hi, to_numpy(_column_max(x)))
             if self.method == "exact":
-                keep.append(x.copy())
+                keep.append(x.copy() if isinstance(x, np.ndarray) else to_numpy(x))
             if cv_rows is not None:
                 sel = cv_rows[(cv_rows >= start) & (cv_rows < start + k)] - start
-                cv_parts.append(x[sel])
+                cv_parts.append(to_numpy(x[sel if isinstance(x, np.ndarray) else list(sel)]))
         std = np.sqrt(m2 / (n - 1))
         flat = np.flatnonzero(std <= 1e-12 * np.maximum(1.0, np.abs(mean)))
         if flat.size:
@@ -247,8 +264,16 @@ class LogitKDE(Scorer):
         else:
             grid = _kde.Grid1D(lo, hi, h, self.grid_resolution)
             # tall blocks: binning a block costs O(values + grid size), and add_columns keeps
-            # its temporaries small, so fewer, larger reads are cheaper at fixed memory
-            for _, chunk in iter_row_chunks(logits, rows_per_chunk(c, 1 << 24)):
+            # its temporaries small, so fewer, larger reads are cheaper at fixed memory; on a
+            # compute device the blocks are binned there
+            tall = rows_per_chunk(c, 1 << 24)
+            device = current_device()
+            blocks = (
+                iter_row_chunks(logits, tall)
+                if device is None
+                else device_blocks(logits, rows_per_chunk(c), device)
+            )
+            for _, chunk in blocks:
                 grid.add_columns(chunk)
             self.kde_ = grid.finish(np.full(c, n))
         self.bandwidth_factors_ = factors
@@ -262,11 +287,14 @@ class LogitKDE(Scorer):
         k = self.top_k
         feats = np.empty((n, k))
         pred = np.empty(n, dtype=np.int64)
-        for start, chunk in iter_row_chunks(logits, rows_per_chunk(c)):
-            x = chunk.astype(np.float64, copy=False)
-            part = np.partition(x, c - k, axis=1)[:, c - k :] if k < c else x
-            feats[start : start + len(x)] = -np.sort(-part, axis=1)
-            pred[start : start + len(x)] = np.argmax(x, axis=1)
+        for start, x in row_blocks(logits, rows_per_chunk(c)):
+            if isinstance(x, np.ndarray):
+                part = np.partition(x, c - k, axis=1)[:, c - k :] if k < c else x
+                feats[start : start + len(x)] = -np.sort(-part, axis=1)
+                pred[start : start + len(x)] = np.argmax(x, axis=1)
+            else:  # on the compute device; argmax keeps the first of tied maxima, as numpy
+                feats[start : start + len(x)] = to_numpy(x.topk(k, dim=1).values)
+                pred[start : start + len(x)] = to_numpy(x.argmax(1))
         return feats, pred
 
     def _fit_class_conditional(self, train: Outputs, rng: np.random.Generator) -> None:
@@ -365,6 +393,14 @@ class LogitKDE(Scorer):
 
     # ------------------------------------------------------------------ scoring
     def _score(self, outputs: Outputs) -> np.ndarray:
+        if self.mode == "marginal" and isinstance(self.kde_, _kde.Grid1D):
+            c = outputs.n_classes
+            out = np.empty(outputs.n_samples)
+            device = current_device()
+            arrays = None if device is None else self.kde_.device_arrays(device)
+            for start, x in row_blocks(outputs.logits, rows_per_chunk(c)):
+                out[start : start + len(x)] = to_numpy(self.kde_.column_means(x, arrays))
+            return out
         if self.mode == "marginal":
             c = outputs.n_classes
             out = np.empty(outputs.n_samples)
