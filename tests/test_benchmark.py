@@ -53,14 +53,18 @@ def test_digits_scores_are_what_the_scorers_give(digits_result, cache_dir):
     """The harness's scores equal a scorer fitted by hand on the cached outputs."""
     cache = Cache(cache_dir)
     folders = sorted(p for p in (cache_dir / "outputs").iterdir() if not p.name.startswith("."))
-    assert len(folders) == 6  # id train, val, calib, id test, two OOD sets
-    outs = [oodlens.Outputs.load_dir(f) for f in folders]
-    by_size = {o.n_samples: o for o in outs}
+    # this run's id train, val, calib, id test and two OOD sets; other tests of the session
+    # may have added entries of their own to the shared cache
+    assert len(folders) >= 6
     run = digits_result.runs[0]
     n_test = len(run.id_correct)
-    test = by_size[n_test]
-    msp = oodlens.functional.msp(test.logits)
-    np.testing.assert_allclose(run.scores["msp"]["id"], msp)
+    tests = [o for o in map(oodlens.Outputs.load_dir, folders) if o.n_samples == n_test]
+    same = [
+        o
+        for o in tests
+        if np.allclose(oodlens.functional.msp(o.logits), run.scores["msp"]["id"], 1e-7, 1e-12)
+    ]
+    assert same, f"none of the {len(tests)} cached outputs of {n_test} rows gives the MSP scores"
     assert cache.directory == cache_dir
 
 
