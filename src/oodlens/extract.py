@@ -373,10 +373,11 @@ def _extract_parts(
 
 def _batch_chunks(n: int, batch_size: int, workers: int) -> list[list[range]]:
     """The positions of each batch of ``batch_size`` over ``n`` rows, cut into about one
-    chunk per DataLoader worker (at least 8 images each): the workers decode a batch
-    together, so the first batch is ready after one chunk's decoding, not a whole batch's
-    by one worker (on an H200 the first forward pass came 0.18 s after the network was
-    built instead of 0.35 s, in a 2.4 s extraction)."""
+    chunk per DataLoader worker (``ceil(batch_size / workers)`` images, at least 8; a batch's
+    last chunk may be smaller): the workers decode a batch together, so the first batch is
+    ready after one chunk's decoding, not a whole batch's by one worker (on an H200 the
+    first forward pass came 0.18 s after the network was built instead of 0.35 s, in a
+    2.4 s extraction)."""
     size = -(-batch_size // max(1, min(workers, batch_size // 8)))
     plan = []
     for lo in range(0, n, batch_size):
