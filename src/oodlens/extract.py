@@ -166,12 +166,9 @@ def extract_outputs(
         channels_last=channels_last,
         features_dtype=features_dtype,
         shard=shard,
+        skip_corrupt=skip_corrupt,
+        report=report,
     )
-    try:
-        _check_corrupt([part], skip_corrupt, report)
-    except CorruptImageError:
-        part.close()
-        raise
     return part.finish(model, empty_ok=shard is not None, load=shard is None)
 
 
@@ -266,10 +263,14 @@ def _extract_parts(
     channels_last: bool,
     features_dtype: str = "float32",
     shard: tuple[int, int] | None = None,
+    skip_corrupt: bool = False,
+    report: ExtractionReport | None = None,
 ) -> None:
     """One forward pass over the datasets of ``parts``, one after another through a single
     DataLoader (its workers start once), each row stored into its own part. With ``shard``
-    (one part only): the batches ``b % world == rank``, each stored as one block."""
+    (one part only): the batches ``b % world == rank``, each stored as one block. Unreadable
+    images then raise (``_check_corrupt``) or are reported; on any error every part's
+    writer is closed."""
     from tqdm.auto import tqdm
 
     autocast = precision_autocast(device, precision)
@@ -361,6 +362,7 @@ def _extract_parts(
                     store(*pending.pop(0))
             while pending:
                 store(*pending.pop(0))
+        _check_corrupt(parts, skip_corrupt, report)
     except BaseException:
         for p in parts:
             p.close()
@@ -592,13 +594,8 @@ def cached_extract_all(
                 precision=precision,
                 channels_last=channels_last,
                 features_dtype=features_dtype,
+                skip_corrupt=skip_corrupt,
             )
-            try:
-                _check_corrupt(list(parts.values()), skip_corrupt, None)
-            except CorruptImageError:
-                for part in parts.values():
-                    part.close()
-                raise
             finished = {name: part.finish(model) for name, part in parts.items()}
         for name in missing:
             # entries are read back from their final place (the temporary folder is gone)
