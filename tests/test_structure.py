@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
             "metrics",
             "arrays",
             "distributed",
+            "options",
         ],
         0,
     ),

@@ -16,6 +16,7 @@ from torch import nn
 from .distributed import local_rank
 from .errors import moved_names
 from .files import atomic_path
+from .options import PRECISIONS, PREPROCESS_MODES
 
 __all__ = [
     "ModelConfig",
@@ -351,10 +352,6 @@ def build_transform(
     return create_transform(**cfg, is_training=False), cfg
 
 
-#: Autocast precisions of the forward pass (extraction) and of training.
-PRECISIONS = ("fp32", "bf16", "fp16")
-
-
 def precision_autocast(device: str | torch.device, precision: str) -> torch.autocast:
     """``torch.autocast`` on ``device`` for a :data:`PRECISIONS` value (disabled for fp32).
 
@@ -370,11 +367,6 @@ def precision_autocast(device: str | torch.device, precision: str) -> torch.auto
         dtype=torch.bfloat16 if precision == "bf16" else torch.float16,
         enabled=precision != "fp32",
     )
-
-
-#: Where images are resized and normalised: per image with PIL on the DataLoader workers
-#: ("pil"), or in batches on the extraction device ("device"); "auto" is "device" on CUDA.
-PREPROCESS_MODES = ("auto", "pil", "device")
 
 
 def resolve_preprocess(mode: str, device: str | torch.device) -> str:

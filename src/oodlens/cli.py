@@ -23,6 +23,8 @@ from .bench.report import (
 from .distributed import barrier, init_from_env, rank_and_world, shutdown
 from .errors import PluginError
 from .metrics import CONVENTIONS
+from .options import PRECISIONS, PREPROCESS_MODES
+from .outputs import FEATURE_DTYPES
 from .train import TrainConfig
 
 __all__ = ["main", "build_parser"]
@@ -370,7 +372,7 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--precision",
-        choices=("fp32", "bf16", "fp16"),
+        choices=PRECISIONS,
         default=defaults["precision"],
         help="autocast precision of training (fp16 with gradient scaling; default fp32)",
     )
@@ -388,7 +390,7 @@ def _loading_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--precision",
-        choices=("fp32", "bf16", "fp16"),
+        choices=PRECISIONS,
         help="extraction precision (autocast; recorded in the cache key and results.json)",
     )
     p.add_argument(
@@ -396,7 +398,7 @@ def _loading_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--preprocess",
-        choices=("auto", "pil", "device"),
+        choices=PREPROCESS_MODES,
         help="resize and normalise per image with PIL on the workers, or in batches on the "
         "device (default auto: device on CUDA, else pil; recorded in the cache key)",
     )
@@ -450,7 +452,7 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
     _loading_arguments(p)
     p.add_argument(
         "--features-dtype",
-        choices=("float32", "float16"),
+        choices=FEATURE_DTYPES,
         help="storage of the cached features (float16: half the disk and memory)",
     )
     p.add_argument("--batch-size", type=int)

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from ..metrics import CONVENTIONS
+from ..options import PRECISIONS, PREPROCESS_MODES
+from ..outputs import FEATURE_DTYPES
 from ..registry import create_scorer, get_protocol, list_scorers
 from ..train import TrainConfig
 
@@ -196,16 +198,15 @@ class BenchmarkConfig:
             raise ValueError("BenchmarkConfig.seeds is empty.")
         if not 0.0 < self.id_acceptance <= 1.0:
             raise ValueError(f"id_acceptance must be in (0, 1], got {self.id_acceptance!r}.")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"precision={self.precision!r} is not valid; use fp32, bf16 or fp16.")
-        if self.preprocess not in ("auto", "pil", "device"):
-            raise ValueError(
-                f"preprocess={self.preprocess!r} is not valid; use auto, pil or device."
-            )
-        if self.features_dtype not in ("float32", "float16"):
-            raise ValueError(
-                f"features_dtype={self.features_dtype!r} is not valid; use float32 or float16."
-            )
+        for name, valid in (
+            ("precision", PRECISIONS),
+            ("preprocess", PREPROCESS_MODES),
+            ("features_dtype", FEATURE_DTYPES),
+        ):
+            if getattr(self, name) not in valid:
+                raise ValueError(
+                    f"{name}={getattr(self, name)!r} is not valid; use one of {', '.join(valid)}."
+                )
         if self.num_workers is not None and (
             not isinstance(self.num_workers, int) or self.num_workers < 0
         ):
