@@ -399,12 +399,8 @@ def _image_files(folder: str) -> list[str]:
     """The image files under ``folder``, recursively (linked folders are not entered), in
     the order of their sorted path parts (as sorting ``Path`` objects gives). ``os.walk``
     rather than ``Path.rglob``: listing 14,000 files took 0.7 s through pathlib."""
-    images = [
-        os.path.join(top, name)
-        for top, _, names in os.walk(folder)
-        for name in names
-        if _is_image(os.path.join(top, name))
-    ]
+    paths = (os.path.join(top, name) for top, _, names in os.walk(folder) for name in names)
+    images = [p for p in paths if _is_image(p)]
     return sorted(images, key=lambda p: p.split(os.sep))
 
 
