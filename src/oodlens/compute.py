@@ -33,6 +33,7 @@ __all__ = [
     "device_memory_budget",
     "fitted_arrays",
     "row_blocks",
+    "row_logsumexp",
     "to_numpy",
 ]
 
@@ -142,6 +143,21 @@ def fitted_arrays(*arrays: np.ndarray) -> tuple[Any, ...]:
     import torch
 
     return tuple(torch.as_tensor(np.asarray(a, dtype=np.float64), device=device) for a in arrays)
+
+
+def row_logsumexp(x: Any) -> Any:
+    """``log(sum(exp(x), axis=1))`` of a row block, numpy (scipy's) or a tensor (torch's,
+    where it lives).
+
+    Example:
+        >>> float(row_logsumexp(np.zeros((1, 4)))[0]) == float(np.log(4))
+        True
+    """
+    if isinstance(x, np.ndarray):
+        from scipy.special import logsumexp
+
+        return logsumexp(x, axis=1)
+    return x.logsumexp(1)
 
 
 def to_numpy(x: Any) -> np.ndarray:

@@ -31,6 +31,7 @@ from oodlens.compute import (
     device_memory_budget,
     fitted_arrays,
     row_blocks,
+    row_logsumexp,
     to_numpy,
 )
 from oodlens.params import Boolean, Interval, Options
@@ -131,10 +132,6 @@ def _row_max(x: Any) -> Any:
 
 def _row_norm(x: Any) -> Any:
     return np.linalg.norm(x, axis=1) if isinstance(x, np.ndarray) else x.norm(dim=1)
-
-
-def _row_logsumexp(x: Any) -> Any:
-    return logsumexp(x, axis=1) if isinstance(x, np.ndarray) else x.logsumexp(1)
 
 
 class Mahalanobis(oodlens.Scorer):
@@ -453,7 +450,7 @@ class ViM(oodlens.Scorer):
         )
         for start, f in _blocks(outputs.features, rows):
             vlogit = _row_norm((f - origin) @ basis) * self.alpha_
-            out[start : start + len(f)] = to_numpy(_row_logsumexp(f @ w.T + b) - vlogit)
+            out[start : start + len(f)] = to_numpy(row_logsumexp(f @ w.T + b) - vlogit)
         return out
 
 
@@ -520,7 +517,7 @@ class ReAct(oodlens.Scorer):
         out = np.empty(outputs.n_samples)
         for start, f in _blocks(outputs.features, rows):
             clipped = f.clip(max=self.threshold_)
-            out[start : start + len(f)] = to_numpy(_row_logsumexp(clipped @ w.T + b))
+            out[start : start + len(f)] = to_numpy(row_logsumexp(clipped @ w.T + b))
         return out
 
 

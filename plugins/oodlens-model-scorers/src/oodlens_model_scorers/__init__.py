@@ -25,7 +25,7 @@ from scipy.special import logsumexp
 
 import oodlens
 from oodlens.arrays import rows_per_chunk
-from oodlens.compute import fitted_arrays, row_blocks, to_numpy
+from oodlens.compute import fitted_arrays, row_blocks, row_logsumexp, to_numpy
 from oodlens.params import Interval, Options
 from oodlens.scorers import ModelInputs
 
@@ -45,10 +45,6 @@ def _blocks(array: np.ndarray):
     """float64 row blocks: numpy, or tensors on the compute device when one is set
     (:mod:`oodlens.compute`; the harness sets its CUDA device)."""
     yield from row_blocks(array, rows_per_chunk(array.shape[1]))
-
-
-def _logsumexp_rows(x: Any) -> Any:
-    return logsumexp(x, axis=1) if isinstance(x, np.ndarray) else x.logsumexp(1)
 
 
 def _kept(n: int, percentile: float) -> int:
@@ -264,7 +260,7 @@ class GradNorm(oodlens.Scorer):
         w, b = fitted_arrays(outputs.head_weight, outputs.head_bias)
         for start, f in _blocks(outputs.features):
             z = (f @ w.T + b) / self.temperature
-            logp = z - _logsumexp_rows(z)[:, None]
+            logp = z - row_logsumexp(z)[:, None]
             probs = np.exp(logp) if isinstance(logp, np.ndarray) else logp.exp()
             spread = abs(probs - 1.0 / c).sum(1)
             out[start : start + len(f)] = to_numpy(spread * abs(f).sum(1) / self.temperature)
@@ -324,7 +320,7 @@ class _Shaping(oodlens.Scorer):
             shaped = self._shape(f)
             if not isinstance(shaped, type(f)):  # shaped on the host (ASH "b")
                 shaped = f.new_tensor(shaped)
-            out[start : start + len(f)] = to_numpy(_logsumexp_rows(shaped @ w.T + b))
+            out[start : start + len(f)] = to_numpy(row_logsumexp(shaped @ w.T + b))
         return out
 
 
@@ -446,7 +442,7 @@ class DICE(oodlens.Scorer):
         out = np.empty(outputs.n_samples)
         w, b = fitted_arrays(self.masked_weight_, outputs.head_bias)
         for start, f in _blocks(outputs.features):
-            out[start : start + len(f)] = to_numpy(_logsumexp_rows(f @ w.T + b))
+            out[start : start + len(f)] = to_numpy(row_logsumexp(f @ w.T + b))
         return out
 
 
