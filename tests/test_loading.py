@@ -153,6 +153,45 @@ def test_device_preprocessing_matches_the_pil_path(net):
     assert np.abs(a.logits - b.logits).max() < 0.01 * np.ptp(a.logits)
 
 
+def test_pil_path_normalises_in_batches_bit_for_bit(net, tmp_path):
+    """The PIL path runs ToTensor + Normalize on whole batches (BatchNormalize): the same
+    tensors as timm's per-image transform, bit for bit, and the same outputs and cache
+    entry as the transform applied image by image."""
+    from PIL import Image
+    from torchvision import transforms as T
+
+    from oodlens.backbones import BatchNormalize
+
+    model, transform, size, source = net
+    rng = np.random.default_rng(1)
+    images = [source.loader(i) for i in range(30)] + [
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+        for h, w in ((97, 130), (40, 23), (32, 32))
+    ]
+    for name, img_size in (("resnet18", 32), ("resnet50", None), ("vit_tiny_patch16_224", 48)):
+        pil, cfg = build_transform(name, img_size)
+        batched = BatchNormalize.of(pil)
+        assert batched is not None, pil
+        expected = torch.stack([pil(im) for im in images])
+        got = batched.batch([batched.decode(im) for im in images], "cpu")
+        assert got.dtype == torch.float32 and got.shape == (len(images), *cfg["input_size"])
+        assert torch.equal(got, expected), name
+        assert torch.equal(batched(images[0]), expected[0])
+    # only Composes of PIL steps then ToTensor and Normalize are batched; others run per image
+    assert BatchNormalize.of(T.Compose([T.Grayscale(3), *transform.transforms])) is None
+    assert BatchNormalize.of(T.Compose(transform.transforms[:-1])) is None
+    assert BatchNormalize.of(lambda im: transform(im)) is None
+    with pytest.raises(TypeError, match="must return RGB"):
+        BatchNormalize.of(transform).decode(Image.fromarray(np.zeros((8, 8), np.float32)))
+    # extraction: batched (the transform) against image by image (a plain callable)
+    per_image = extract_outputs(
+        model, source, lambda im: transform(im), size, batch_size=64, progress=False
+    )
+    batched_out = extract_outputs(model, source, transform, size, batch_size=64, progress=False)
+    np.testing.assert_array_equal(batched_out.logits, per_image.logits)
+    np.testing.assert_array_equal(batched_out.features, per_image.features)
+
+
 def test_device_preprocessing_refuses_other_steps_and_keeps_its_own_cache_key(net, tmp_path):
     from torchvision import transforms as T
 

@@ -30,6 +30,7 @@ __all__ = [
     "save_checkpoint",
     "build_transform",
     "BatchPreprocess",
+    "BatchNormalize",
     "PREPROCESS_MODES",
     "PRECISIONS",
     "precision_autocast",
@@ -507,6 +508,92 @@ class BatchPreprocess:
     def __call__(self, image: Any) -> torch.Tensor:
         """One PIL image -> (C, H, W) float32 tensor on the CPU."""
         return self.batch([self.decode(image)], "cpu")[0]
+
+
+class BatchNormalize:
+    """A PIL transform that ends in ToTensor and Normalize (timm's eval transform), with
+    those two steps run on whole batches on the device instead of image by image.
+
+    The DataLoader workers run the PIL steps (resize, crop) and give uint8 tensors
+    (:meth:`decode`: a quarter of the float32 bytes to collate, pin and copy);
+    :meth:`batch` converts and normalises with the operations of torchvision's
+    ``ToTensor`` and ``Normalize`` (divide by 255, subtract the mean, divide by the std,
+    in float32), so the result is the per-image transform's, bit for bit
+    (``tests/test_loading.py``). On 2 CPU cores this took a third off the preprocessing
+    time of the digits demo. Build it with :meth:`of`.
+    """
+
+    #: PIL steps that may come before ToTensor (those of timm's eval transforms)
+    PIL_STEPS = ("Resize", "CenterCrop", "ResizeKeepRatio", "CenterCropOrPad")
+
+    def __init__(self, pil_steps: Callable[[Any], Any], mean: Any, std: Any) -> None:
+        self.pil_steps = pil_steps
+        self.mean = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self._constants: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @classmethod
+    def of(cls, transform: Any) -> BatchNormalize | None:
+        """The batched form of a torchvision ``Compose`` of PIL steps (:attr:`PIL_STEPS`)
+        then ToTensor (or timm's MaybeToTensor) then Normalize; ``None`` for any other
+        transform (it then runs image by image)."""
+        from torchvision import transforms as T
+
+        steps = list(getattr(transform, "transforms", []))
+        if (
+            len(steps) < 2
+            or type(steps[-2]).__name__ not in ("ToTensor", "MaybeToTensor")
+            or not isinstance(steps[-1], T.Normalize)
+            or any(type(s).__name__ not in cls.PIL_STEPS for s in steps[:-2])
+        ):
+            return None
+        return cls(T.Compose(steps[:-2]), steps[-1].mean, steps[-1].std)
+
+    def __repr__(self) -> str:
+        mean, std = self.mean.flatten().tolist(), self.std.flatten().tolist()
+        return f"BatchNormalize({self.pil_steps!r}, mean={mean}, std={std})"
+
+    def decode(self, image: Any) -> torch.Tensor:
+        """The PIL steps on one image, as a (C, H, W) uint8 tensor (worker side).
+
+        Raises:
+            TypeError: the image is not 8-bit (a dataset loader must give RGB images).
+        """
+        from torchvision.transforms.functional import pil_to_tensor
+
+        x = pil_to_tensor(self.pil_steps(image))
+        if x.dtype != torch.uint8:
+            raise TypeError(
+                f"Got a PIL image of mode {image.mode!r}; dataset loaders must return RGB "
+                "images (convert it in the loader: image.convert('RGB'))."
+            )
+        return x
+
+    def batch(
+        self, images: torch.Tensor | list[torch.Tensor], device: str | torch.device
+    ) -> torch.Tensor:
+        """(N, C, H, W) float32 on ``device`` from a uint8 (N, C, H, W) tensor or a list of
+        (C, H, W) ones of one size."""
+        device = torch.device(device)
+        if not isinstance(images, torch.Tensor):
+            if not images:
+                raise ValueError("BatchNormalize.batch got no images.")
+            images = torch.stack(images)
+        mean, std = self._normalisation(device)
+        return images.to(device, non_blocking=True).float().div_(255).sub_(mean).div_(std)
+
+    def _normalisation(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std on ``device``, copied there once (see BatchPreprocess)."""
+        if device not in self._constants:
+            self._constants[device] = (self.mean.to(device), self.std.to(device))
+        return self._constants[device]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_constants": {}}
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        """One PIL image -> (C, H, W) float32 tensor on the CPU."""
+        return self.batch(self.decode(image)[None], "cpu")[0]
 
 
 def get_head(model: nn.Module) -> nn.Linear | None:

@@ -18,6 +18,7 @@ from torch import nn
 
 from .backbones import (
     PRECISIONS,
+    BatchNormalize,
     BatchPreprocess,
     ModelConfig,
     create_backbone,
@@ -55,16 +56,18 @@ def default_num_workers() -> int:
 
 class ImageDataset(torch.utils.data.Dataset):
     """A :class:`DatasetSource` as a torch dataset of ``(image, label, ok, id, error)``:
-    a corrupt image gives a zero placeholder with ``ok=False`` and its error text."""
+    a corrupt image gives a zero placeholder with ``ok=False`` and its error text
+    (uint8 when ``decoded``: the transform gives uint8 images for a batch transform)."""
 
     def __init__(
         self,
         source: DatasetSource,
         transform: Callable[[Any], torch.Tensor],
         shape: tuple[int, ...],
+        decoded: bool = False,
     ) -> None:
         self.source, self.transform, self.shape = source, transform, shape
-        self.decoded = transform is BatchPreprocess.decode
+        self.decoded = decoded
 
     def __len__(self) -> int:
         return len(self.source)
@@ -85,9 +88,10 @@ class ImageDataset(torch.utils.data.Dataset):
 def collate_decoded(
     batch: list[tuple[torch.Tensor, int, bool, str, str]],
 ) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor, torch.Tensor, list[str], list[str]]:
-    """Collate ``(image, label, ok, id, error)`` rows of images decoded at their native size
-    (for :class:`~oodlens.backbones.BatchPreprocess`): one uint8 tensor when every image has
-    the same size, else a list of them."""
+    """Collate ``(image, label, ok, id, error)`` rows of decoded uint8 images (for
+    :class:`~oodlens.backbones.BatchPreprocess` at their native size, or
+    :class:`~oodlens.backbones.BatchNormalize`): one uint8 tensor when every image has the
+    same size, else a list of them."""
     images, labels, ok, ids, errors = zip(*batch, strict=True)
     same = all(im.shape == images[0].shape for im in images)
     # one tensor when the sizes agree (one pinned copy), else a list
@@ -129,7 +133,9 @@ def extract_outputs(
         source: the dataset.
         transform: PIL image -> (C, H, W) tensor, or a
             :class:`~oodlens.backbones.BatchPreprocess`: the workers then only decode, and
-            resizing and normalisation run in batches on ``device``.
+            resizing and normalisation run in batches on ``device``. A PIL transform that
+            ends in ToTensor and Normalize (timm's) runs its last two steps in batches on
+            ``device`` (:class:`~oodlens.backbones.BatchNormalize`: the same numbers).
         input_size: (C, H, W) of the transformed images (for placeholder rows).
         device: where to run (a parameter, never assumed).
         batch_size, num_workers: DataLoader settings (memory is pinned for CUDA; each
@@ -275,9 +281,13 @@ def _extract_parts(
 
     autocast = precision_autocast(device, precision)
     device = torch.device(device)
-    on_device = isinstance(transform, BatchPreprocess)
-    item_transform = transform.decode if on_device else transform
-    datasets = [ImageDataset(p.source, item_transform, input_size) for p in parts]
+    # the workers decode (and run PIL steps); the batch is finished on the device
+    batched = transform if isinstance(transform, BatchPreprocess) else BatchNormalize.of(transform)
+    item_transform = transform if batched is None else batched.decode
+    datasets = [
+        ImageDataset(p.source, item_transform, input_size, decoded=batched is not None)
+        for p in parts
+    ]
     dataset: Any = datasets[0] if len(datasets) == 1 else torch.utils.data.ConcatDataset(datasets)
     n_source = len(parts[0].source)
     if shard is not None:
@@ -297,7 +307,7 @@ def _extract_parts(
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
         prefetch_factor=4 if num_workers > 0 else None,
-        collate_fn=collate_decoded if on_device else None,
+        collate_fn=None if batched is None else collate_decoded,
     )
     # the workers start decoding while the network moves to the device
     chunks_in = iter(loader)
@@ -354,7 +364,7 @@ def _extract_parts(
                     )
                     continue
                 kept = [_readable(x, keep.bool()) for x, _, keep, _, _ in got]
-                batch = _device_batch([k for k in kept if len(k)], transform, device)
+                batch = _device_batch([k for k in kept if len(k)], batched, device)
                 z, f = forward_all(model, batch.contiguous(memory_format=fmt))
                 # copied back without waiting: this batch is stored while the next one runs
                 pending.append((_to_host(z), _to_host(f), y[ok].numpy(), rows, lo, hi))
@@ -397,16 +407,18 @@ def _readable(x: torch.Tensor | list[torch.Tensor], keep: torch.Tensor) -> Any:
     return x[keep]  # copies out of pinned memory: only for chunks with unreadable images
 
 
-def _device_batch(chunks: list[Any], transform: Any, device: torch.device) -> torch.Tensor:
+def _device_batch(
+    chunks: list[Any], batched: BatchPreprocess | BatchNormalize | None, device: torch.device
+) -> torch.Tensor:
     """One batch on ``device`` from the readable images of its loaded chunks: transformed
-    tensors, or (``BatchPreprocess``) decoded uint8 images preprocessed there in one go."""
-    if not isinstance(transform, BatchPreprocess):
+    tensors, or (a batch transform) decoded uint8 images finished there in one go."""
+    if batched is None:
         moved = [x.to(device, non_blocking=True) for x in chunks]
         return moved[0] if len(moved) == 1 else torch.cat(moved)
     if all(isinstance(x, torch.Tensor) for x in chunks) and len({x.shape[1:] for x in chunks}) == 1:
         moved = [x.to(device, non_blocking=True) for x in chunks]
-        return transform.batch(moved[0] if len(moved) == 1 else torch.cat(moved), device)
-    return transform.batch([image for x in chunks for image in x], device)
+        return batched.batch(moved[0] if len(moved) == 1 else torch.cat(moved), device)
+    return batched.batch([image for x in chunks for image in x], device)
 
 
 def _to_host(t: torch.Tensor) -> Callable[[], np.ndarray]:
