@@ -14,6 +14,9 @@ Rows (every ratio is to row 1, measured in the same process):
    starting the workers), then end to end; on a GPU also its extraction with the PIL
    transform on the workers, and under bf16 autocast in channels-last;
 5. the same, second run (outputs from the cache).
+Each repeat runs rows 3, 4 and 5 back to back; besides the best of each row, the median over
+the repeats of (row 4b's time / row 3's time in the same repeat) is printed: on a shared
+machine whose speed drifts it moves less than a ratio of two bests.
 Then, with ``--scoring N,M``: every installed output-based scorer fitted on N and scoring M
 synthetic rows of 2048-d features (memory-mapped float32, 10 classes), on the compute device
 the harness would use (torch on CUDA, numpy on a CPU), against the time the harness's
@@ -263,6 +266,13 @@ def main() -> None:
     bare_rate = rows[2][1]
     for label, rate in rows:
         print(f"{label:<48} {rate:>10.0f} {rate / fp32:>12.2f} {rate / bare_rate:>8.2f}")
+    # each repeat runs the bare loop and the harness back to back: their paired ratio moves
+    # less with the machine's speed than a ratio of two independent bests
+    paired = [f / b for f, b in zip(first, bare, strict=True)]
+    print(
+        f"harness end to end / bare loop, time, median of the {args.repeats} paired repeats: "
+        f"{np.median(paired):.2f}x (each: {', '.join(f'{r:.2f}' for r in paired)})"
+    )
     print(
         f"scoring share of the first run: fit {res.timings['fit']:.2f}s + score "
         f"{res.timings['score']:.2f}s vs extract {res.timings['extract']:.2f}s "
