@@ -399,8 +399,9 @@ def _loading_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--preprocess",
         choices=PREPROCESS_MODES,
-        help="resize and normalise per image with PIL on the workers, or in batches on the "
-        "device (default auto: device on CUDA, else pil; recorded in the cache key)",
+        help="resize per image with PIL on the workers, or in batches on the device "
+        "(normalised in batches on the device either way; default auto: device on CUDA, "
+        "else pil; recorded in the cache key)",
     )
 
 
