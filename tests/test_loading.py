@@ -254,6 +254,53 @@ def test_training_precision_and_channels_last(tmp_path):
         train_model(TrainConfig(precision="fp8"), tmp_path / "x.safetensors", progress=False)
 
 
+def test_training_and_extraction_workers_stop_when_done(net, tmp_path):
+    """Persistent training workers are shut down when the epochs end (and extraction's when
+    it ends), even when the function's frame outlives the call (held here by a profile hook, as a first
+    ``import timm`` inside it does until a garbage collection)."""
+    import multiprocessing
+    import sys
+
+    from oodlens.train import TrainConfig, train_model
+
+    frames = []
+
+    def hold(frame, event, arg):
+        if event == "call" and frame.f_code is train_model.__code__:
+            frames.append(frame)
+
+    sys.setprofile(hold)
+    try:
+        train_model(
+            TrainConfig(epochs=1, img_size=16, hflip=False),
+            tmp_path / "m.safetensors",
+            num_workers=2,
+            progress=False,
+        )
+    finally:
+        sys.setprofile(None)
+    assert frames, "the hook saw no call of train_model"
+    assert multiprocessing.active_children() == []
+    # the same for extraction's workers (one pass, not persistent)
+    from oodlens import extract
+
+    model, transform, size, source = net
+    frames.clear()
+    code = extract._extract_parts.__code__
+
+    def hold_extract(frame, event, arg):
+        if event == "call" and frame.f_code is code:
+            frames.append(frame)
+
+    sys.setprofile(hold_extract)
+    try:
+        extract_outputs(model, source, transform, size, num_workers=2, progress=False)
+    finally:
+        sys.setprofile(None)
+    assert frames, "the hook saw no call of _extract_parts"
+    assert multiprocessing.active_children() == []
+
+
 def test_content_hashes_in_threads_equal_the_serial_ones():
     from oodlens.datasets import content_hashes
 

@@ -378,6 +378,8 @@ def _extract_parts(
             p.close()
         raise
     finally:
+        # the workers stop now (also on error), even if this frame outlives the call
+        del chunks_in
         model.train(was_training)
         if channels_last:
             model.to(memory_format=torch.contiguous_format)

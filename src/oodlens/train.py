@@ -200,6 +200,10 @@ def train_model(
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
+    # the persistent workers stop now, not whenever the loader is collected: a frame kept
+    # alive after return (a first `import timm` below it leaves its callers' frames in a
+    # cycle until a garbage collection) would keep them, and joining them then took 10 s
+    del loader
     seconds = time.perf_counter() - t0
     model.eval().to(memory_format=torch.contiguous_format)
     test_acc = _accuracy(model, test_src, eval_tf, dev, cfg.batch_size)
