@@ -56,8 +56,8 @@ def default_num_workers() -> int:
 
 class ImageDataset(torch.utils.data.Dataset):
     """A :class:`DatasetSource` as a torch dataset of ``(image, label, ok, id, error)``:
-    a corrupt image gives a zero placeholder with ``ok=False`` and its error text
-    (uint8 when ``decoded``: the transform gives uint8 images for a batch transform)."""
+    a corrupt image gives a zero placeholder with ``ok=False`` and its error text (uint8
+    when ``decoded``: ``transform`` is a batch transform's ``decode``, giving uint8)."""
 
     def __init__(
         self,
