@@ -564,17 +564,17 @@ def cached_extract_all(
             results[name] = (cached, True, [])
     barrier()  # every rank has looked before any rank writes
     missing = [name for name in sources if name not in results]
+    options = {
+        "device": device,
+        "batch_size": batch_size,
+        "num_workers": num_workers,
+        "skip_corrupt": skip_corrupt,
+        "progress": progress,
+        "precision": precision,
+        "channels_last": channels_last,
+        "features_dtype": features_dtype,
+    }
     if missing and rank_and_world()[1] > 1:
-        options = {
-            "device": device,
-            "batch_size": batch_size,
-            "num_workers": num_workers,
-            "skip_corrupt": skip_corrupt,
-            "progress": progress,
-            "precision": precision,
-            "channels_last": channels_last,
-            "features_dtype": features_dtype,
-        }
         for name in missing:
             results[name] = _sharded_extract(
                 get_model, sources[name], transform, input_size, cache, keys[name], options
@@ -596,20 +596,7 @@ def cached_extract_all(
             # the network is built outside inference_mode (_extract_parts enters it), so that
             # its parameters stay ordinary tensors (Grad-CAM needs gradients through them)
             model = get_model()
-            _extract_parts(
-                model,
-                list(parts.values()),
-                transform,
-                input_size,
-                device=device,
-                batch_size=batch_size,
-                num_workers=num_workers,
-                progress=progress,
-                precision=precision,
-                channels_last=channels_last,
-                features_dtype=features_dtype,
-                skip_corrupt=skip_corrupt,
-            )
+            _extract_parts(model, list(parts.values()), transform, input_size, **options)
             finished = {name: part.finish(model) for name, part in parts.items()}
         for name in missing:
             # entries are read back from their final place (the temporary folder is gone)
