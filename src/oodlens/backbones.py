@@ -382,7 +382,26 @@ def resolve_preprocess(mode: str, device: str | torch.device) -> str:
     return mode
 
 
-class BatchPreprocess:
+class _DeviceConstants:
+    """Constant tensors of a batch transform, copied to each device once: a copy from
+    pageable memory to a GPU waits for the device, which would stall the pipeline at every
+    batch. The copies stay in this process (they are not pickled to the workers)."""
+
+    _constants: dict[torch.device, tuple[torch.Tensor, ...]]
+
+    def _host_constants(self) -> tuple[torch.Tensor, ...]:
+        raise NotImplementedError
+
+    def _on_device(self, device: torch.device) -> tuple[torch.Tensor, ...]:
+        if device not in self._constants:
+            self._constants[device] = tuple(t.to(device) for t in self._host_constants())
+        return self._constants[device]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_constants": {}}
+
+
+class BatchPreprocess(_DeviceConstants):
     """timm's eval preprocessing (resize the shorter side, centre crop, normalise) in batches
     on the device, the same steps and parameters as the PIL ``transform`` it is built from.
 
@@ -411,7 +430,7 @@ class BatchPreprocess:
         self.resize: int | tuple[int, ...] | None = None
         self.crop: tuple[int, int] | None = None
         self.mean = self.std = None
-        self._constants: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._constants = {}
         for step in getattr(transform, "transforms", [transform]):
             name = type(step).__name__
             if isinstance(step, T.Resize) and step.max_size is None:
@@ -480,22 +499,15 @@ class BatchPreprocess:
                 x = x.round_().clamp_(0.0, 255.0)
         if self.crop is not None:
             x = F.center_crop(x, list(self.crop))
-        mean, std = self._normalisation(device)
+        mean, std = self._on_device(device)
         return (x - mean) / std
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_constants": {}}  # device tensors stay in this process
-
-    def _normalisation(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and std (x 255) as (C, 1, 1) tensors on ``device``, made once per device: a
-        copy from pageable memory to a GPU waits for the device, which would stall the
-        pipeline at every batch."""
-        if device not in self._constants:
-            self._constants[device] = tuple(
-                (torch.tensor(v, dtype=torch.float32) * 255.0).view(-1, 1, 1).to(device)
-                for v in (self.mean, self.std)
-            )
-        return self._constants[device]
+    def _host_constants(self) -> tuple[torch.Tensor, ...]:
+        """Mean and std (x 255) as (C, 1, 1) tensors."""
+        return tuple(
+            (torch.tensor(v, dtype=torch.float32) * 255.0).view(-1, 1, 1)
+            for v in (self.mean, self.std)
+        )
 
     def _resized(self, h: int, w: int) -> tuple[int, int]:
         """Output size of torchvision's ``Resize(self.resize)`` for an h x w image."""
@@ -510,7 +522,7 @@ class BatchPreprocess:
         return self.batch([self.decode(image)], "cpu")[0]
 
 
-class BatchNormalize:
+class BatchNormalize(_DeviceConstants):
     """A PIL transform that ends in ToTensor and Normalize (timm's eval transform), with
     those two steps run on whole batches on the device instead of image by image.
 
@@ -532,7 +544,7 @@ class BatchNormalize:
         self.pil_steps = pil_steps
         self.mean = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1)
-        self._constants: dict[torch.device, tuple[torch.Tensor, ...]] = {}
+        self._constants = {}
 
     @classmethod
     def of(cls, transform: Any) -> BatchNormalize | None:
@@ -581,20 +593,12 @@ class BatchNormalize:
             if not images:
                 raise ValueError("BatchNormalize.batch got no images.")
             images = torch.stack(images)
-        scale, mean, std = self._normalisation(device)
+        scale, mean, std = self._on_device(device)
         return images.to(device, non_blocking=True).float().div_(scale).sub_(mean).div_(std)
 
-    def _normalisation(self, device: torch.device) -> tuple[torch.Tensor, ...]:
-        """255, the mean and the std on ``device``, copied there once (see
-        BatchPreprocess)."""
-        if device not in self._constants:
-            self._constants[device] = tuple(
-                t.to(device) for t in (torch.tensor(255.0), self.mean, self.std)
-            )
-        return self._constants[device]
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_constants": {}}
+    def _host_constants(self) -> tuple[torch.Tensor, ...]:
+        """255, the mean and the std."""
+        return (torch.tensor(255.0), self.mean, self.std)
 
     def __call__(self, image: Any) -> torch.Tensor:
         """One PIL image -> (C, H, W) float32 tensor on the CPU."""
