@@ -41,6 +41,7 @@ bench: setup
 	$(PY) benchmarks/gradcam_speed.py
 	$(PY) benchmarks/gpu_throughput.py
 	$(PY) benchmarks/neighbour_speed.py
+	$(PY) benchmarks/import_speed.py
 
 # real-data benchmarks on ../shared/data (skipped with a message when it is absent)
 bench-real: setup

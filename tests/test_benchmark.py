@@ -122,7 +122,7 @@ def test_one_forward_pass_and_cache_hits(digits_result, cache_dir, digits_train,
     assert counter.calls == -(-sum(sizes) // 100)
     assert r1.info["cache_misses"] == 6 and r1.info["cache_hits"] == 0
     assert list(r1.table.scorer.unique()) == [
-        *expand_scorers(["all"]),
+        *(s.text for s in expand_scorers(["all"])),
         "logit_kde:mode=class_conditional",
     ]
     assert "odin" not in r1.table.scorer.unique()
@@ -405,9 +405,9 @@ def test_config_files(tmp_path):
         load_config(tmp_path / "bad.yaml")
     with pytest.raises(ValueError, match="group 'middle'"):
         OODSet("x", "noise:uniform", "middle")
-    with pytest.raises(ValueError, match="one checkpoint per model"):
+    with pytest.raises(ValueError, match="one --model per --checkpoint"):
         BenchmarkConfig(models=("a", "b"), checkpoints=("x",))
-    with pytest.raises(ValueError, match=r"Unknown training option\(s\) \['epoch'\]"):
+    with pytest.raises(ValueError, match=r"unknown training option\(s\) \['epoch'\]"):
         BenchmarkConfig(train={"epoch": 3})
 
 

@@ -142,9 +142,11 @@ def test_scorers_receive_val_through_fit():
 
 # --- parameter search --------------------------------------------------------------------------
 def test_grid_syntax_and_search_space():
-    assert parse_scorer_spec("knn:k=1|10|50,use_faiss=False") == (
+    spec = parse_scorer_spec("knn:k=1|10|50,use_faiss=False")
+    assert (spec.name, spec.params, spec.grid) == (
         "knn",
-        {"k": Grid((1, 10, 50)), "use_faiss": False},
+        {"use_faiss": False},
+        {"k": Grid((1, 10, 50))},
     )
     assert search_space("logit_kde") == (
         "logit_kde",

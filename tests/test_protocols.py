@@ -53,7 +53,7 @@ def data_root(tmp_path_factory):
 def test_the_openood_protocols_are_registered():
     assert {"cifar10", "cifar100", "imagenet200", "imagenet1k"} <= set(list_protocols())
     cifar = get_protocol("cifar10")
-    groups = {s["name"]: s["group"] for s in cifar["ood"]}
+    groups = {s.name: s.group for s in cifar.ood}
     assert groups == {
         "cifar100": "near",
         "tin": "near",

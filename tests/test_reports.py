@@ -119,7 +119,7 @@ def test_compare_and_merge(run_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0 and "AUROC of vim - msp" in out and "digits5-9" in out and "p_value" in out
     rc = cli.main(["compare", str(run_dir), "--scorers", "vim", "nope"])
-    assert rc == 2 and "['nope'] are not in" in capsys.readouterr().err
+    assert rc == 2 and "['nope'] is not a scorer of" in capsys.readouterr().err
     other = tmp_path / "other"
     shutil.copytree(run_dir, other)
     rc = cli.main(["merge", str(run_dir), str(other), "--out", str(tmp_path / "m")])

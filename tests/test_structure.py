@@ -29,7 +29,7 @@ LAYERS: dict[str, int] = {
         ],
         0,
     ),
-    **dict.fromkeys(["outputs", "stats", "compute"], 1),
+    **dict.fromkeys(["outputs", "stats", "compute", "protocol"], 1),
     **dict.fromkeys(["scorers.base", "explainers.attention", "explainers.base", "cache"], 2),
     **dict.fromkeys(
         [
@@ -179,22 +179,14 @@ def test_every_module_says_what_it_is_for():
 
 @pytest.mark.slow
 def test_listing_scorers_is_light():
-    """``import oodlens; oodlens.list_scorers()`` imports no torch and takes < 1 s (with every
-    plugin distribution of the repo installed)."""
+    """``import oodlens; oodlens.list_scorers()`` imports no torch (with every plugin
+    distribution of the repo installed). How long it takes is measured, as a ratio to a bare
+    ``import numpy``, by ``benchmarks/import_speed.py``, never asserted here."""
     code = (
-        "import sys, time; t = time.perf_counter(); import oodlens; names = oodlens.list_scorers(); "
-        "print(time.perf_counter() - t, 'torch' in sys.modules, len(names))"
-    )
-    best = min(
-        float(
-            subprocess.run(
-                [sys.executable, "-c", code], capture_output=True, text=True, check=True
-            ).stdout.split()[0]
-        )
-        for _ in range(3)
+        "import sys; import oodlens; names = oodlens.list_scorers(); "
+        "print('torch' in sys.modules, len(names))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    _, torch_loaded, n = out.stdout.split()
+    torch_loaded, n = out.stdout.split()
     assert torch_loaded == "False"
     assert int(n) >= 8  # built-ins and the feature-scorer plugin
-    assert best < 1.0, f"import + list_scorers took {best:.2f} s"

@@ -13,18 +13,12 @@ from typing import Any
 
 from . import registry
 from .bench.config import BenchmarkConfig, load_config, parse_ood_spec
-from .bench.report import (
-    DEFAULT_FORMATS,
-    FORMATS,
-    TERMINAL_COLUMNS,
-    openood_markdown,
-    to_markdown,
-)
+from .bench.report import to_markdown
+from .bench.result import DEFAULT_FORMATS, REPORT_FORMATS
 from .distributed import barrier, init_from_env, rank_and_world, shutdown
 from .errors import PluginError
 from .metrics import CONVENTIONS
-from .options import PRECISIONS, PREPROCESS_MODES
-from .outputs import FEATURE_DTYPES
+from .options import FEATURE_DTYPES, PRECISIONS, PREPROCESS_MODES, ExtractOptions
 from .train import TrainConfig
 
 __all__ = ["main", "build_parser"]
@@ -69,6 +63,24 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_protocols(args: argparse.Namespace) -> int:
+    """The registered benchmark protocols: family, ID set, OOD sets by group."""
+    rows = []
+    for e in registry.list_entries("protocol"):
+        p = e.obj
+        sets = "; ".join(
+            f"{g}: {', '.join(s.name for s in p.ood if s.group == g)}"
+            for g in dict.fromkeys(s.group for s in p.ood)
+        )
+        rows.append((e.name, p.family or "-", e.distribution, p.id.name, sets))
+    print(_table(("name", "family", "distribution", "id", "ood sets"), rows))
+    print(
+        "\nUse: oodlens bench --protocol NAME --data-root DIR (sets are looked up under DIR; "
+        "a missing one is listed with where to put it)."
+    )
+    return 0
+
+
 def _cmd_datasets(args: argparse.Namespace) -> int:
     rows = [(e.name, e.distribution, e.description) for e in registry.list_entries("dataset")]
     rows.append(
@@ -77,6 +89,13 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
     print(_table(("kind", "distribution", "description"), rows))
     print("\nAppend @train or @test for a deterministic split, e.g. digits:0-4@test.")
     return 0
+
+
+def _extract_options(args: argparse.Namespace) -> ExtractOptions:
+    """The :class:`ExtractOptions` given on the command line (the others: their defaults)."""
+    fields = (*ExtractOptions.ROW_FIELDS, *ExtractOptions.RUN_FIELDS)
+    given = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
+    return ExtractOptions(**{k: v for k, v in given.items() if v is not False})
 
 
 def _bench_config(args: argparse.Namespace) -> BenchmarkConfig:
@@ -92,7 +111,7 @@ def _bench_config(args: argparse.Namespace) -> BenchmarkConfig:
         )
         args.ood = None  # merged by name into the protocol's sets
     elif args.config:
-        cfg = load_config(args.config, data_root=args.data_root)
+        cfg = load_config(args.config, data_root=args.data_root, models_root=args.models_root)
     else:
         cfg = BenchmarkConfig()
     changes: dict[str, Any] = {}
@@ -150,12 +169,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import check_report_dir, run_benchmark
 
     cfg = _bench_config(args)
-    # a protocol run shows (and writes) OpenOOD's layout unless --format says otherwise
-    default = (*DEFAULT_FORMATS, "openood") if cfg.protocol else DEFAULT_FORMATS
+    # a protocol of OpenOOD's family shows (and writes) OpenOOD's layout unless --format
+    # says otherwise
+    openood = cfg.protocol is not None and registry.get_protocol(cfg.protocol).family == "openood"
+    default = (*DEFAULT_FORMATS, "openood") if openood else DEFAULT_FORMATS
     formats = [f for spec in (args.format or [",".join(default)]) for f in spec.split(",") if f]
-    bad = sorted(set(formats) - set(FORMATS))
+    bad = sorted(set(formats) - set(REPORT_FORMATS))
     if bad:
-        raise ValueError(f"--format {bad} is not valid; use {', '.join(FORMATS)}.")
+        raise ValueError(f"--format {bad} is not valid; use {', '.join(REPORT_FORMATS)}.")
     if args.out:
         check_report_dir(args.out)
     if init_from_env():  # under torchrun: sharded extraction, rank 0 reports
@@ -182,15 +203,11 @@ def _report(result: Any, args: argparse.Namespace, formats: list[str]) -> int:
     """Print the tables, footnotes, timings, warnings and failures; write the report."""
     print(result.caption())
     if not result.table.empty:
-        if "openood" in formats:
-            print(openood_markdown(result.summary()))
-        else:
-            conformal = [
-                c
-                for c in result.table.columns
-                if c.startswith(("frr@", "power@", "fdr@", "fdr_power@"))
-            ]
-            print(to_markdown(result.summary(), columns=(*TERMINAL_COLUMNS, *conformal)))
+        # the Markdown tables, unless a format given has a terminal view of its own (openood)
+        default = REPORT_FORMATS["md"].terminal
+        views = [REPORT_FORMATS[f].terminal for f in formats]
+        view = next((v for v in views if v not in (None, default)), default)
+        print(view(result.summary()))
     for line in result.footnotes():
         print(line)
     t = result.timings
@@ -246,15 +263,10 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         scorers=args.scorers,
         train=args.train,
         layer=args.layer,
-        img_size=args.img_size,
-        device=args.device,
         cache=Cache(args.cache_dir),
         progress=not args.quiet,
         calib=args.calib,
-        num_workers=args.num_workers,
-        precision=args.precision or "fp32",
-        channels_last=args.channels_last,
-        preprocess=args.preprocess or "auto",
+        options=_extract_options(args),
     )
     path = plot_explanations(exp, out, columns=args.columns)
     for k, sid in enumerate(exp.ids):
@@ -313,7 +325,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     from .bench.compare import merge_runs
 
     summary = merge_runs(args.runs)
-    print(to_markdown(summary, columns=TERMINAL_COLUMNS))
+    print(REPORT_FORMATS["md"].terminal(summary))
     if args.out:
         from pathlib import Path
 
@@ -425,9 +437,23 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
         help="where --protocol finds its sets; replaces {data_root} in --config "
         "(default $OODLENS_DATA_ROOT)",
     )
-    p.add_argument("--model", action="append", help="timm model name (repeatable)")
     p.add_argument(
-        "--checkpoint", action="append", help="checkpoint per --model (safetensors or state dict)"
+        "--models-root",
+        help="replaces {models_root} in --config (default $OODLENS_MODELS_ROOT, else the "
+        "models folder beside --data-root)",
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        help="timm model name (repeatable: one per --checkpoint, or one for them all)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        action="append",
+        metavar="[NAME=]PATH",
+        help="checkpoint (safetensors or state dict; repeatable); NAME labels its rows, and "
+        "several checkpoints under one NAME are seeds of one network (mean ± std); unnamed "
+        "checkpoints of one model are separate rows",
     )
     p.add_argument("--id", help="ID dataset spec, e.g. digits:0-4 or a folder (@train/@test split)")
     p.add_argument(
@@ -509,8 +535,10 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--format",
         action="append",
-        help=f"table formats: {','.join(FORMATS)} (default {','.join(DEFAULT_FORMATS)}); openood "
-        "prints and writes OpenOOD's layout (one row per scorer, near/far means)",
+        help="table formats, comma-separated or repeated (default "
+        f"{','.join(DEFAULT_FORMATS)}; json is always written): "
+        + "; ".join(f"{f.name}: {f.description}" for f in REPORT_FORMATS.values())
+        + ". The terminal shows the Markdown tables, or OpenOOD's layout when openood is given",
     )
     p.add_argument(
         "--out", help="write tables, plots and results.json to this folder (new, empty or a report)"
@@ -583,6 +611,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_plugins)
     p = sub.add_parser("datasets", help="list dataset kinds usable as specs", parents=[common])
     p.set_defaults(func=_cmd_datasets)
+    p = sub.add_parser(
+        "protocols", help="list benchmark protocols usable with --protocol", parents=[common]
+    )
+    p.set_defaults(func=_cmd_protocols)
     p = sub.add_parser(
         "bench",
         help="run a benchmark (no arguments: the embedded digits demo)",

@@ -51,6 +51,12 @@ __all__ = ["ConformalRejector", "benjamini_hochberg", "conformal_p_values"]
 log = logging.getLogger(__name__)
 
 
+_P_VALUE_CONSTRAINTS = {
+    "ties": [Options(("conservative", "randomized"))],
+    "delta": [Interval(float, 0, 1, closed="neither"), None],
+}
+
+
 def conformal_p_values(
     calib_scores: np.ndarray,
     scores: np.ndarray,
@@ -61,10 +67,25 @@ def conformal_p_values(
     """Conformal p-values of ``scores`` against ``calib_scores`` (higher = more ID); see the
     module docstring for the three variants.
 
+    Args:
+        calib_scores: (n,) scores of held-out ID calibration rows.
+        scores: (N,) scores to test.
+        ties: ``"conservative"`` (default) or ``"randomized"``.
+        delta: ``None`` (marginal p-values) or a probability in (0, 1) (calibration-
+            conditional p-values).
+        rng: the generator of the randomized tie-breaking; every call draws fresh uniforms
+            from it, so pass the same generator to successive calls (as
+            :class:`ConformalRejector` does). ``None``: a new, unseeded one.
+
+    Raises:
+        InvalidParameterError: ``ties`` or ``delta`` is not valid (e.g. ``delta=nan`` or 0).
+        ValueError: no calibration score, or a non-finite score.
+
     Example:
         >>> conformal_p_values(np.array([1.0, 2.0, 3.0]), np.array([0.0, 2.0, 9.0]))
         array([0.25, 0.75, 1.  ])
     """
+    validate_params("conformal_p_values", {"ties": ties, "delta": delta}, _P_VALUE_CONSTRAINTS)
     calib = np.sort(np.asarray(calib_scores, dtype=np.float64))
     s = np.asarray(scores, dtype=np.float64)
     n = calib.size
@@ -78,7 +99,7 @@ def conformal_p_values(
     if ties == "conservative":
         return (1.0 + at_most) / (n + 1.0)
     below = np.searchsorted(calib, s, side="left")  # #{calib < s}
-    u = (rng or np.random.default_rng(0)).uniform(size=s.shape)
+    u = (rng if rng is not None else np.random.default_rng()).uniform(size=s.shape)
     return (below + u * (1.0 + at_most - below)) / (n + 1.0)
 
 
@@ -124,8 +145,7 @@ class ConformalRejector:
     """
 
     parameter_constraints = {
-        "ties": [Options(("conservative", "randomized"))],
-        "delta": [Interval(float, 0, 1, closed="neither"), None],
+        **_P_VALUE_CONSTRAINTS,
         "random_state": [Interval(int, 0, None)],
     }
 
@@ -147,6 +167,9 @@ class ConformalRejector:
             )
         self.scorer, self.ties, self.delta, self.random_state = scorer, ties, delta, random_state
         self.calib_scores_: np.ndarray | None = None
+        # one generator per rejector, seeded once: every call draws fresh uniforms (re-seeding
+        # per call would give one-row calls the same draw, and up to 5x alpha rejected)
+        self._rng = np.random.default_rng(random_state)
 
     def calibrate(self, calib: Outputs, model: ModelInputs | None = None) -> ConformalRejector:
         """Score the held-out ID calibration outputs (``model``: their images, for a
@@ -157,7 +180,28 @@ class ConformalRejector:
                 would be too small: the guarantee needs rows the scorer never saw).
         """
         self.check_calibration_rows(calib)
-        self.calib_scores_ = self.scorer.score(calib, model=model)
+        return self.calibrate_scores(self.scorer.score(calib, model=model))
+
+    def calibrate_scores(
+        self, scores: np.ndarray, rows: Outputs | None = None
+    ) -> ConformalRejector:
+        """Calibrate on scores the scorer already gave held-out ID rows (e.g. the harness's
+        calib split, scored with the rest); ``rows``: those rows' outputs, to check that
+        none was used to fit the scorer. Returns ``self``.
+
+        Raises:
+            ValueError: no score, a non-finite or non-1-D score array, or (with ``rows``)
+                rows the scorer was fitted on.
+        """
+        values = np.asarray(scores, dtype=np.float64)
+        if values.ndim != 1 or values.size == 0 or not np.isfinite(values).all():
+            raise ValueError(
+                "calibrate_scores needs a non-empty 1-D array of finite scores, got shape "
+                f"{values.shape}."
+            )
+        if rows is not None:
+            self.check_calibration_rows(rows)
+        self.calib_scores_ = values
         return self
 
     def check_calibration_rows(self, calib: Outputs) -> None:
@@ -175,12 +219,15 @@ class ConformalRejector:
                 "does not hold."
             )
 
+    def _calibration(self) -> np.ndarray:
+        if self.calib_scores_ is None:
+            raise NotFittedError("Call ConformalRejector.calibrate(calib_outputs) first.")
+        return self.calib_scores_
+
     @property
     def n_calib(self) -> int:
         """Number of calibration rows."""
-        if self.calib_scores_ is None:
-            raise NotFittedError("Call ConformalRejector.calibrate(calib_outputs) first.")
-        return int(self.calib_scores_.size)
+        return int(self._calibration().size)
 
     @property
     def min_alpha(self) -> float:
@@ -188,19 +235,23 @@ class ConformalRejector:
         return 1.0 / (self.n_calib + 1.0)
 
     def p_values(self, outputs: Outputs, model: ModelInputs | None = None) -> np.ndarray:
-        """(N,) conformal p-values; small = unlike the calibration ID data."""
-        n = self.n_calib
+        """(N,) conformal p-values; small = unlike the calibration ID data (``model``: the
+        images, for a model-aware scorer). Randomized ties draw fresh uniforms at every
+        call, from the rejector's one generator (seeded by ``random_state``)."""
         return conformal_p_values(
-            self.calib_scores_,
+            self._calibration(),
             self.scorer.score(outputs, model=model),
             ties=self.ties,
             delta=self.delta,
-            rng=np.random.default_rng([self.random_state, n]),
+            rng=self._rng,
         )
 
-    def reject(self, outputs: Outputs, alpha: float) -> np.ndarray:
+    def reject(
+        self, outputs: Outputs, alpha: float, model: ModelInputs | None = None
+    ) -> np.ndarray:
         """(N,) bool: reject when ``p <= alpha``; an ID sample is wrongly rejected with
-        probability at most ``alpha`` (marginally; see the module docstring)."""
+        probability at most ``alpha`` (marginally; see the module docstring). ``model``: the
+        images, for a model-aware scorer."""
         if not 0.0 < alpha < 1.0:
             raise ValueError(f"alpha must be in (0, 1), got {alpha!r}.")
         if alpha < self.min_alpha:
@@ -211,9 +262,11 @@ class ConformalRejector:
                 self.min_alpha,
                 self.n_calib,
             )
-        return self.p_values(outputs) <= alpha
+        return self.p_values(outputs, model=model) <= alpha
 
-    def flag_batch(self, outputs: Outputs, fdr: float) -> np.ndarray:
+    def flag_batch(
+        self, outputs: Outputs, fdr: float, model: ModelInputs | None = None
+    ) -> np.ndarray:
         """(N,) bool: Benjamini-Hochberg on the batch's p-values; the expected share of ID
-        samples among the flagged is at most ``fdr``."""
-        return benjamini_hochberg(self.p_values(outputs), fdr)
+        samples among the flagged is at most ``fdr`` (``model``: as for :meth:`reject`)."""
+        return benjamini_hochberg(self.p_values(outputs, model=model), fdr)

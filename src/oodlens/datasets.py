@@ -27,6 +27,7 @@ import ast
 import functools
 import hashlib
 import os
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,8 +45,10 @@ __all__ = [
     "holdout_split",
     "content_hashes",
     "parse_spec",
+    "class_name",
     "files_source",
     "split_spec",
+    "spec_split",
     "load_folder_source",
     "load_digits_source",
     "load_noise_source",
@@ -127,13 +130,8 @@ def parse_spec(spec: str, kinds: Sequence[str] = ()) -> tuple[str, str, dict[str
     """
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"A dataset spec must be a non-empty string, got {spec!r}.")
-    body, split = spec, "all"
-    if "@" in spec:
-        body, split = spec.rsplit("@", 1)
-        if split not in SPLITS:
-            raise ValueError(
-                f"Unknown split {split!r} in dataset spec {spec!r}; valid splits: {', '.join(SPLITS)}."
-            )
+    body, split = spec_split(spec)
+    split = split or "all"
     kind, rest = "", body
     head = body.split(":", 1)[0]
     if ":" in body and head and all(ch.isalnum() or ch in "_-" for ch in head) and len(head) > 1:
@@ -156,10 +154,35 @@ def parse_spec(spec: str, kinds: Sequence[str] = ()) -> tuple[str, str, dict[str
     return kind, arg, options, split
 
 
+def spec_split(spec: str) -> tuple[str, str | None]:
+    """``(body, split)`` of a spec: the text after its last ``@`` is the split when it is one
+    of ``all``, ``train``, ``test``; an ``@`` inside a path (the text after it holds a ``/``,
+    or the whole spec is an existing path) is part of the path, and the split is ``None``.
+
+    Example:
+        >>> spec_split("digits:0-4@test")
+        ('digits:0-4', 'test')
+        >>> spec_split("data/with@sign/cats")
+        ('data/with@sign/cats', None)
+
+    Raises:
+        ValueError: the text after the last ``@`` is neither a split nor part of a path.
+    """
+    body, at, tail = spec.rpartition("@")
+    if not at:
+        return spec, None
+    if tail in SPLITS:
+        return body, tail
+    if "/" in tail or os.sep in tail or Path(spec).expanduser().exists():
+        return spec, None
+    raise ValueError(
+        f"Unknown split {tail!r} in dataset spec {spec!r}; valid splits: {', '.join(SPLITS)}."
+    )
+
+
 def split_spec(spec: str, split: str) -> str:
     """``spec`` with its split replaced by ``split``."""
-    base = spec.rsplit("@", 1)[0] if "@" in spec and spec.rsplit("@", 1)[1] in SPLITS else spec
-    return f"{base}@{split}"
+    return f"{spec_split(spec)[0]}@{split}"
 
 
 def _hash_split(source: DatasetSource, split: str, test_fraction: float = 0.2) -> DatasetSource:
@@ -294,7 +317,7 @@ def load_digits_source(spec: str, arg: str, options: dict[str, str], split: str)
         return Image.fromarray(images[i], mode="L").convert("RGB")
 
     source = DatasetSource(
-        spec=spec.rsplit("@", 1)[0],
+        spec=spec_split(spec)[0],
         classes=tuple(str(c) for c in classes),
         ids=[f"digits#{i}" for i in index],
         labels=labels,
@@ -332,7 +355,7 @@ def load_noise_source(spec: str, arg: str, options: dict[str, str], split: str) 
         return Image.fromarray(x.astype(np.uint8), mode="RGB")
 
     source = DatasetSource(
-        spec=spec.rsplit("@", 1)[0],
+        spec=spec_split(spec)[0],
         classes=("noise",),
         ids=[f"noise-{arg}#{i}" for i in range(n)],
         labels=np.zeros(n, dtype=np.int64),
@@ -366,9 +389,23 @@ def load_folder_source(path: str, split: str, spec: str) -> DatasetSource:
         root, split = root / "val", "all"  # ImageNet's layout: its val set is the test set
     subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     found = [(d.name, _image_files(str(d))) for d in subdirs]
+    empty = [name for name, images in found if not images]
     found = [(name, images) for name, images in found if images]
+    if found and empty:
+        raise ValueError(
+            f"Dataset folder {str(root)!r} (spec {spec!r}): class folder(s) {empty[:10]} hold no "
+            f"images ({', '.join(IMG_EXTENSIONS)}), while {len(found)} other(s) do; every class "
+            "needs images (as in torchvision's ImageFolder). Add images there, or remove the "
+            "empty folder(s)."
+        )
     if found:
-        classes = tuple(name for name, _ in found)
+        classes = tuple(class_name(name) for name, _ in found)
+        clash = sorted({c for c in classes if classes.count(c) > 1})
+        if clash:
+            raise ValueError(
+                f"Dataset folder {str(root)!r}: class folders {clash} differ only in their "
+                "Unicode form (NFC vs NFD, e.g. one copied from macOS); rename one of them."
+            )
         files = [(p, k) for k, (_, images) in enumerate(found) for p in images]
     else:
         classes = (root.name,)
@@ -389,6 +426,12 @@ def load_folder_source(path: str, split: str, spec: str) -> DatasetSource:
         keys=[p[len(prefix) :].replace(os.sep, "/") for p in paths],
     )
     return _hash_split(source, split)
+
+
+def class_name(name: str) -> str:
+    """A class name in Unicode's NFC form: the folder ``café`` copied from macOS (NFD, ``e``
+    plus a combining accent) and the same name typed elsewhere (NFC) are one class."""
+    return unicodedata.normalize("NFC", name)
 
 
 def _is_image(path: str) -> bool:
@@ -514,20 +557,19 @@ def align_classes(source: DatasetSource, classes: Sequence[str], what: str) -> D
             label.
         what: how to name ``source`` in the error (e.g. ``"ID test"``).
     """
-    classes = tuple(str(c) for c in classes)
-    if tuple(source.classes) == classes[: len(source.classes)] and len(source.classes) <= len(
-        classes
-    ):
+    classes = tuple(class_name(str(c)) for c in classes)
+    own = tuple(class_name(str(c)) for c in source.classes)
+    if own == classes[: len(own)] and len(own) <= len(classes):
         return source
-    unknown = [c for c in source.classes if c not in classes]
+    unknown = [c for c in own if c not in classes]
     if unknown:
         raise ValueError(
-            f"{what} {source.spec!r} has class(es) {unknown[:10]} that the model's classes "
-            f"{list(classes)[:20]} do not include; give every split the same class folders "
-            "(names must match)."
+            f"{what} {source.spec!r} has class(es) {unknown[:10]} that are not among the "
+            f"reference classes {list(classes)[:20]} (the training split's, or those the "
+            "checkpoint records); give every split the same class folders (names must match)."
         )
     index = {c: k for k, c in enumerate(classes)}
-    remap = np.array([index[c] for c in source.classes], dtype=np.int64)
+    remap = np.array([index[c] for c in own], dtype=np.int64)
     labels = np.asarray(source.labels, dtype=np.int64)
     return DatasetSource(
         spec=source.spec,

@@ -28,8 +28,9 @@ from .explainers import Explanation, attention_area_mass
 from .explainers.gradcam import GradCAM, minmax_normalize
 from .extract import cached_extract, default_num_workers, extract_outputs
 from .metrics import threshold_at_acceptance
+from .options import ExtractOptions
 from .outputs import Outputs
-from .registry import create_scorer, load_dataset, parse_scorer_spec
+from .registry import ScorerSpec, load_dataset, parse_scorer_spec
 
 __all__ = ["explain_source", "explain_images", "attention_analysis", "AttentionResult"]
 
@@ -99,49 +100,49 @@ def explain_images(
     model: str,
     checkpoint: str | None = None,
     pretrained: bool = False,
-    scorers: Sequence[str] = (),
+    scorers: Sequence[str | ScorerSpec] = (),
     train: str | None = None,
     layer: str | None = None,
-    img_size: int | None = None,
-    device: str = "cpu",
     cache: Cache | None = None,
     progress: bool = True,
     calib: str | None = None,
     acceptance: float = 0.95,
-    num_workers: int | None = None,
-    precision: str = "fp32",
-    channels_last: bool = False,
-    preprocess: str = "auto",
+    options: ExtractOptions | None = None,
 ) -> Explanation:
     """The ``oodlens explain`` workflow: Grad-CAM and scorer values for image files.
 
     With ``calib`` (a spec of held-out ID images the scorers were not fitted on), each
     scorer also gives each image's split-conformal p-value (see :mod:`oodlens.conformal`)
     and its verdict: accepted when the score reaches the threshold that accepts
-    ``acceptance`` of the calib images. ``num_workers`` (default: from the CPU count),
-    ``precision``, ``channels_last`` and ``preprocess`` (see
-    :class:`~oodlens.backbones.BatchPreprocess`) apply to the extraction of the training and
-    calib outputs.
+    ``acceptance`` of the calib images. ``options`` (:class:`~oodlens.options.ExtractOptions`:
+    image size, device, workers, precision, channels-last, preprocessing) apply to the
+    network and to the extraction of the training and calib outputs.
 
-    Scorers (spec strings, e.g. ``"logit_kde:mode=class_conditional"``) are created first
-    (so a bad spec fails before any work), then fitted on the model's outputs on its ID
-    training data ``train`` (default: the data recorded in an oodlens checkpoint), extracted
-    through the same cache as the harness.
+    Scorers (specs, e.g. ``"logit_kde:mode=class_conditional"``) are parsed first (so a bad
+    spec fails before any work), then fitted on the model's outputs on its ID training data
+    ``train`` (default: the data recorded in an oodlens checkpoint), extracted through the
+    same cache as the harness.
     """
-    specs = [(spec, *parse_scorer_spec(spec)) for spec in scorers]
-    for _, name, params in specs:
-        create_scorer(name, **params)
+    options = options or ExtractOptions()
+    specs = [parse_scorer_spec(spec) for spec in scorers]
+    for spec in specs:
+        spec.create()  # a search grid is an error here
     source = files_source(images)
-    dev = resolve_device(device)
+    dev = resolve_device(options.device)
     net, mcfg = create_backbone(
-        model, checkpoint=checkpoint, img_size=img_size, pretrained=pretrained
+        model, checkpoint=checkpoint, img_size=options.img_size, pretrained=pretrained
     )
     transform, data_cfg = build_transform(net, mcfg.img_size)
-    if resolve_preprocess(preprocess, dev) == "device":
+    options = options.replace(
+        device=str(dev),
+        preprocess=resolve_preprocess(options.preprocess, dev),
+        num_workers=(
+            options.num_workers if options.num_workers is not None else default_num_workers()
+        ),
+    )
+    if options.preprocess == "device":
         transform = BatchPreprocess(transform)
     names = mcfg.class_names or tuple(str(i) for i in range(mcfg.num_classes))
-    workers = num_workers if num_workers is not None else default_num_workers()
-    loading = {"num_workers": workers, "precision": precision, "channels_last": channels_last}
     fitted, rejectors = {}, {}
     if specs:
         train_spec = train or mcfg.extra.get("train", {}).get("data")
@@ -151,34 +152,25 @@ def explain_images(
                 "training data), or --scorers with no names to show none."
             )
         weights = file_sha256(checkpoint) if checkpoint else f"timm-pretrained:{model}"
-        train_out, _, _ = cached_extract(
-            lambda: net,
-            model,
-            weights,
-            load_dataset(split_spec(train_spec, "train")),
-            transform,
-            tuple(data_cfg["input_size"]),
-            cache or Cache(),
-            device=dev,
-            progress=progress,
-            **loading,
-        )
-        fitted = {
-            spec: create_scorer(name, **params).fit(train_out) for spec, name, params in specs
-        }
-        if calib is not None:
-            calib_out, _, _ = cached_extract(
+
+        def outputs_of(spec: str) -> Outputs:
+            out, _, _ = cached_extract(
                 lambda: net,
                 model,
                 weights,
-                load_dataset(calib),
+                load_dataset(spec),
                 transform,
                 tuple(data_cfg["input_size"]),
                 cache or Cache(),
-                device=dev,
+                options,
                 progress=progress,
-                **loading,
             )
+            return out
+
+        train_out = outputs_of(split_spec(train_spec, "train"))
+        fitted = {spec.text: spec.create().fit(train_out) for spec in specs}
+        if calib is not None:
+            calib_out = outputs_of(calib)
             rejectors = {k: ConformalRejector(s).calibrate(calib_out) for k, s in fitted.items()}
     exp = explain_source(
         net, source, transform, names, scorers=fitted, layer=layer, device=dev, rejectors=rejectors

@@ -25,11 +25,13 @@ from .backbones import (
     forward_all,
     get_head,
     precision_autocast,
+    resolve_device,
 )
 from .cache import Cache
 from .datasets import CorruptImageError, DatasetSource
 from .distributed import all_gather, barrier, rank_and_world
 from .files import atomic_dir
+from .options import ExtractOptions
 from .outputs import Outputs, OutputsWriter
 
 __all__ = [
@@ -52,6 +54,11 @@ def default_num_workers() -> int:
     beyond the first, at most 8."""
     cores = os.cpu_count() or 1
     return 0 if cores <= 2 else min(8, cores - 1)
+
+
+def _workers(options: ExtractOptions) -> int:
+    """The options' DataLoader workers, or :func:`default_num_workers` when not given."""
+    return options.num_workers if options.num_workers is not None else default_num_workers()
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -111,17 +118,13 @@ def extract_outputs(
     source: DatasetSource,
     transform: Callable[[Any], torch.Tensor],
     input_size: tuple[int, int, int],
-    device: str | torch.device = "cpu",
-    batch_size: int = 128,
-    num_workers: int = 0,
-    skip_corrupt: bool = False,
+    options: ExtractOptions | None = None,
+    *,
     progress: bool = True,
     report: ExtractionReport | None = None,
-    precision: str = "fp32",
-    channels_last: bool = False,
     out_dir: str | os.PathLike[str] | None = None,
-    features_dtype: str = "float32",
     shard: tuple[int, int] | None = None,
+    **fields: Any,
 ) -> Outputs | None:
     """Run ``model`` once over ``source``: logits, penultimate features, labels and head.
 
@@ -133,49 +136,51 @@ def extract_outputs(
         source: the dataset.
         transform: PIL image -> (C, H, W) tensor, or a
             :class:`~oodlens.backbones.BatchPreprocess`: the workers then only decode, and
-            resizing and normalisation run in batches on ``device``. A PIL transform that
+            resizing and normalisation run in batches on the device. A PIL transform that
             ends in ToTensor and Normalize (timm's) runs its last two steps in batches on
-            ``device`` (:class:`~oodlens.backbones.BatchNormalize`: the same numbers).
+            the device (:class:`~oodlens.backbones.BatchNormalize`: the same numbers).
         input_size: (C, H, W) of the transformed images (for placeholder rows).
-        device: where to run (a parameter, never assumed).
-        batch_size, num_workers: DataLoader settings (memory is pinned for CUDA; each
-            batch is decoded in chunks by all the workers, which stop when the extraction
-            ends; :func:`default_num_workers` picks a number from the CPU count).
-        skip_corrupt: drop unreadable images (listed in ``report``) instead of raising.
+        options: the :class:`~oodlens.options.ExtractOptions`: ``device`` (where to run, a
+            parameter, never assumed), ``batch_size`` and ``num_workers`` (each batch is
+            decoded in chunks by all the workers, which stop when the extraction ends;
+            memory is pinned for CUDA), ``skip_corrupt`` (drop unreadable images, listed
+            in ``report``, instead of raising), ``precision`` (the forward pass under
+            ``torch.autocast`` at that precision; outputs are stored as float32),
+            ``channels_last`` and ``features_dtype`` (``"float32"`` or ``"float16"``
+            storage for the features). ``img_size`` and ``preprocess`` are for whoever
+            builds ``transform``.
         progress: show a tqdm progress bar on stderr.
         report: filled with the skipped files.
-        precision: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"``: the forward pass under
-            ``torch.autocast`` at that precision (outputs are stored as float32).
-        channels_last: run the network and the batches in channels-last memory format.
         out_dir: an empty folder to write the outputs into, batch by batch
             (:class:`~oodlens.outputs.OutputsWriter`); the result is then memory-mapped from
             it, so the features never have to fit in memory. ``None``: kept in memory.
-        features_dtype: ``"float32"`` or ``"float16"`` storage for the features.
         shard: ``(rank, world)``: extract only batches ``b`` with ``b % world == rank``
             (whole batches), into ``out_dir``; returns ``None`` (rank 0 assembles the
             shards, see :func:`cached_extract`).
+        fields: fields of ``options`` to change (or of a default one), e.g.
+            ``batch_size=64, precision="bf16"``.
 
     Raises:
         CorruptImageError: unreadable images and ``skip_corrupt=False``; the message lists them.
+        InvalidParameterError: an option of the wrong type or out of range.
     """
-    part = _Part(source, OutputsWriter(out_dir, features_dtype) if out_dir is not None else None)
+    options = _options(options, fields)
+    part = _Part(
+        source,
+        OutputsWriter(out_dir, options.features_dtype) if out_dir is not None else None,
+    )
     _extract_parts(
-        model,
-        [part],
-        transform,
-        input_size,
-        device=device,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        progress=progress,
-        precision=precision,
-        channels_last=channels_last,
-        features_dtype=features_dtype,
-        shard=shard,
-        skip_corrupt=skip_corrupt,
-        report=report,
+        model, [part], transform, input_size, options, progress, shard=shard, report=report
     )
     return part.finish(model, empty_ok=shard is not None, load=shard is None)
+
+
+def _options(options: ExtractOptions | None, fields: dict[str, Any]) -> ExtractOptions:
+    """``options`` (default: the defaults) with ``fields`` changed; a device object is
+    written as its name."""
+    if "device" in fields and not isinstance(fields["device"], str):
+        fields = {**fields, "device": str(fields["device"])}
+    return (options or ExtractOptions()).replace(**fields)
 
 
 @dataclass
@@ -261,15 +266,9 @@ def _extract_parts(
     parts: list[_Part],
     transform: Any,
     input_size: tuple[int, int, int],
-    device: str | torch.device,
-    batch_size: int,
-    num_workers: int,
+    options: ExtractOptions,
     progress: bool,
-    precision: str,
-    channels_last: bool,
-    features_dtype: str = "float32",
     shard: tuple[int, int] | None = None,
-    skip_corrupt: bool = False,
     report: ExtractionReport | None = None,
 ) -> None:
     """One forward pass over the datasets of ``parts``, one after another through a single
@@ -279,8 +278,10 @@ def _extract_parts(
     writer is closed."""
     from tqdm.auto import tqdm
 
+    batch_size, num_workers = options.batch_size, _workers(options)
+    precision, channels_last = options.precision, options.channels_last
+    device = resolve_device(options.device)
     autocast = precision_autocast(device, precision)
-    device = torch.device(device)
     # the workers decode (and run PIL steps); the batch is finished on the device
     batched = transform if isinstance(transform, BatchPreprocess) else BatchNormalize.of(transform)
     item_transform = transform if batched is None else batched.decode
@@ -316,7 +317,7 @@ def _extract_parts(
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    feature_type = np.dtype(features_dtype)
+    feature_type = np.dtype(options.features_dtype)
     pending: list[tuple[Any, Any, np.ndarray, np.ndarray, int, int]] = []
 
     def store(z, f, y: np.ndarray, rows: np.ndarray, lo: int, hi: int) -> None:
@@ -372,7 +373,7 @@ def _extract_parts(
                     store(*pending.pop(0))
             while pending:
                 store(*pending.pop(0))
-        _check_corrupt(parts, skip_corrupt, report)
+        _check_corrupt(parts, options.skip_corrupt, report)
     except BaseException:
         for p in parts:
             p.close()
@@ -475,18 +476,30 @@ def cached_extract(
     transform: Any,
     input_size: tuple[int, int, int],
     cache: Cache,
-    **options: Any,
+    options: ExtractOptions | None = None,
+    *,
+    progress: bool = True,
+    **fields: Any,
 ) -> tuple[Outputs, bool, list[str]]:
     """Outputs of the model on ``source``, from the cache when an entry exists for the same
-    (model name, weights hash, dataset fingerprint, transform, extraction options).
-    ``get_model()`` returns the network; it is called only on a cache miss. ``options``:
-    those of :func:`cached_extract_all` (device, batch_size, num_workers, skip_corrupt,
-    progress, precision, channels_last, features_dtype).
+    (model name, weights hash, dataset fingerprint, transform, and the options that can
+    change a row: :meth:`ExtractOptions.key_fields`). ``get_model()`` returns the network; it
+    is called only on a cache miss. ``options`` and ``fields``: as for
+    :func:`extract_outputs`.
 
     Returns the outputs, whether it was a cache hit, and the skipped corrupt files.
     """
     return cached_extract_all(
-        get_model, model_name, weights_id, {"": source}, transform, input_size, cache, **options
+        get_model,
+        model_name,
+        weights_id,
+        {"": source},
+        transform,
+        input_size,
+        cache,
+        options,
+        progress=progress,
+        **fields,
     )[""]
 
 
@@ -496,23 +509,17 @@ def _outputs_key(
     weights_id: str,
     source: DatasetSource,
     transform: Any,
-    skip_corrupt: bool,
-    precision: str,
-    channels_last: bool,
-    features_dtype: str,
+    options: ExtractOptions,
 ) -> str:
-    """The cache key of one dataset's outputs: model, weights, data, preprocessing, options."""
+    """The cache key of one dataset's outputs: model, weights, data, preprocessing, and the
+    options that can change a row (never the device, batch size or workers)."""
     return cache.key(
         {
             "model": model_name,
             "weights": weights_id,
             "data": source.fingerprint(),
             "transform": repr(transform),
-            "skip_corrupt": skip_corrupt,
-            # fp32 entries keep their keys from before these options existed
-            **({"precision": precision} if precision != "fp32" else {}),
-            **({"channels_last": True} if channels_last else {}),
-            **({"features_dtype": features_dtype} if features_dtype != "float32" else {}),
+            **options.key_fields(),
         }
     )
 
@@ -525,36 +532,24 @@ def cached_extract_all(
     transform: Any,
     input_size: tuple[int, int, int],
     cache: Cache,
-    device: Any = "cpu",
-    batch_size: int = 256,
-    num_workers: int = 0,
-    skip_corrupt: bool = False,
+    options: ExtractOptions | None = None,
+    *,
     progress: bool = True,
-    precision: str = "fp32",
-    channels_last: bool = False,
-    features_dtype: str = "float32",
+    **fields: Any,
 ) -> dict[str, tuple[Outputs, bool, list[str]]]:
     """Outputs of the model on each of ``sources``, each from its own cache entry (see
     :func:`cached_extract`) when it exists. The others are extracted in one pass through one
     DataLoader (its workers start once, not once per dataset), each written into its own
     cache entry, batch by batch, then renamed into place: the features never have to fit in
     memory, and an interrupted run leaves no entry. With the cache off they are kept in
-    memory; under torchrun each dataset is sharded across the ranks in turn.
+    memory; under torchrun each dataset is sharded across the ranks in turn. ``options``
+    and ``fields``: as for :func:`extract_outputs`.
 
     Returns ``{name: (outputs, cache hit, skipped corrupt files)}`` in the order of ``sources``.
     """
+    options = _options(options, fields)
     keys = {
-        name: _outputs_key(
-            cache,
-            model_name,
-            weights_id,
-            src,
-            transform,
-            skip_corrupt,
-            precision,
-            channels_last,
-            features_dtype,
-        )
+        name: _outputs_key(cache, model_name, weights_id, src, transform, options)
         for name, src in sources.items()
     }
     results: dict[str, tuple[Outputs, bool, list[str]]] = {}
@@ -564,20 +559,17 @@ def cached_extract_all(
             results[name] = (cached, True, [])
     barrier()  # every rank has looked before any rank writes
     missing = [name for name in sources if name not in results]
-    options = {
-        "device": device,
-        "batch_size": batch_size,
-        "num_workers": num_workers,
-        "skip_corrupt": skip_corrupt,
-        "progress": progress,
-        "precision": precision,
-        "channels_last": channels_last,
-        "features_dtype": features_dtype,
-    }
     if missing and rank_and_world()[1] > 1:
         for name in missing:
             results[name] = _sharded_extract(
-                get_model, sources[name], transform, input_size, cache, keys[name], options
+                get_model,
+                sources[name],
+                transform,
+                input_size,
+                cache,
+                keys[name],
+                options,
+                progress,
             )
     elif missing:
         with contextlib.ExitStack() as stack:
@@ -586,7 +578,7 @@ def cached_extract_all(
                     sources[name],
                     OutputsWriter(
                         stack.enter_context(atomic_dir(cache.outputs_path(keys[name]))),
-                        features_dtype,
+                        options.features_dtype,
                     )
                     if cache.enabled
                     else None,
@@ -596,7 +588,7 @@ def cached_extract_all(
             # the network is built outside inference_mode (_extract_parts enters it), so that
             # its parameters stay ordinary tensors (Grad-CAM needs gradients through them)
             model = get_model()
-            _extract_parts(model, list(parts.values()), transform, input_size, **options)
+            _extract_parts(model, list(parts.values()), transform, input_size, options, progress)
             finished = {name: part.finish(model) for name, part in parts.items()}
         for name in missing:
             # entries are read back from their final place (the temporary folder is gone)
@@ -609,7 +601,9 @@ def cached_extract_all(
     return {name: results[name] for name in sources}
 
 
-def _sharded_extract(get_model, source, transform, input_size, cache, key, kwargs):
+def _sharded_extract(
+    get_model, source, transform, input_size, cache, key, options: ExtractOptions, progress
+):
     """Under torchrun: each rank writes its batches as a shard into the cache; rank 0
     assembles them in the original batch order into one entry; every rank then loads it."""
     if not cache.enabled:
@@ -622,11 +616,19 @@ def _sharded_extract(get_model, source, transform, input_size, cache, key, kwarg
     mine = shards / f"rank{rank}"
     shutil.rmtree(mine, ignore_errors=True)
     mine.mkdir(parents=True)
-    kwargs = {**kwargs, "report": ExtractionReport()}
+    report = ExtractionReport()
     extract_outputs(
-        get_model(), source, transform, input_size, out_dir=mine, shard=(rank, world), **kwargs
+        get_model(),
+        source,
+        transform,
+        input_size,
+        options,
+        progress=progress,
+        report=report,
+        out_dir=mine,
+        shard=(rank, world),
     )
-    corrupt = [p for part in all_gather(kwargs["report"].corrupt) for p in part]
+    corrupt = [p for part in all_gather(report.corrupt) for p in part]
     barrier()
     if rank == 0:
         metas = [json.loads((shards / f"rank{r}" / "meta.json").read_text()) for r in range(world)]
@@ -635,7 +637,7 @@ def _sharded_extract(get_model, source, transform, input_size, cache, key, kwarg
         parts = {r: Outputs.load_dir(shards / f"rank{r}") for r in range(world) if metas[r]["n"]}
         starts = [np.concatenate([[0], np.cumsum(m["block_rows"])]).astype(int) for m in metas]
         with atomic_dir(cache.outputs_path(key)) as tmp:
-            writer = OutputsWriter(tmp, kwargs["features_dtype"])
+            writer = OutputsWriter(tmp, options.features_dtype)
             for b in range(sum(len(m["block_rows"]) for m in metas)):
                 r, j = b % world, b // world
                 lo, hi = starts[r][j], starts[r][j + 1]

@@ -60,15 +60,20 @@ documented as such, never a made-up number.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 __all__ = [
+    "Metric",
+    "METRICS",
+    "metric",
+    "metric_columns",
     "higher_is_better",
     "CONVENTIONS",
-    "HIGHER_IS_BETTER",
     "auroc",
     "average_precision",
     "ood_metrics",
@@ -82,36 +87,123 @@ _EPS = 1e-9
 _EXACT_INT = 2**53  # integers beyond this are not all representable in float64
 
 
+@dataclass(frozen=True)
+class Metric:
+    """One metric column of the benchmark tables: the catalogue :data:`METRICS` is the only
+    list of columns; the summary, the report writers, the bootstrap and the CLI read it."""
+
+    name: str  #: the column (a family's prefix: its columns are ``name@value``)
+    higher_is_better: bool  #: its direction (the best value of a column is set in bold)
+    description: str  #: one line, for the docs and the HTML report
+    id_only: bool = False  #: computed on ID test alone: one value per model, shown once
+    table: bool = False  #: in the report tables (Markdown, LaTeX, HTML)
+    terminal: bool = False  #: printed by ``oodlens bench``
+    bootstrapped: bool = False  #: gets a 95% bootstrap interval with ``--ci``
+    #: computed at an operating threshold: with ``--threshold`` also at that fixed score, as
+    #: ``name@fixed`` (shown in the tables and the terminal)
+    at_threshold: bool = False
+    family: bool = False  #: a family of columns ``name@value`` (e.g. ``frr@0.05``)
+
+
+#: Every metric column the harness reports, in the order the tables show them.
+METRICS: dict[str, Metric] = {
+    m.name: m
+    for m in (
+        Metric("auroc", True, "area under the ROC curve, ID positive", table=True,
+               terminal=True, bootstrapped=True),
+        Metric("fpr95", False, "OOD accepted at the threshold accepting 95% of ID (ODIN); "
+               "under the openood convention, ID rejected at 95% OOD recall", table=True,
+               terminal=True, bootstrapped=True),
+        Metric("fpr95_ood_recall", False, "ID rejected at the threshold rejecting 95% of OOD "
+               "(OpenOOD, pytorch-ood)", table=True),
+        Metric("aupr_in", True, "area under the precision-recall curve, ID positive",
+               table=True, terminal=True, bootstrapped=True),
+        Metric("aupr_out", True, "area under the precision-recall curve, OOD positive",
+               table=True, terminal=True, bootstrapped=True),
+        Metric("ood_rejected", True, "share of OOD rejected at the operating threshold",
+               table=True, terminal=True, at_threshold=True),
+        Metric("open_set_risk", False, "(accepted ID errors + accepted OOD) / accepted",
+               table=True, at_threshold=True),
+        Metric("id_accuracy", True, "accuracy on ID test", id_only=True, table=True,
+               terminal=True),
+        Metric("aurc", False, "area under the risk-coverage curve of ID test", id_only=True,
+               table=True, terminal=True),
+        Metric("eaurc", False, "AURC minus the AURC of the ideal ranking", id_only=True,
+               table=True, terminal=True),
+        Metric("id_errors_rejected", True, "share of ID errors rejected at the operating "
+               "threshold", id_only=True, at_threshold=True),
+        Metric("id_correct_rejected", False, "share of correct ID rejected at the operating "
+               "threshold", id_only=True, at_threshold=True),
+        Metric("error_rate_accepted", False, "error rate among the accepted ID", id_only=True,
+               at_threshold=True),
+        Metric("frr", False, "realised ID false-rejection rate of conformal p-values at level "
+               "a (frr@a)", table=True, terminal=True, family=True),
+        Metric("power", True, "share of OOD rejected by conformal p-values at level a "
+               "(power@a)", table=True, terminal=True, family=True),
+        Metric("fdr", False, "realised false discovery rate of Benjamini-Hochberg at level q "
+               "(fdr@q)", table=True, terminal=True, family=True),
+        Metric("fdr_power", True, "share of OOD flagged by Benjamini-Hochberg at level q "
+               "(fdr_power@q)", table=True, terminal=True, family=True),
+    )
+}  # fmt: skip
+
+#: The suffixes of the columns that accompany a metric column (not metrics themselves).
+_COMPANIONS = ("_std", "_ci_lo", "_ci_hi")
+
+
+def metric(column: str) -> Metric | None:
+    """The catalogue entry of a table column (``None``: not a metric column).
+
+    ``name@fixed`` is a metric computed at the fixed ``--threshold`` (shown in the tables
+    and the terminal); ``family@value`` a member of a family (e.g. ``frr@0.05``).
+
+    Example:
+        >>> metric("ood_rejected@fixed").higher_is_better
+        True
+        >>> metric("frr@0.05").terminal, metric("threshold")
+        (True, None)
+    """
+    if column in METRICS:
+        return METRICS[column]
+    base, at, suffix = column.partition("@")
+    found = METRICS.get(base)
+    if not at or found is None or column.endswith(_COMPANIONS):
+        return None
+    if suffix == "fixed" and found.at_threshold:
+        return dataclasses.replace(found, name=column, table=True, terminal=True)
+    if found.family:
+        return dataclasses.replace(found, name=column, family=False)
+    return None
+
+
+def metric_columns(columns: Sequence[str], where: str = "summary") -> list[str]:
+    """The metric columns among ``columns``, in the catalogue's order (members of a family
+    and ``@fixed`` columns after the catalogue's own): every one for ``where="summary"``,
+    those shown in the report tables for ``"table"``, in the terminal for ``"terminal"``.
+
+    Example:
+        >>> metric_columns(["scorer", "frr@0.1", "auroc", "aurc", "open_set_risk"], "terminal")
+        ['auroc', 'aurc', 'frr@0.1']
+    """
+    if where not in ("summary", "table", "terminal"):
+        raise ValueError(f"where must be summary, table or terminal, got {where!r}.")
+    found = {c: metric(c) for c in columns}
+    chosen = [
+        c for c, m in found.items() if m is not None and (where == "summary" or getattr(m, where))
+    ]
+    order = {name: k for k, name in enumerate(METRICS)}
+    return sorted(chosen, key=lambda c: (c not in METRICS, order.get(c, 0)))
+
+
 def higher_is_better(column: str) -> bool | None:
-    """Whether a higher value of a table column is better (``None``: not a metric). Covers
-    :data:`HIGHER_IS_BETTER` and the conformal columns ``frr@a`` (false-rejection rate of
-    ID at level a: lower), ``power@a`` (OOD rejected), ``fdr@q`` (realised false discovery
-    rate: lower) and ``fdr_power@q``."""
-    if column in HIGHER_IS_BETTER:
-        return HIGHER_IS_BETTER[column]
-    prefix = column.split("@", 1)[0] if "@" in column else None
-    return {"frr": False, "power": True, "fdr": False, "fdr_power": True}.get(prefix or "")
+    """Whether a higher value of a table column is better (``None``: not a metric); see
+    :func:`metric`."""
+    found = metric(column)
+    return None if found is None else found.higher_is_better
 
 
 #: Metric conventions accepted by :func:`ood_metrics` (see the module docstring).
 CONVENTIONS = ("oodlens", "openood")
-
-#: Every metric the harness reports, and whether higher is better (for bold-facing the best).
-HIGHER_IS_BETTER: dict[str, bool] = {
-    "auroc": True,
-    "aupr_in": True,
-    "aupr_out": True,
-    "fpr95": False,
-    "fpr95_ood_recall": False,
-    "id_accuracy": True,
-    "aurc": False,
-    "eaurc": False,
-    "id_errors_rejected": True,
-    "id_correct_rejected": False,
-    "ood_rejected": True,
-    "error_rate_accepted": False,
-    "open_set_risk": False,
-}
 
 
 def _scores(name: str, x: np.ndarray, allow_empty: bool = False) -> np.ndarray:

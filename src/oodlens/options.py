@@ -1,9 +1,21 @@
-"""The values of the extraction options shared by the configuration, the CLI and the
-backbones, in one torch-free place (``import oodlens`` stays light)."""
+"""The extraction options, in one torch-free place (``import oodlens`` stays light): the
+values the configuration, the CLI and the backbones share, and :class:`ExtractOptions`, the
+one object that carries them from the command line (or a config file) to extraction."""
 
 from __future__ import annotations
 
-__all__ = ["PRECISIONS", "PREPROCESS_MODES"]
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from .params import Boolean, Interval, Options, Text, validate_fields
+
+__all__ = [
+    "PRECISIONS",
+    "PREPROCESS_MODES",
+    "FEATURE_DTYPES",
+    "ExtractOptions",
+]
 
 #: Autocast precisions of the forward pass (extraction) and of training.
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -11,3 +23,74 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 #: Where images are resized and normalised: per image with PIL on the DataLoader workers
 #: ("pil"), or in batches on the extraction device ("device"); "auto" is "device" on CUDA.
 PREPROCESS_MODES = ("auto", "pil", "device")
+
+#: Storage of cached features.
+FEATURE_DTYPES = ("float32", "float16")
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    """How the backbone runs over a dataset: what :func:`~oodlens.extract.cached_extract_all`
+    and :func:`~oodlens.extract_outputs` take, built once from the command line or a
+    :class:`~oodlens.BenchmarkConfig` (:meth:`~oodlens.BenchmarkConfig.extract_options`).
+
+    The fields that can change an output row (:data:`ROW_FIELDS`) are part of the cache key;
+    the others (:data:`RUN_FIELDS`: where and how fast it runs) are not, and do not change
+    the rows. A new option goes into one of the two tuples (a test checks that every field
+    is in exactly one).
+
+    Example:
+        >>> ExtractOptions(precision="bf16").key_fields()["precision"]
+        'bf16'
+        >>> ExtractOptions(batch_size=0)
+        Traceback (most recent call last):
+        ...
+        oodlens.errors.InvalidParameterError: ExtractOptions: batch_size=0 is not valid; it must be an int in [1, inf).
+    """
+
+    img_size: int | None = None  #: input size of the transform (None: the model's default)
+    precision: str = "fp32"  #: autocast precision of the forward pass: fp32, bf16 or fp16
+    channels_last: bool = False  #: run the network and the batches in channels-last format
+    #: where images are resized and normalised: "pil" (per image, on the workers), "device"
+    #: (in batches on the device) or "auto" ("device" on CUDA, else "pil")
+    preprocess: str = "auto"
+    features_dtype: str = "float32"  #: storage of the features: float32 or float16
+    skip_corrupt: bool = False  #: skip unreadable images (reported) instead of failing
+    device: str = "cpu"  #: "cpu", "cuda", "cuda:1", "mps" or "auto"
+    batch_size: int = 256  #: images per forward pass
+    num_workers: int | None = None  #: DataLoader workers (None: from the CPU count)
+
+    #: Fields that can change an output row: in the cache key.
+    ROW_FIELDS: ClassVar[tuple[str, ...]] = (
+        "img_size",
+        "precision",
+        "channels_last",
+        "preprocess",
+        "features_dtype",
+        "skip_corrupt",
+    )
+    #: Fields that change only where and how fast extraction runs: not in the cache key.
+    RUN_FIELDS: ClassVar[tuple[str, ...]] = ("device", "batch_size", "num_workers")
+
+    parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "img_size": [Interval(int, 1, None), None],
+        "precision": [Options(PRECISIONS)],
+        "channels_last": [Boolean()],
+        "preprocess": [Options(PREPROCESS_MODES)],
+        "features_dtype": [Options(FEATURE_DTYPES)],
+        "skip_corrupt": [Boolean()],
+        "device": [Text()],
+        "batch_size": [Interval(int, 1, None)],
+        "num_workers": [Interval(int, 0, None), None],
+    }
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
+
+    def key_fields(self) -> dict[str, Any]:
+        """The fields that can change an output row, for the cache key."""
+        return {name: getattr(self, name) for name in self.ROW_FIELDS}
+
+    def replace(self, **changes: Any) -> ExtractOptions:
+        """A copy with ``changes`` (checked like the original)."""
+        return dataclasses.replace(self, **changes)

@@ -12,6 +12,7 @@ import numpy as np
 
 from .arrays import iter_row_chunks, rows_per_chunk
 from .files import atomic_path
+from .options import FEATURE_DTYPES
 
 __all__ = ["Outputs", "OutputsWriter", "FEATURE_DTYPES"]
 
@@ -263,7 +264,6 @@ class Outputs:
 
 #: Version of the folder format of :class:`OutputsWriter` / :meth:`Outputs.load_dir`.
 FOLDER_FORMAT_VERSION = 1
-FEATURE_DTYPES = ("float32", "float16")
 
 
 class OutputsWriter:

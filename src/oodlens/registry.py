@@ -18,7 +18,7 @@ import threading
 import traceback
 import warnings
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -26,9 +26,10 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .datasets import DatasetSource, load_folder_source, parse_spec
+from .datasets import DatasetSource, load_folder_source, parse_spec, spec_split
 from .errors import PluginError, UnknownNameError
 from .explainers.base import Explainer
+from .protocol import Protocol
 from .scorers.base import Scorer
 
 __all__ = [
@@ -40,6 +41,8 @@ __all__ = [
     "create_scorer",
     "create_scorer_from_spec",
     "Grid",
+    "ScorerSpec",
+    "MAX_SPEC_LENGTH",
     "parse_scorer_spec",
     "list_explainers",
     "create_explainer",
@@ -85,7 +88,7 @@ class Entry:
 
     kind: str  #: "scorer", "explainer", "dataset" or "protocol"
     name: str  #: registry name
-    obj: Any  #: the class (scorer, explainer), loader function (dataset) or mapping (protocol)
+    obj: Any  #: the class (scorer, explainer), loader function (dataset) or Protocol
     description: str  #: one line
     distribution: str  #: the distribution that registered it (e.g. "oodlens")
     plugin: str  #: the plugin (module or object) name inside pluggy
@@ -275,21 +278,24 @@ class Registry:
                 staged.append(Entry(kind, obj, loader, description, dist, pname))
                 return
             if kind == "protocol":
-                if not (isinstance(obj, str) and obj and isinstance(loader, Mapping)) or not {
-                    "id",
-                    "ood",
-                } <= set(loader):
+                try:
+                    if not isinstance(obj, str) or not obj:
+                        raise ValueError(f"a protocol needs a non-empty name, got {obj!r}")
+                    protocol = Protocol.from_mapping(obj, loader, description)
+                except ValueError as exc:
                     rejected.append(
                         (
                             repr(obj),
                             PluginError(
-                                "register() for protocols expects (name: str, protocol: a "
-                                "mapping with 'id' and 'ood', description)"
+                                f"register() for protocols expects (name, protocol: a mapping "
+                                f"with 'id' and 'ood', description): {exc}"
                             ),
                         )
                     )
                     return
-                staged.append(Entry(kind, obj, loader, description, dist, pname))
+                staged.append(
+                    Entry(kind, obj, protocol, protocol.description or description, dist, pname)
+                )
                 return
             base = Scorer if kind == "scorer" else Explainer
             try:
@@ -415,50 +421,209 @@ class Grid(tuple):
         return f"Grid({tuple(self)!r})"
 
 
-def parse_scorer_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """``"logit_kde:mode=class_conditional,top_k=2"`` -> ``("logit_kde", {...})``.
+#: The longest scorer spec accepted (a longer one is refused with a message, not parsed).
+MAX_SPEC_LENGTH = 1000
+#: The deepest nesting of specs inside list parameters (``[...]``).
+MAX_SPEC_DEPTH = 4
+
+
+@dataclass(frozen=True)
+class ScorerSpec:
+    """A scorer spec, parsed once (:func:`parse_scorer_spec`) and passed down: to the
+    harness, to parameter search and to ``oodlens explain``.
+
+    The grammar, in full::
+
+        spec   := NAME [":" param ("," param)*]
+        param  := KEY "=" value ("|" value)*      several values: a search grid (--tune)
+        value  := "[" [item ("," item)*] "]"      a list
+                | LITERAL                         a number, True/False/None, or text
+        item   := spec                            a nested spec: NAME or NAME:..., naming a
+                                                  registered scorer (no grid inside)
+                | LITERAL
+
+    ``,`` and ``|`` separate parameters and grid values only outside brackets, so a list
+    parameter can hold other specs with their own parameters, e.g.
+    ``fusion:members=[knn:k=10,msp],weights=[0.5,0.5]``. A repeated key, an empty key or
+    value, unbalanced brackets, a spec longer than :data:`MAX_SPEC_LENGTH` characters or
+    nested deeper than :data:`MAX_SPEC_DEPTH` are errors.
+
+    Attributes:
+        text: the spec as written (stripped): the scorer's label in every table.
+        name: the registered scorer name.
+        params: fixed parameters (nested specs as :class:`ScorerSpec`, lists as tuples).
+        grid: parameters written with ``|``: the values to search with ``--tune``.
+        entry: the registry :class:`Entry` (class, distribution).
+        kinds: what the scorer reads: ``Outputs`` fields and ``"model"`` for a model-aware
+            scorer (:meth:`Scorer.requirements` of the scorer with these parameters).
+
+    Example:
+        >>> spec = parse_scorer_spec("knn:k=10|50")
+        >>> spec.name, spec.grid, spec.distribution
+        ('knn', {'k': Grid((10, 50))}, 'oodlens-feature-scorers')
+    """
+
+    text: str
+    name: str
+    params: Mapping[str, Any]
+    grid: Mapping[str, tuple[Any, ...]]
+    entry: Entry = field(repr=False, compare=False)
+    kinds: tuple[str, ...] = ()
+
+    @property
+    def model_aware(self) -> bool:
+        """Whether the scorer needs the network itself (its own passes over the images)."""
+        return "model" in self.kinds
+
+    @property
+    def distribution(self) -> str:
+        """The distribution that registered the scorer."""
+        return self.entry.distribution
+
+    def create(self, **params: Any) -> Scorer:
+        """A new scorer with the spec's fixed parameters, and ``params`` (e.g. a grid
+        candidate) over them; a spec with a grid needs its grid parameters here."""
+        missing = sorted(set(self.grid) - set(params))
+        if missing:
+            raise ValueError(
+                f"Scorer spec {self.text!r} has a search grid ({', '.join(missing)}); grids are "
+                "searched only with --tune (tune=True), on held-out validation data."
+            )
+        return create_scorer(self.name, **{**self.params, **params})
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __hash__(self) -> int:
+        return hash(self.text)
+
+
+def _split_top(text: str, sep: str, spec: str) -> list[str]:
+    """``text`` split at ``sep`` outside brackets."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch == "[":
+            depth += 1
+            if depth > MAX_SPEC_DEPTH:
+                raise ValueError(
+                    f"Scorer spec {spec[:80]!r} nests lists deeper than {MAX_SPEC_DEPTH} levels."
+                )
+        elif ch == "]":
+            depth -= 1
+            if depth < 0:
+                raise ValueError(f"Scorer spec {spec[:80]!r} has a ']' without its '['.")
+        elif ch == sep and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    if depth:
+        raise ValueError(f"Scorer spec {spec[:80]!r} has a '[' without its ']'.")
+    parts.append(text[start:])
+    return parts
+
+
+def _value(text: str, spec: str, depth: int) -> Any:
+    text = text.strip()
+    if not text:
+        raise ValueError(f"Scorer spec {spec!r}: a value is empty; write key=value.")
+    if text.startswith("[") and text.endswith("]"):
+        inner = text[1:-1].strip()
+        items = _split_top(inner, ",", spec) if inner else []
+        return tuple(_item(item, spec, depth + 1) for item in items)
+    return _literal(text)
+
+
+def _item(text: str, spec: str, depth: int) -> Any:
+    text = text.strip()
+    if not text:
+        raise ValueError(f"Scorer spec {spec!r}: a list item is empty.")
+    if text.startswith("["):
+        return _value(text, spec, depth)
+    head = text.partition(":")[0].strip()
+    if ":" in text or head in _REGISTRY.entries("scorer"):
+        nested = _parse(text, depth)
+        if nested.grid:
+            raise ValueError(
+                f"Scorer spec {spec!r}: the nested spec {text!r} has a search grid; grids are "
+                "written on the outer spec's own parameters only."
+            )
+        return nested
+    return _literal(text)
+
+
+def _parse(text: str, depth: int) -> ScorerSpec:
+    name, _, rest = text.partition(":")
+    name = name.strip()
+    if not name:
+        raise ValueError(f"Scorer spec {text!r} has no scorer name; write e.g. 'msp'.")
+    entry = get_entry("scorer", name)
+    params: dict[str, Any] = {}
+    grid: dict[str, tuple[Any, ...]] = {}
+    for token in _split_top(rest, ",", text) if rest.strip() else []:
+        key, eq, value = token.partition("=")
+        key = key.strip()
+        if not eq:
+            raise ValueError(f"Scorer spec {text!r}: expected key=value, got {token.strip()!r}.")
+        if not key:
+            raise ValueError(f"Scorer spec {text!r}: a parameter name is empty in {token!r}.")
+        if key in params or key in grid:
+            raise ValueError(
+                f"Scorer spec {text!r} sets {key!r} twice; give each parameter once (several "
+                "values to search are written key=a|b)."
+            )
+        values = [_value(v, text, depth) for v in _split_top(value, "|", text)]
+        if len(values) > 1:
+            grid[key] = Grid(values)
+        else:
+            params[key] = values[0]
+    check_param_names("scorer", name, entry.obj, {**params, **grid})
+    first = {k: v[0] for k, v in grid.items()}
+    scorer = create_scorer(name, **{**params, **first})
+    return ScorerSpec(text.strip(), name, params, grid, entry, tuple(sorted(scorer.requirements())))
+
+
+def parse_scorer_spec(spec: str | ScorerSpec) -> ScorerSpec:
+    """Parse a scorer spec once (see :class:`ScorerSpec` for the grammar): its name is
+    looked up in the registry, its parameter names and values checked (the first value of a
+    grid stands for the others, which :func:`oodlens.bench.tune.candidates` checks).
 
     Values are Python literals where they parse (numbers, True/False/None), strings
     otherwise. ``a|b|c`` is a search grid (a :class:`Grid`), for ``oodlens bench --tune``.
+    A :class:`ScorerSpec` is returned as it is.
+
+    Raises:
+        ValueError: the text breaks the grammar (naming the part), or is too long.
+        UnknownNameError: no scorer has that name (close matches listed).
+        TypeError, InvalidParameterError: a parameter the scorer does not take, or a value
+            it does not allow.
 
     Example:
-        >>> parse_scorer_spec("msp:temperature=2")
-        ('msp', {'temperature': 2})
-        >>> parse_scorer_spec("knn:k=10|50")
-        ('knn', {'k': Grid((10, 50))})
+        >>> parse_scorer_spec("msp:temperature=2").params
+        {'temperature': 2}
+        >>> parse_scorer_spec("knn:k=10|50").grid
+        {'k': Grid((10, 50))}
     """
-    name, _, rest = spec.partition(":")
-    params: dict[str, Any] = {}
-    for token in (t for t in rest.split(",") if t):
-        if "=" not in token:
-            raise ValueError(f"Scorer spec {spec!r}: expected key=value, got {token!r}.")
-        k, v = (s.strip() for s in token.split("=", 1))
-        if not k:
-            raise ValueError(f"Scorer spec {spec!r}: a parameter name is empty in {token!r}.")
-        values = [_literal(x.strip()) for x in v.split("|")]
-        params[k] = Grid(values) if len(values) > 1 else values[0]
-    if not name.strip():
-        raise ValueError(f"Scorer spec {spec!r} has no scorer name; write e.g. 'msp'.")
-    return name.strip(), params
+    if isinstance(spec, ScorerSpec):
+        return spec
+    if not isinstance(spec, str):
+        raise TypeError(f"A scorer spec is a string such as 'msp:temperature=2', got {spec!r}.")
+    if len(spec) > MAX_SPEC_LENGTH:
+        raise ValueError(
+            f"Scorer spec of {len(spec):,} characters ({spec[:40]!r}...) is longer than the "
+            f"{MAX_SPEC_LENGTH} allowed; check what was passed as --scorers."
+        )
+    return _parse(spec, 0)
 
 
 def _literal(text: str) -> Any:
     try:
         return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
         return text
 
 
-def create_scorer_from_spec(spec: str) -> Scorer:
+def create_scorer_from_spec(spec: str | ScorerSpec) -> Scorer:
     """``create_scorer`` from a spec string such as ``"msp:temperature=2"`` (no grid)."""
-    name, params = parse_scorer_spec(spec)
-    grids = sorted(k for k, v in params.items() if isinstance(v, Grid))
-    if grids:
-        raise ValueError(
-            f"Scorer spec {spec!r} has a search grid ({', '.join(grids)}); grids are searched "
-            "only with --tune (tune=True), on held-out validation data."
-        )
-    return create_scorer(name, **params)
+    return parse_scorer_spec(spec).create()
 
 
 def list_explainers(pattern: str | None = None) -> list[str]:
@@ -480,9 +645,9 @@ def list_protocols(pattern: str | None = None) -> list[str]:
     return _filter(_REGISTRY.entries("protocol"), pattern)
 
 
-def get_protocol(name: str) -> Mapping[str, Any]:
+def get_protocol(name: str) -> Protocol:
     """A registered protocol: its ``id`` and ``ood`` sets (see the ``register_protocols``
-    hook); unknown names list the valid ones."""
+    hook and :class:`~oodlens.protocol.Protocol`); unknown names list the valid ones."""
     return get_entry("protocol", name).obj
 
 
@@ -498,8 +663,9 @@ def load_dataset(spec: str) -> DatasetSource:
     kind, arg, options, split = parse_spec(spec, tuple(kinds))
     if not kind:
         return load_folder_source(arg, split, spec)
-    if kind not in kinds and (Path(spec.rsplit("@", 1)[0]).exists() or len(kind) == 1):
-        return load_folder_source(spec.rsplit("@", 1)[0], split, spec)
+    body = spec_split(spec)[0]
+    if kind not in kinds and (Path(body).exists() or len(kind) == 1):
+        return load_folder_source(body, split, spec)
     entry = get_entry("dataset", kind)
     return entry.obj(spec, arg, options, split)
 

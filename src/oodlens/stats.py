@@ -7,12 +7,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .metrics import auroc, ood_metrics
+from .metrics import METRICS, auroc, ood_metrics
 
 __all__ = ["bootstrap_ci", "paired_bootstrap"]
 
-#: The metrics :func:`bootstrap_ci` gives intervals for.
-CI_METRICS = ("auroc", "fpr95", "aupr_in", "aupr_out")
+#: The metrics :func:`bootstrap_ci` gives intervals for (``bootstrapped`` in the catalogue).
+CI_METRICS = tuple(m.name for m in METRICS.values() if m.bootstrapped)
 
 
 def _resamples(n: int, count: int, rng: np.random.Generator) -> np.ndarray:
@@ -26,7 +26,7 @@ def bootstrap_ci(
     level: float = 0.95,
     seed: int = 0,
     convention: str = "oodlens",
-    metrics: Sequence[str] = CI_METRICS,
+    metrics: Sequence[str] | None = None,
 ) -> dict[str, tuple[float, float]]:
     """Percentile bootstrap intervals of the OOD metrics: ID and OOD rows are resampled
     with replacement, independently (they are independent samples), ``n_resamples`` times.
@@ -39,6 +39,7 @@ def bootstrap_ci(
         >>> bool(0.6 < lo < hi < 0.85)
         True
     """
+    metrics = CI_METRICS if metrics is None else metrics
     if n_resamples < 10:
         raise ValueError(f"n_resamples must be at least 10, got {n_resamples}.")
     ind, ood = np.asarray(id_scores, dtype=np.float64), np.asarray(ood_scores, dtype=np.float64)

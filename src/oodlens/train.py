@@ -6,9 +6,10 @@ import logging
 import math
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .datasets import (
     CorruptImageError,
@@ -17,7 +18,10 @@ from .datasets import (
     holdout_split,
     split_spec,
 )
+from .errors import InvalidParameterError
 from .files import check_new_or_owned_file
+from .options import PRECISIONS
+from .params import Boolean, InstanceOf, Interval, ListOf, Options, Text, validate_fields
 from .registry import load_dataset
 
 if TYPE_CHECKING:
@@ -30,7 +34,17 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How to train. The augmentations are the origin study's."""
+    """How to train. The augmentations are the origin study's.
+
+    Every field is checked against :attr:`parameter_constraints` when the config is built
+    (a YAML ``train:`` block, ``oodlens train`` options or code), before any work.
+
+    Example:
+        >>> TrainConfig(epochs=-3)
+        Traceback (most recent call last):
+        ...
+        oodlens.errors.InvalidParameterError: TrainConfig: epochs=-3 is not valid; it must be an int in [1, inf).
+    """
 
     model: str = "resnet18"  #: timm model name
     data: str = "digits:0-4"  #: ID dataset spec; its ``@train`` split is used
@@ -53,6 +67,36 @@ class TrainConfig:
     precision: str = "fp32"
     channels_last: bool = False  #: train in channels-last memory format
     extra: dict[str, Any] = field(default_factory=dict)  #: free-form notes stored in the checkpoint
+
+    parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "model": [Text()],
+        "data": [Text()],
+        "img_size": [Interval(int, 1, None)],
+        "epochs": [Interval(int, 1, None)],
+        "batch_size": [Interval(int, 1, None)],
+        "lr": [Interval(float, 0, None, closed="neither")],
+        "weight_decay": [Interval(float, 0, None)],
+        "seed": [Interval(int, 0, None)],
+        "pretrained": [Boolean()],
+        "hflip": [Boolean()],
+        "rotation": [Interval(float, 0, 180)],
+        "shear": [Interval(float, 0, 90, closed="left")],
+        "crop_scale": [ListOf([Interval(float, 0, 1, closed="right")], 2, 2)],
+        "holdout": [ListOf([Interval(float, 0, 0.5, closed="left")], 2, 2)],
+        "precision": [Options(PRECISIONS)],
+        "channels_last": [Boolean()],
+        "extra": [InstanceOf(Mapping, "a mapping")],
+    }
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
+        object.__setattr__(self, "crop_scale", tuple(self.crop_scale))
+        object.__setattr__(self, "holdout", tuple(self.holdout))
+        if self.crop_scale[0] > self.crop_scale[1]:
+            raise InvalidParameterError(
+                f"TrainConfig: crop_scale={self.crop_scale!r} is not valid; the smallest scale "
+                "comes first, e.g. (0.8, 1.0)."
+            )
 
 
 def train_transform(cfg: TrainConfig, data_cfg: dict[str, Any]):

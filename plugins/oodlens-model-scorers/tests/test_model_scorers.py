@@ -194,7 +194,10 @@ def test_vit_features_are_refused():
 def test_harness_runs_model_aware_scorers_in_their_own_pass(tmp_path):
     from oodlens.bench import expand_scorers, run_benchmark
 
-    assert "odin" not in expand_scorers(["all"]) and "odin" in expand_scorers(["all+model"])
+    def names(specs):
+        return [s.text for s in expand_scorers(specs)]
+
+    assert "odin" not in names(["all"]) and "odin" in names(["all+model"])
     res = run_benchmark(
         scorers=("msp", "odin", "ash:layer=layer4"),
         train={"epochs": 1, "hflip": False},

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ..stats import paired_bootstrap
+from .result import SAMPLE_COLUMNS
 
 __all__ = ["compare_scorers", "merge_runs", "read_scores"]
 
@@ -35,11 +36,15 @@ def compare_scorers(
     and comparing the mean AUROCs). Columns: backbone, seed, ood, auroc_a, auroc_b, diff,
     ci (95%), p_value."""
     scores = read_scores(run)
-    missing = [s for s in (a, b) if s not in scores.columns]
+    valid = [c for c in scores.columns if c not in SAMPLE_COLUMNS]
+    missing = [s for s in (a, b) if s not in valid]
     if missing:
-        extra = {"backbone", "seed", "set", "group", "index", "id", "label", "prediction"}
-        valid = [c for c in scores.columns if c not in extra]
-        raise ValueError(f"Scorer(s) {missing} are not in {str(run)!r}; it has: {valid}.")
+        raise ValueError(
+            f"{missing} {'is not a scorer' if len(missing) == 1 else 'are not scorers'} of "
+            f"{str(run)!r}; its scorers: {valid}."
+        )
+    if a == b:
+        raise ValueError(f"compare needs two different scorers, got {a!r} twice.")
     rows = []
     for (backbone, run_seed), block in scores.groupby(["backbone", "seed"], sort=False):
         ind = block[block.set == "id"]
@@ -110,16 +115,20 @@ def _group_test(ind, members, a, b, n_resamples, seed) -> dict:
 
 def merge_runs(runs: Sequence[str | os.PathLike[str]]) -> pd.DataFrame:
     """The summaries (``results.csv``) of several report folders as one table, e.g. runs of
-    several backbones on the same sets. Runs under different metric conventions refuse to
-    merge."""
+    several backbones on the same sets, with a first column ``run`` telling them apart (the
+    folder's name, or its path as given when two folders share a name). Runs under
+    different metric conventions refuse to merge."""
     frames, conventions = [], {}
-    for run in runs:
+    names = [Path(r).name for r in runs]
+    for run, name in zip(runs, names, strict=True):
         path = Path(run)
         if not (path / "results.csv").is_file():
             raise FileNotFoundError(
                 f"{str(path / 'results.csv')!r} not found: not a report folder."
             )
-        frames.append(pd.read_csv(path / "results.csv"))
+        frame = pd.read_csv(path / "results.csv")
+        label = name if names.count(name) == 1 else str(run)
+        frames.append(frame.drop(columns=["run"], errors="ignore").assign(run=label))
         try:
             config = json.loads((path / "results.json").read_text())["config"]
         except (OSError, ValueError, KeyError):
@@ -127,4 +136,5 @@ def merge_runs(runs: Sequence[str | os.PathLike[str]]) -> pd.DataFrame:
         conventions[str(path)] = config.get("convention", "oodlens")
     if len(set(conventions.values())) > 1:
         raise ValueError(f"The runs use different metric conventions: {conventions}.")
-    return pd.concat(frames, ignore_index=True)
+    merged = pd.concat(frames, ignore_index=True)
+    return merged[["run", *[c for c in merged.columns if c != "run"]]]

@@ -1,33 +1,42 @@
-"""Benchmark configuration: OOD sets, the frozen :class:`BenchmarkConfig`, config files."""
+"""Benchmark configuration: OOD sets, the frozen :class:`BenchmarkConfig`, config files.
+
+Every field of :class:`BenchmarkConfig` is declared with its constraints
+(:attr:`BenchmarkConfig.parameter_constraints`, the mechanism scorers use, see
+:mod:`oodlens.params`) and checked when the config is built, so a wrong type or value in a
+YAML file, on the command line or in code is one line naming the field, the value and what
+is allowed, before any work. Checks that involve several fields follow, explicitly.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from ..datasets import spec_split
+from ..errors import InvalidParameterError
 from ..metrics import CONVENTIONS
-from ..options import PRECISIONS, PREPROCESS_MODES
-from ..outputs import FEATURE_DTYPES
-from ..registry import create_scorer, get_protocol, list_scorers
+from ..options import ExtractOptions
+from ..params import Boolean, InstanceOf, Interval, ListOf, Options, Text, validate_fields
+from ..protocol import GROUPS, RESERVED_SET_NAMES, ProtocolSet
+from ..registry import ScorerSpec, get_protocol, list_scorers, parse_scorer_spec
 from ..train import TrainConfig
 
 __all__ = [
     "resolve_protocol",
     "GROUPS",
+    "RESERVED_SET_NAMES",
     "OODSet",
     "BenchmarkConfig",
     "load_config",
     "expand_scorers",
     "parse_ood_spec",
+    "parse_checkpoint",
 ]
-
-#: OOD groups: near and far are averaged into their own rows; covariate and other are
-#: reported per set only.
-GROUPS = ("near", "far", "covariate", "other")
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,29 @@ class OODSet:
             raise ValueError(f"OOD set {self.name!r} needs a non-empty dataset spec.")
         if self.group not in GROUPS:
             raise ValueError(f"OOD set {self.name!r}: group {self.group!r} is not one of {GROUPS}.")
+        if self.name.lower() in RESERVED_SET_NAMES or self.name.startswith("ood_val:"):
+            raise ValueError(
+                f"OOD set name {self.name!r} is reserved for the ID splits and aggregate rows "
+                f"({', '.join(RESERVED_SET_NAMES)}, ood_val:...); name the set after its data, "
+                f"e.g. --ood {self.group}:my_{self.name.replace(':', '_')}={self.spec}."
+            )
+
+    @classmethod
+    def coerce(cls, value: Any) -> OODSet:
+        """An OOD set from an ``OODSet``, a mapping with ``name``, ``spec`` and ``group``
+        (a config file), or the text ``[GROUP:]NAME=SPEC`` (see :func:`parse_ood_spec`)."""
+        if isinstance(value, OODSet):
+            return value
+        if isinstance(value, str):
+            return parse_ood_spec(value)
+        unknown = sorted(set(value) - {"name", "spec", "group"})
+        if unknown or not {"name", "spec"} <= set(value):
+            raise ValueError(
+                f"OOD set {dict(value)!r}: give name, spec and (optionally) group"
+                + (f"; unknown key(s) {unknown}" if unknown else "")
+                + "."
+            )
+        return cls(**value)
 
 
 def parse_ood_spec(text: str) -> OODSet:
@@ -59,7 +91,7 @@ def parse_ood_spec(text: str) -> OODSet:
     if not sep or not spec.strip() or not lhs.strip():
         raise ValueError(f"--ood {text!r}: {usage}.")
     if lhs in GROUPS:
-        base = spec.rsplit("@", 1)[0].rstrip("/")
+        base = spec_split(spec)[0].rstrip("/")
         name = Path(base).name if ("/" in base or Path(base).exists()) else base
         return OODSet(name, spec, lhs)
     group, colon, name = lhs.partition(":")
@@ -72,15 +104,30 @@ def parse_ood_spec(text: str) -> OODSet:
     return OODSet(lhs, spec, "far")
 
 
-def _tuple_of(name: str, value: Any, kind: type) -> tuple:
-    items = (value,) if isinstance(value, str | int) else value
-    if not isinstance(items, Sequence) or isinstance(items, str):
-        raise TypeError(f"BenchmarkConfig.{name} must be a list of {kind.__name__}, got {value!r}.")
-    items = tuple(items)
-    bad = [v for v in items if not isinstance(v, kind) or isinstance(v, bool)]
-    if bad:
-        raise TypeError(f"BenchmarkConfig.{name} must hold {kind.__name__} values, got {bad[:3]}.")
-    return items
+_CHECKPOINT_NAME = re.compile(r"[A-Za-z0-9_.+-]+")
+
+
+def parse_checkpoint(text: str) -> tuple[str | None, str]:
+    """``(name, path)`` of a checkpoint entry: ``NAME=PATH`` names the run (several paths
+    under one name are seeds of one network, averaged in the summary), a plain ``PATH``
+    leaves it unnamed.
+
+    Example:
+        >>> parse_checkpoint("mine=runs/seed0.safetensors")
+        ('mine', 'runs/seed0.safetensors')
+        >>> parse_checkpoint("runs/seed0.safetensors")
+        (None, 'runs/seed0.safetensors')
+    """
+    name, sep, path = text.partition("=")
+    if sep and _CHECKPOINT_NAME.fullmatch(name) and path and not Path(text).exists():
+        return name, path
+    return None, text
+
+
+#: TrainConfig fields a benchmark sets itself (models, id, img_size, seeds, the splits).
+_SET_BY_RUN = ("model", "data", "img_size", "seed", "holdout")
+
+_OOD_ITEM = InstanceOf((OODSet, Mapping, str), "an OOD set (NAME=SPEC, or name, spec, group)")
 
 
 @dataclass(frozen=True)
@@ -88,7 +135,14 @@ class BenchmarkConfig:
     """Everything a benchmark run depends on; loadable from YAML or TOML (:func:`load_config`).
 
     The defaults are the embedded demo: resnet18 at 32 px trained from scratch on digits 0-4,
-    OOD = digits 5-9 (near) and Gaussian noise (far), every installed scorer.
+    OOD = digits 5-9 (near) and Gaussian noise (far), every installed scorer. Every field is
+    checked against :attr:`parameter_constraints` when the config is built.
+
+    Example:
+        >>> BenchmarkConfig(img_size="abc")
+        Traceback (most recent call last):
+        ...
+        oodlens.errors.InvalidParameterError: BenchmarkConfig: img_size='abc' is not valid; it must be an int in [1, inf) or None.
     """
 
     id: str = "digits:0-4"  #: ID dataset spec: ``@train`` fits the scorers, ``@test`` is scored
@@ -96,8 +150,11 @@ class BenchmarkConfig:
         OODSet("digits5-9", "digits:5-9", "near"),
         OODSet("noise", "noise:gaussian,n=500,size=32", "far"),
     )  #: OOD sets, never used for fitting
-    models: tuple[str, ...] = ("resnet18",)  #: timm model names
-    #: one checkpoint per model; empty: train here (or pretrained)
+    #: timm model names (one for every checkpoint, or one name for them all)
+    models: tuple[str, ...] = ("resnet18",)
+    #: checkpoints, ``PATH`` or ``NAME=PATH`` (one NAME for several paths: seeds of one
+    #: network, averaged); rows are named by NAME, by the model when it has one checkpoint,
+    #: else by model and file; empty: train here (or pretrained)
     checkpoints: tuple[str, ...] = ()
     pretrained: bool = False  #: use timm's pretrained weights with their own head (internet)
     seeds: tuple[int, ...] = (0,)  #: training seeds (models trained here only)
@@ -148,80 +205,69 @@ class BenchmarkConfig:
     attention_samples: int = 200  #: images explained per set (every ID error is kept)
     attention_layer: str | None = None  #: Grad-CAM layer (default: automatic, see GradCAM)
 
+    parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "id": [Text()],
+        "ood": [ListOf([_OOD_ITEM], min_length=1)],
+        "models": [ListOf([Text()], min_length=1, single=True)],
+        "checkpoints": [ListOf([Text(path=True)], single=True)],
+        "pretrained": [Boolean()],
+        "seeds": [ListOf([Interval(int, 0, None)], min_length=1, single=True)],
+        "train": [InstanceOf(Mapping, "a mapping of TrainConfig fields")],
+        "scorers": [ListOf([Text()], single=True)],
+        **{k: ExtractOptions.parameter_constraints[k] for k in ExtractOptions.ROW_FIELDS},
+        **{k: ExtractOptions.parameter_constraints[k] for k in ExtractOptions.RUN_FIELDS},
+        "cache_dir": [Text(path=True), None],
+        "use_cache": [Boolean()],
+        "threshold": [Interval(float, None, None), None],
+        "id_acceptance": [Interval(float, 0, 1, closed="right")],
+        "convention": [Options(CONVENTIONS)],
+        "val_fraction": [Interval(float, 0, 0.5, closed="left")],
+        "calib_fraction": [Interval(float, 0, 0.5, closed="neither")],
+        "ood_val": [ListOf([_OOD_ITEM])],
+        "tune": [Boolean()],
+        "alphas": [ListOf([Interval(float, 0, 1, closed="neither")], single=True)],
+        "fdr": [Interval(float, 0, 1, closed="neither"), None],
+        "bootstrap": [Options((0,)), Interval(int, 10, None)],
+        "protocol": [Text(), None],
+        "missing_sets": [ListOf([InstanceOf(Mapping, "a mapping")])],
+        "attention": [Boolean()],
+        "attention_scorer": [Text(), None],
+        "attention_samples": [Interval(int, 1, None)],
+        "attention_layer": [Text(), None],
+    }
+
     def __post_init__(self) -> None:
-        for name in ("ood", "ood_val"):
-            sets = tuple(
-                o if isinstance(o, OODSet) else OODSet(**o) if isinstance(o, Mapping) else o
-                for o in getattr(self, name)
-            )
-            bad = [o for o in sets if not isinstance(o, OODSet)]
-            if bad:
-                raise TypeError(
-                    f"BenchmarkConfig.{name} entries must be OOD sets (name, spec, group), "
-                    f"got {bad[:2]}."
-                )
-            object.__setattr__(self, name, sets)
-        object.__setattr__(self, "missing_sets", tuple(dict(m) for m in self.missing_sets))
-        object.__setattr__(
-            self,
-            "alphas",
-            tuple(self.alphas) if not isinstance(self.alphas, float) else (self.alphas,),
-        )
-        bad_alpha = [a for a in self.alphas if not (isinstance(a, float | int) and 0 < a < 1)]
-        if bad_alpha:
-            raise ValueError(f"alphas must be in (0, 1), got {bad_alpha}.")
-        if self.bootstrap and (not isinstance(self.bootstrap, int) or self.bootstrap < 10):
+        validate_fields(self)
+        as_tuple = {
+            name: tuple(v) if isinstance(v, list | tuple) else (v,)
+            for name in ("models", "checkpoints", "seeds", "scorers", "alphas")
+            for v in [getattr(self, name)]
+        }
+        as_tuple["ood"] = tuple(OODSet.coerce(o) for o in self.ood)
+        as_tuple["ood_val"] = tuple(OODSet.coerce(o) for o in self.ood_val)
+        as_tuple["missing_sets"] = tuple(dict(m) for m in self.missing_sets)
+        if self.cache_dir is not None:
+            as_tuple["cache_dir"] = os.fspath(self.cache_dir)
+        as_tuple["checkpoints"] = tuple(os.fspath(c) for c in as_tuple["checkpoints"])
+        for name, value in as_tuple.items():
+            object.__setattr__(self, name, value)
+        self._check_fields_together()
+
+    def _check_fields_together(self) -> None:
+        """The checks that involve several fields."""
+        if self.checkpoints and len(self.models) not in (1, len(self.checkpoints)):
             raise ValueError(
-                f"bootstrap must be 0 or at least 10 resamples, got {self.bootstrap!r}."
+                f"Give one --model per --checkpoint, or one --model for them all: "
+                f"{len(self.models)} model(s), {len(self.checkpoints)} checkpoint(s)."
             )
-        if self.fdr is not None and not 0 < self.fdr < 1:
-            raise ValueError(f"fdr must be in (0, 1), got {self.fdr!r}.")
-        for name, kind in (("models", str), ("checkpoints", str), ("seeds", int), ("scorers", str)):
-            object.__setattr__(self, name, _tuple_of(name, getattr(self, name), kind))
-        if not isinstance(self.id, str) or not self.id.strip():
-            raise ValueError(f"BenchmarkConfig.id must be a dataset spec, got {self.id!r}.")
-        if not self.models:
-            raise ValueError("BenchmarkConfig.models is empty; name at least one timm model.")
-        if self.checkpoints and len(self.checkpoints) != len(self.models):
+        if not self.checkpoints and len(set(self.models)) != len(self.models):
             raise ValueError(
-                f"Give one checkpoint per model: {len(self.models)} model(s), "
-                f"{len(self.checkpoints)} checkpoint(s)."
+                f"models lists a model twice {list(self.models)}; a model trained here (or "
+                "pretrained) is one row per seed: give it once, with seeds."
             )
-        if not self.ood:
-            raise ValueError("BenchmarkConfig.ood is empty; add at least one OOD set.")
         names = [o.name for o in self.ood]
-        if len(set(names)) != len(names) or {"near", "far", "mean"} & set(names):
-            raise ValueError(
-                f"OOD set names must be unique and not 'near', 'far' or 'mean': {names}."
-            )
-        if not self.seeds:
-            raise ValueError("BenchmarkConfig.seeds is empty.")
-        if not 0.0 < self.id_acceptance <= 1.0:
-            raise ValueError(f"id_acceptance must be in (0, 1], got {self.id_acceptance!r}.")
-        for name, valid in (
-            ("precision", PRECISIONS),
-            ("preprocess", PREPROCESS_MODES),
-            ("features_dtype", FEATURE_DTYPES),
-        ):
-            if getattr(self, name) not in valid:
-                raise ValueError(
-                    f"{name}={getattr(self, name)!r} is not valid; use one of {', '.join(valid)}."
-                )
-        if self.num_workers is not None and (
-            not isinstance(self.num_workers, int) or self.num_workers < 0
-        ):
-            raise ValueError(f"num_workers must be an integer >= 0, got {self.num_workers!r}.")
-        if self.convention not in CONVENTIONS:
-            raise ValueError(
-                f"convention={self.convention!r} is not valid; use one of {', '.join(CONVENTIONS)}."
-            )
-        if not 0.0 <= self.val_fraction < 0.5:
-            raise ValueError(f"val_fraction must be in [0, 0.5), got {self.val_fraction!r}.")
-        if not 0.0 < self.calib_fraction < 0.5:
-            raise ValueError(
-                f"calib_fraction must be in (0, 0.5) (the operating threshold is chosen on the "
-                f"calib split), got {self.calib_fraction!r}."
-            )
+        if len(set(names)) != len(names):
+            raise ValueError(f"OOD set names must be unique: {names}.")
         test_names = {o.name for o in self.ood} | {o.spec for o in self.ood}
         clash = [o.name for o in self.ood_val if o.name in test_names or o.spec in test_names]
         if clash:
@@ -236,14 +282,22 @@ class BenchmarkConfig:
             )
         if self.tune and self.val_fraction == 0.0:
             raise ValueError("tune=True (--tune) needs an ID val split: val_fraction > 0.")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}.")
-        if not isinstance(self.train, Mapping):
-            raise TypeError(f"BenchmarkConfig.train must be a mapping, got {self.train!r}.")
-        valid = [f.name for f in dataclasses.fields(TrainConfig)]
-        unknown = set(self.train) - set(valid)
+        valid = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in _SET_BY_RUN]
+        unknown = sorted(set(self.train) - set(valid))
         if unknown:
-            raise ValueError(f"Unknown training option(s) {sorted(unknown)}; valid: {valid}.")
+            raise InvalidParameterError(
+                f"BenchmarkConfig.train: unknown training option(s) {unknown}; valid: {valid} "
+                f"({', '.join(_SET_BY_RUN)} come from the benchmark's own fields)."
+            )
+        try:
+            TrainConfig(**self.train)
+        except InvalidParameterError as exc:
+            raise InvalidParameterError(f"BenchmarkConfig.train: {exc}") from None
+
+    def extract_options(self) -> ExtractOptions:
+        """The extraction options of this run (the same fields, as one object)."""
+        fields = (*ExtractOptions.ROW_FIELDS, *ExtractOptions.RUN_FIELDS)
+        return ExtractOptions(**{name: getattr(self, name) for name in fields})
 
     @classmethod
     def from_protocol(
@@ -272,25 +326,46 @@ class BenchmarkConfig:
         return d
 
 
-def load_config(
-    path: str | os.PathLike[str],
-    data_root: str | os.PathLike[str] | None = None,
-    models_root: str | os.PathLike[str] | None = None,
-) -> BenchmarkConfig:
-    """Read a :class:`BenchmarkConfig` from ``.yaml``/``.yml`` or ``.toml``.
+#: The placeholders a config file may use in its values, and where their values come from.
+_PLACEHOLDERS = {
+    "data_root": ("--data-root", "OODLENS_DATA_ROOT"),
+    "models_root": ("--models-root", "OODLENS_MODELS_ROOT"),
+}
 
-    ``{data_root}`` in the file is replaced by ``data_root`` (or ``$OODLENS_DATA_ROOT``), and
-    ``{models_root}`` by ``models_root`` (or ``$OODLENS_MODELS_ROOT``, else the ``models``
-    folder beside the data root), so a config can point at any copy of its data and
-    checkpoints. Syntax errors and bad values are reported with the file name (and line,
-    for syntax errors).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Config file {str(path)!r} does not exist.")
-    text = path.read_text()
-    if "{data_root}" in text:
-        root = data_root if data_root is not None else os.environ.get("OODLENS_DATA_ROOT")
+
+def _substitute(data: Any, values: Mapping[str, str]) -> Any:
+    """``data`` with ``{data_root}`` and ``{models_root}`` replaced inside its string values
+    (after parsing, so a path holding ``#``, ``:`` or quotes stays one value)."""
+    if isinstance(data, str):
+        for key, value in values.items():
+            data = data.replace("{" + key + "}", value)
+        return data
+    if isinstance(data, Mapping):
+        return {k: _substitute(v, values) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_substitute(v, values) for v in data]
+    return data
+
+
+def _used(data: Any, key: str) -> bool:
+    if isinstance(data, str):
+        return "{" + key + "}" in data
+    if isinstance(data, Mapping):
+        return any(_used(v, key) for v in data.values())
+    if isinstance(data, list):
+        return any(_used(v, key) for v in data)
+    return False
+
+
+def _placeholder_values(
+    path: Path,
+    data: Any,
+    data_root: str | os.PathLike[str] | None,
+    models_root: str | os.PathLike[str] | None,
+) -> dict[str, str]:
+    values: dict[str, str] = {}
+    root = data_root if data_root is not None else os.environ.get("OODLENS_DATA_ROOT")
+    if _used(data, "data_root"):
         if root is None:
             raise ValueError(
                 f"Config {str(path)!r} uses {{data_root}}: pass --data-root DIR (or set "
@@ -298,23 +373,44 @@ def load_config(
             )
         if not Path(root).is_dir():
             raise FileNotFoundError(f"Data root {str(root)!r} does not exist.")
-        text = text.replace("{data_root}", str(Path(root).resolve()))
-    if "{models_root}" in text:
+        values["data_root"] = str(Path(root).resolve())
+    if _used(data, "models_root"):
         models = models_root if models_root is not None else os.environ.get("OODLENS_MODELS_ROOT")
-        if models is None:
-            root = data_root if data_root is not None else os.environ.get("OODLENS_DATA_ROOT")
-            models = Path(root).resolve().parent / "models" if root is not None else None
+        if models is None and root is not None:
+            models = Path(root).resolve().parent / "models"
         if models is None or not Path(models).is_dir():
             raise FileNotFoundError(
                 f"Config {str(path)!r} uses {{models_root}}: pass --models-root DIR (or set "
                 f"OODLENS_MODELS_ROOT); tried {str(models)!r}."
             )
-        text = text.replace("{models_root}", str(Path(models).resolve()))
+        values["models_root"] = str(Path(models).resolve())
+    return values
+
+
+def load_config(
+    path: str | os.PathLike[str],
+    data_root: str | os.PathLike[str] | None = None,
+    models_root: str | os.PathLike[str] | None = None,
+) -> BenchmarkConfig:
+    """Read a :class:`BenchmarkConfig` from ``.yaml``/``.yml`` or ``.toml``.
+
+    ``{data_root}`` in the file's values is replaced by ``data_root`` (or
+    ``$OODLENS_DATA_ROOT``), and ``{models_root}`` by ``models_root`` (or
+    ``$OODLENS_MODELS_ROOT``, else the ``models`` folder beside the data root), so a config
+    can point at any copy of its data and checkpoints. The substitution happens after the
+    file is parsed, inside string values only: a path holding ``#`` or ``:`` stays one value.
+    The options may sit at the top level or under a ``benchmark:`` key. Syntax errors and bad
+    values are reported with the file name (and line, for syntax errors).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Config file {str(path)!r} does not exist.")
+    text = path.read_text()
     if path.suffix in (".yaml", ".yml"):
         import yaml
 
         try:
-            data = yaml.safe_load(text) or {}
+            data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             where = getattr(exc, "problem_mark", None)
             at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
@@ -329,37 +425,44 @@ def load_config(
             raise ValueError(f"Config {str(path)!r} is not valid TOML: {exc}.") from None
     else:
         raise ValueError(f"Config {str(path)!r}: use a .yaml, .yml or .toml file.")
+    data = {} if data is None else data
     if not isinstance(data, dict):
         raise ValueError(f"Config {str(path)!r} must hold a mapping of options.")
-    data = data.get("benchmark", data)
+    if "benchmark" in data:
+        data = data["benchmark"]
+        if not isinstance(data, dict):
+            raise ValueError(
+                f"Config {str(path)!r}: 'benchmark:' must hold a mapping of options, got "
+                f"{data!r}; write the options under it, indented, or at the top level."
+            )
     valid = {f.name for f in dataclasses.fields(BenchmarkConfig)}
     unknown = set(data) - valid
     if unknown:
         raise ValueError(
             f"Config {str(path)!r}: unknown option(s) {sorted(unknown)}; valid: {sorted(valid)}."
         )
+    data = _substitute(data, _placeholder_values(path, data, data_root, models_root))
     try:
         return BenchmarkConfig(**data)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"Config {str(path)!r}: {exc}") from None
 
 
-def expand_scorers(specs: Sequence[str]) -> list[str]:
-    """Scorer specs with ``"all"`` (or nothing) replaced by every installed output-based
-    scorer, and ``"all+model"`` by every installed scorer including the model-aware ones
-    (which run in their own passes over the images), in order, without duplicates."""
-    out: list[str] = []
-    for spec in specs or ("all",):
-        if spec == "all":
-            names = [n for n in list_scorers() if "model" not in create_scorer(n).requirements()]
-        elif spec == "all+model":
-            names = list_scorers()
+def expand_scorers(specs: Sequence[str | ScorerSpec]) -> list[ScorerSpec]:
+    """Scorer specs, each parsed once (:func:`~oodlens.registry.parse_scorer_spec`), with
+    ``"all"`` (or nothing) replaced by every installed output-based scorer, and
+    ``"all+model"`` by every installed scorer including the model-aware ones (which run in
+    their own passes over the images), in order, without duplicates."""
+    out: dict[str, ScorerSpec] = {}
+    for text in specs or ("all",):
+        if text in ("all", "all+model"):
+            parsed = [parse_scorer_spec(n) for n in list_scorers()]
+            parsed = [p for p in parsed if text == "all+model" or not p.model_aware]
         else:
-            names = [spec]
-        for s in names:
-            if s not in out:
-                out.append(s)
-    return out
+            parsed = [parse_scorer_spec(text)]
+        for spec in parsed:
+            out.setdefault(spec.text, spec)
+    return list(out.values())
 
 
 def resolve_protocol(
@@ -388,36 +491,36 @@ def resolve_protocol(
     if not root.is_dir():
         raise FileNotFoundError(f"Data root {str(root)!r} does not exist.")
 
-    def find(entry: Mapping[str, Any]) -> str | None:
-        for folder in entry.get("folders", ()):
+    def find(entry: ProtocolSet) -> str | None:
+        for folder in entry.folders:
             if (root / folder).is_dir():
                 return str((root / folder).resolve())
-        return entry.get("torchvision") if download else None
+        return entry.torchvision if download else None
 
-    id_spec = find(protocol["id"])
+    id_spec = find(protocol.id)
     if id_spec is None:
-        where = ", ".join(str(root / f) for f in protocol["id"].get("folders", ()))
+        where = ", ".join(str(root / f) for f in protocol.id.folders)
         raise FileNotFoundError(
             f"Protocol {name!r}: its ID set was not found; put it (with train/ and test/ "
             f"sub-folders) at one of: {where}"
             + (
                 " (or pass --download to fetch it with torchvision)."
-                if protocol["id"].get("torchvision")
+                if protocol.id.torchvision
                 else "."
             )
         )
     ood, missing = [], []
-    for entry in protocol["ood"]:
+    for entry in protocol.ood:
         spec = find(entry)
         if spec is not None:
-            ood.append(OODSet(entry["name"], spec, entry["group"]))
+            ood.append(OODSet(entry.name, spec, entry.group))
             continue
         missing.append(
             {
-                "name": entry["name"],
-                "group": entry["group"],
-                "put_it_at": [str(root / f) for f in entry.get("folders", ())],
-                "torchvision": entry.get("torchvision"),
+                "name": entry.name,
+                "group": entry.group,
+                "put_it_at": [str(root / f) for f in entry.folders],
+                "torchvision": entry.torchvision,
             }
         )
     if missing and strict:
@@ -430,7 +533,7 @@ def resolve_protocol(
     return {
         "id": id_spec,
         "ood": tuple(ood),
-        "img_size": protocol.get("img_size"),
+        "img_size": protocol.img_size,
         "protocol": name,
         "missing_sets": tuple(missing),
     }

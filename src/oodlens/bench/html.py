@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from .report import ID_COLUMNS, format_table, per_set_rows
+from .report import table_parts
 
 __all__ = ["render_html"]
 
@@ -59,17 +59,16 @@ def _table(t: pd.DataFrame, left: Sequence[str]) -> str:
 
 def render_html(
     summary: pd.DataFrame,
-    columns: Sequence[str],
+    columns: Sequence[str] | None,
     caption: str,
     notes: Sequence[str],
     figures: Mapping[str, bytes],
     payload: Mapping[str, Any],
 ) -> str:
-    """The page: caption, the per-model ID table and the per-set OOD table (best in bold),
+    """The page: caption, the per-model ID table and the per-set OOD table (best in bold;
+    ``columns``: the metric columns, default those the metric catalogue shows in tables),
     notes, every figure (PNG bytes, embedded), then configuration, versions, plugins,
     timings and failures from ``payload`` (the results.json content)."""
-    id_cols = [c for c in columns if c in ID_COLUMNS and c in summary]
-    ood_cols = [c for c in columns if c not in ID_COLUMNS]
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
         "<title>oodlens benchmark report</title>",
@@ -78,12 +77,8 @@ def render_html(
         f"<p class='note'>{html.escape(caption)}</p>",
     ]
     if not summary.empty:
-        if id_cols:
-            first = summary.drop_duplicates(["backbone", "scorer"]).assign(ood="ID test")
-            t = format_table(first.reset_index(drop=True), id_cols).drop(columns=["ood"])
-            parts += ["<h2>ID test, per model</h2>", _table(t, ("backbone", "scorer"))]
-        t = format_table(per_set_rows(summary), ood_cols)
-        parts += ["<h2>OOD detection, per set</h2>", _table(t, ("backbone", "scorer", "ood"))]
+        for title, t, left in table_parts(summary, columns):
+            parts += [f"<h2>{html.escape(title)}</h2>", _table(t, left)]
     parts += [f"<p class='note'>{html.escape(n)}</p>" for n in notes]
     if figures:
         parts.append("<h2>Figures</h2>")

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..metrics import higher_is_better
+from ..metrics import higher_is_better, metric, metric_columns
 
 __all__ = [
     "CONVENTION_NOTES",
@@ -20,44 +20,11 @@ __all__ = [
     "to_markdown",
     "to_latex",
     "json_safe",
-    "DEFAULT_COLUMNS",
-    "TERMINAL_COLUMNS",
-    "FORMATS",
-    "DEFAULT_FORMATS",
-    "ID_COLUMNS",
+    "md_escape",
+    "table_parts",
     "per_set_rows",
 ]
 
-#: Columns shown in the terminal and the Markdown / LaTeX tables.
-DEFAULT_COLUMNS = (
-    "auroc",
-    "fpr95",
-    "fpr95_ood_recall",
-    "aupr_in",
-    "aupr_out",
-    "ood_rejected",
-    "open_set_risk",
-    "id_accuracy",
-    "aurc",
-    "eaurc",
-)
-#: Columns printed in the terminal by ``oodlens bench``.
-TERMINAL_COLUMNS = (
-    "auroc",
-    "fpr95",
-    "aupr_in",
-    "aupr_out",
-    "id_accuracy",
-    "aurc",
-    "eaurc",
-    "ood_rejected",
-)
-#: Table formats ``--format`` accepts (results.json is always written); ``openood`` is the
-#: OpenOOD layout (one row per scorer, near/far means), as Markdown, CSV and LaTeX; ``html``
-#: one self-contained page (tables, embedded figures, config, versions, timings).
-FORMATS = ("md", "csv", "json", "tex", "openood", "html")
-#: What ``--out`` writes when ``--format`` is not given.
-DEFAULT_FORMATS = ("md", "csv", "json", "tex")
 #: One line naming each metric convention, for table captions.
 CONVENTION_NOTES = {
     "oodlens": "oodlens convention (step-wise AUPR; fpr95 = OOD accepted at 95% ID acceptance)",
@@ -94,13 +61,14 @@ def _best_mask(summary: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
 
 
 def format_table(
-    summary: pd.DataFrame, columns: Sequence[str] = DEFAULT_COLUMNS, bold: str = "**{}**"
+    summary: pd.DataFrame, columns: Sequence[str] | None = None, bold: str = "**{}**"
 ) -> pd.DataFrame:
     """Display table: metric cells as percentages (AURC x100 too), ``mean ± std`` over seeds,
     the best value of each column within a (backbone, OOD set) block wrapped in ``bold``."""
+    columns = metric_columns(summary.columns, "table") if columns is None else columns
     columns = [c for c in columns if c in summary]
     best = _best_mask(summary, columns)
-    out = summary[["backbone", "scorer", "ood"]].copy()
+    out = summary[[*_keys(summary), "ood"]].copy()
     for col in columns:
         std_col = summary.get(f"{col}_std", pd.Series(0.0, index=summary.index))
         if f"{col}_ci_lo" in summary:  # bootstrap interval: mean ± half-width
@@ -115,21 +83,17 @@ def format_table(
     return out
 
 
-#: Per-model metrics of ID test (the same for every OOD set): shown once per scorer.
-ID_COLUMNS = (
-    "id_accuracy",
-    "aurc",
-    "eaurc",
-    "id_errors_rejected",
-    "id_correct_rejected",
-    "error_rate_accepted",
-)
+def md_escape(text: Any) -> str:
+    """A value as the text of one Markdown table cell: ``|`` escaped, line breaks as spaces."""
+    return str(text).replace("|", "\\|").replace("\r", " ").replace("\n", " ")
 
 
 def _md(t: pd.DataFrame, left: Sequence[str]) -> str:
-    head = "| " + " | ".join(t.columns) + " |"
+    head = "| " + " | ".join(md_escape(c) for c in t.columns) + " |"
     sep = "| " + " | ".join("---" if c in left else "---:" for c in t.columns) + " |"
-    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in t.itertuples(index=False)]
+    body = [
+        "| " + " | ".join(md_escape(v) for v in row) + " |" for row in t.itertuples(index=False)
+    ]
     return "\n".join([head, sep, *body]) + "\n"
 
 
@@ -141,24 +105,41 @@ def per_set_rows(summary: pd.DataFrame) -> pd.DataFrame:
     return summary[keep].reset_index(drop=True)
 
 
-def to_markdown(summary: pd.DataFrame, columns: Sequence[str] = DEFAULT_COLUMNS) -> str:
-    """GitHub Markdown, values in percent, best per column in bold: a per-model table of the
-    ID metrics (accuracy, AURC, ...: one row per backbone and scorer), then the per-OOD-set
-    table of the other ``columns`` (a near/far mean row only when its group has several
-    sets)."""
-    id_cols = [c for c in columns if c in ID_COLUMNS and c in summary]
-    ood_cols = [c for c in columns if c not in ID_COLUMNS]
+def _keys(summary: pd.DataFrame) -> list[str]:
+    """The columns that name a row: the run (after ``oodlens merge``), backbone, scorer."""
+    return [c for c in ("run", "backbone", "scorer") if c in summary]
+
+
+def table_parts(
+    summary: pd.DataFrame, columns: Sequence[str] | None = None, bold: str = "**{}**"
+) -> list[tuple[str, pd.DataFrame, tuple[str, ...]]]:
+    """The two display tables every report shows, as ``(title, table, text columns)``: the
+    per-model table of the ID-only metrics (accuracy, AURC, ...: one row per backbone and
+    scorer), then the per-OOD-set table of the others (a near/far mean row only when its
+    group has several sets). ``columns``: the metric columns to show (default: those the
+    metric catalogue shows in tables, see :func:`oodlens.metrics.metric_columns`)."""
+    columns = metric_columns(summary.columns, "table") if columns is None else list(columns)
+    columns = [c for c in columns if c in summary]
+    id_cols = [c for c in columns if (m := metric(c)) is not None and m.id_only]
+    ood_cols = [c for c in columns if c not in id_cols]
+    keys = _keys(summary)
     parts = []
     if id_cols:
-        first = summary.drop_duplicates(
-            ["backbone", "seed", "scorer"] if "seed" in summary else ["backbone", "scorer"]
-        )
+        first = summary.drop_duplicates([*keys, "seed"] if "seed" in summary else keys)
         first = first.assign(ood="ID test").reset_index(drop=True)
-        t = format_table(first, id_cols).drop(columns=["ood"])
-        parts.append("ID test, per model:\n\n" + _md(t, ("backbone", "scorer")))
-    t = format_table(per_set_rows(summary), ood_cols)
-    parts.append("OOD detection, per set:\n\n" + _md(t, ("backbone", "scorer", "ood")))
-    return "\n".join(parts)
+        t = format_table(first, id_cols, bold).drop(columns=["ood"])
+        parts.append(("ID test, per model", t, tuple(keys)))
+    t = format_table(per_set_rows(summary), ood_cols, bold)
+    parts.append(("OOD detection, per set", t, (*keys, "ood")))
+    return parts
+
+
+def to_markdown(summary: pd.DataFrame, columns: Sequence[str] | None = None) -> str:
+    """GitHub Markdown of :func:`table_parts`: values in percent, best per column in bold,
+    cells escaped (a ``|`` in a name does not break the table)."""
+    return "\n".join(
+        f"{title}:\n\n" + _md(t, left) for title, t, left in table_parts(summary, columns)
+    )
 
 
 def _tex_escape(text: str) -> str:
@@ -207,12 +188,13 @@ def _booktabs(t: pd.DataFrame, caption: str, text_columns: int, group: tuple[int
 
 def to_latex(
     summary: pd.DataFrame,
-    columns: Sequence[str] = DEFAULT_COLUMNS,
+    columns: Sequence[str] | None = None,
     caption: str = "OOD detection results (\\%).",
 ) -> str:
     """A booktabs ``table`` with a ``tabular``; best per column in ``\\textbf``; mean $\\pm$ std."""
     t = format_table(summary, columns, bold="\\textbf{{{}}}")
-    return _booktabs(t, caption, text_columns=3, group=(0, 2))
+    keys = len(_keys(summary))
+    return _booktabs(t, caption, text_columns=keys + 1, group=(keys - 2, keys))
 
 
 def json_safe(obj: Any) -> Any:
@@ -252,10 +234,10 @@ def openood_table(summary: pd.DataFrame, full: bool = False, bold: str = "**{}**
     keyed = summary.set_index(["backbone", "scorer", "ood"])
     for (backbone, scorer), block in summary.groupby(["backbone", "scorer"], sort=False):
         row: dict[str, Any] = {"backbone": backbone, "scorer": scorer}
-        for ood, metric, header in columns:
+        for ood, column, header in columns:
             key = (backbone, scorer, ood)
             row[header] = (
-                (keyed.at[key, metric], keyed.at[key, f"{metric}_std"], keyed.at[key, "n_seeds"])
+                (keyed.at[key, column], keyed.at[key, f"{column}_std"], keyed.at[key, "n_seeds"])
                 if key in keyed.index
                 else (float("nan"), 0.0, 1)
             )
@@ -264,9 +246,10 @@ def openood_table(summary: pd.DataFrame, full: bool = False, bold: str = "**{}**
         rows.append(row)
     raw = pd.DataFrame(rows)
     out = raw[["backbone", "scorer"]].copy()
+    directions = {h: higher_is_better(c) for _, c, h in columns}
     for header in [h for _, _, h in columns] + ["ID acc."]:
         means = raw[header].map(lambda c: c[0]).astype(float)
-        higher = "FPR" not in header
+        higher = directions.get(header, True)
         best = pd.Series(False, index=raw.index)
         for _, idx in raw.groupby("backbone").groups.items():
             vals = means.loc[idx]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,7 @@ import pandas as pd
 
 from ..explainers.base import Explanation
 from ..files import atomic_dir, check_writable_dir
-from ..metrics import higher_is_better
+from ..metrics import metric_columns
 from ..outputs import Outputs
 from ..plots import (
     plot_calibration,
@@ -27,9 +27,6 @@ from .config import BenchmarkConfig
 from .html import figure_bytes, render_html
 from .report import (
     CONVENTION_NOTES,
-    DEFAULT_COLUMNS,
-    DEFAULT_FORMATS,
-    FORMATS,
     json_safe,
     openood_latex,
     openood_markdown,
@@ -38,10 +35,25 @@ from .report import (
     to_markdown,
 )
 
-__all__ = ["RunScores", "ScorerFailure", "BenchmarkResult", "check_report_dir", "REPORT_VERSION"]
+__all__ = [
+    "RunScores",
+    "ScorerFailure",
+    "BenchmarkResult",
+    "check_report_dir",
+    "REPORT_VERSION",
+    "ReportFormat",
+    "ReportContext",
+    "REPORT_FORMATS",
+    "DEFAULT_FORMATS",
+    "SAMPLE_COLUMNS",
+]
 
 #: Version of the results.json layout (also the marker of an oodlens report folder).
 REPORT_VERSION = 2
+
+
+#: The columns of ``scores.csv.gz`` that describe a sample; every other column is a scorer's.
+SAMPLE_COLUMNS = ("backbone", "seed", "set", "group", "index", "id", "label", "prediction")
 
 
 @dataclass
@@ -149,7 +161,7 @@ class BenchmarkResult:
         keys = ["backbone", "scorer", "ood", "group"]
         if self.table.empty:
             return pd.DataFrame(columns=[*keys, "n_seeds"])
-        cols = [c for c in self.table.columns if higher_is_better(c) is not None]
+        cols = metric_columns(self.table.columns)
         cis = [c for c in self.table.columns if c.endswith(("_ci_lo", "_ci_hi"))]
         g = self.table.groupby(keys, sort=False, dropna=False)[cols + cis]
         mean = g.mean()
@@ -193,21 +205,23 @@ class BenchmarkResult:
     def save(
         self,
         out_dir: str | os.PathLike[str],
-        formats: Sequence[str] = DEFAULT_FORMATS,
+        formats: Sequence[str] = ("md", "csv", "json", "tex"),
         plots: bool = True,
     ) -> Path:
-        """Write the report folder: ``results.{md,csv,tex}``, ``table_full.csv`` (every row
-        and seed), ``scores.csv.gz`` (every scored sample with each scorer's score, so any
-        metric can be recomputed), figures, and ``results.json`` (config, versions,
-        plugins, timings, failures, tables).
+        """Write the report folder: ``results.json`` (config, versions, plugins, timings,
+        failures, tables) and ``scores.csv.gz`` (every scored sample with each scorer's
+        score, so any metric can be recomputed) always, figures unless ``plots`` is off,
+        and each of ``formats`` (see :data:`REPORT_FORMATS`: ``results.md``,
+        ``results.csv`` and ``table_full.csv``, ``results.tex``, the OpenOOD layout, a
+        self-contained HTML page).
 
         The folder is written under a temporary name and renamed into place, so an
         interrupted save leaves the previous report intact; an existing folder that is not
         an oodlens report is never replaced (see :func:`check_report_dir`).
         """
-        bad = set(formats) - set(FORMATS)
+        bad = sorted(set(formats) - set(REPORT_FORMATS))
         if bad:
-            raise ValueError(f"Unknown format(s) {sorted(bad)}; valid: {', '.join(FORMATS)}.")
+            raise ValueError(f"Unknown format(s) {bad}; valid: {', '.join(REPORT_FORMATS)}.")
         out = check_report_dir(out_dir)
         with atomic_dir(out) as tmp:
             self._write(tmp, formats, plots)
@@ -215,43 +229,25 @@ class BenchmarkResult:
 
     def _write(self, out: Path, formats: Sequence[str], plots: bool) -> None:
         summary = self.summary()
-        caption = self.caption()
-        notes = "".join(f"\n{line}\n" for line in self.footnotes())
-        if "md" in formats:
-            (out / "results.md").write_text(f"{caption}\n\n{to_markdown(summary)}{notes}")
-        if "csv" in formats:
-            summary.to_csv(out / "results.csv", index=False)
-            self.table.to_csv(out / "table_full.csv", index=False)
-        if "tex" in formats:
-            (out / "results.tex").write_text(to_latex(summary, caption=_tex_caption(caption)))
         if self.runs:
             groups = {o.name: o.group for o in self.config.ood}
             pd.concat([r.per_sample(groups) for r in self.runs], ignore_index=True).to_csv(
                 out / "scores.csv.gz", index=False
             )
-        if "openood" in formats:
-            (out / "openood.md").write_text(f"{caption}\n\n{openood_markdown(summary)}{notes}")
-            openood_table(summary, full=True, bold="{}").to_csv(out / "openood.csv", index=False)
-            (out / "openood.tex").write_text(openood_latex(summary, _tex_caption(caption)))
-        figures = self._figures(out) if plots and self.runs and self.runs[0].scores else []
-        if plots and self.runs and self.runs[0].calibration:
-            run = self.runs[0]
-            path = plot_calibration(
-                run.calibration,
-                f"Conformal calibration on ID test, {run.backbone}",
-                out / "calibration.png",
-            )
-            figures.append(path.name)
-        if self.attention is not None:
-            self.attention.to_csv(out / "attention.csv", index=False)
-            if plots and self.confident_errors:
-                path = plot_explanations(
-                    self.confident_errors[0],
-                    out / "confident_errors.png",
-                    title="Most confident ID errors (highest score first)",
-                )
-                figures.append(path.name)
-        payload = {
+        figures = self._all_figures(out) if plots else []
+        ctx = ReportContext(
+            summary,
+            self.caption(),
+            self.footnotes(),
+            figures,
+            json_safe(self._payload(summary, figures)),
+        )
+        for name in dict.fromkeys(["json", *formats]):
+            REPORT_FORMATS[name].write(self, out, ctx)
+
+    def _payload(self, summary: pd.DataFrame, figures: list[str]) -> dict[str, Any]:
+        """The content of ``results.json``."""
+        return {
             "report_version": REPORT_VERSION,
             "config": self.config.to_dict(),
             "versions": self.info.get("versions", {}),
@@ -272,24 +268,28 @@ class BenchmarkResult:
             "tuning": {f"{r.backbone}/seed{r.seed}": r.tuning for r in self.runs if r.tuning},
             "table": self.table.to_dict(orient="records"),
         }
-        (out / "results.json").write_text(json.dumps(json_safe(payload), indent=2, default=str))
-        if "html" in formats:
-            page = render_html(
-                summary,
-                (
-                    *DEFAULT_COLUMNS,
-                    *[
-                        c
-                        for c in summary.columns
-                        if "@" in c and not c.endswith(("_std", "_ci_lo", "_ci_hi"))
-                    ],
-                ),
-                caption,
-                self.footnotes() + [f"warning: {w}" for w in self.info.get("warnings", [])],
-                figure_bytes(out, figures),
-                json_safe(payload),
+
+    def _all_figures(self, out: Path) -> list[str]:
+        """Every figure this run has data for, written into ``out``; their file names."""
+        figures = self._figures(out) if self.runs and self.runs[0].scores else []
+        if self.runs and self.runs[0].calibration:
+            run = self.runs[0]
+            path = plot_calibration(
+                run.calibration,
+                f"Conformal calibration on ID test, {run.backbone}",
+                out / "calibration.png",
             )
-            (out / "report.html").write_text(page)
+            figures.append(path.name)
+        if self.attention is not None:
+            self.attention.to_csv(out / "attention.csv", index=False)
+            if self.confident_errors:
+                path = plot_explanations(
+                    self.confident_errors[0],
+                    out / "confident_errors.png",
+                    title="Most confident ID errors (highest score first)",
+                )
+                figures.append(path.name)
+        return figures
 
     def _figures(self, out: Path) -> list[str]:
         run = self.runs[0]
@@ -305,3 +305,89 @@ class BenchmarkResult:
             ),
         ]
         return [p.name for p in written]
+
+
+@dataclass(frozen=True)
+class ReportContext:
+    """What every report writer gets besides the result: computed once per save."""
+
+    summary: pd.DataFrame  #: :meth:`BenchmarkResult.summary`
+    caption: str  #: :meth:`BenchmarkResult.caption`
+    notes: list[str]  #: :meth:`BenchmarkResult.footnotes`
+    figures: list[str]  #: the figure files written into the folder
+    payload: dict[str, Any]  #: the content of results.json (JSON-safe)
+
+    @property
+    def notes_text(self) -> str:
+        """The footnotes as paragraphs under a Markdown table."""
+        return "".join(f"\n{line}\n" for line in self.notes)
+
+
+@dataclass(frozen=True)
+class ReportFormat:
+    """One report format: what ``--format NAME`` writes into the folder, and (for the table
+    formats) how ``oodlens bench`` shows it in the terminal."""
+
+    name: str  #: the ``--format`` value
+    write: Callable[[BenchmarkResult, Path, ReportContext], None]  #: writes the files
+    description: str  #: one line for ``--help``
+    #: the table printed in the terminal for this format (None: the Markdown one)
+    terminal: Callable[[pd.DataFrame], str] | None = None
+
+
+def _write_md(result: BenchmarkResult, out: Path, ctx: ReportContext) -> None:
+    (out / "results.md").write_text(f"{ctx.caption}\n\n{to_markdown(ctx.summary)}{ctx.notes_text}")
+
+
+def _write_csv(result: BenchmarkResult, out: Path, ctx: ReportContext) -> None:
+    ctx.summary.to_csv(out / "results.csv", index=False)
+    result.table.to_csv(out / "table_full.csv", index=False)
+
+
+def _write_json(result: BenchmarkResult, out: Path, ctx: ReportContext) -> None:
+    (out / "results.json").write_text(json.dumps(ctx.payload, indent=2, default=str))
+
+
+def _write_tex(result: BenchmarkResult, out: Path, ctx: ReportContext) -> None:
+    (out / "results.tex").write_text(to_latex(ctx.summary, caption=_tex_caption(ctx.caption)))
+
+
+def _write_openood(result: BenchmarkResult, out: Path, ctx: ReportContext) -> None:
+    summary, caption = ctx.summary, ctx.caption
+    (out / "openood.md").write_text(f"{caption}\n\n{openood_markdown(summary)}{ctx.notes_text}")
+    openood_table(summary, full=True, bold="{}").to_csv(out / "openood.csv", index=False)
+    (out / "openood.tex").write_text(openood_latex(summary, _tex_caption(caption)))
+
+
+def _write_html(result: BenchmarkResult, out: Path, ctx: ReportContext) -> None:
+    notes = ctx.notes + [f"warning: {w}" for w in result.info.get("warnings", [])]
+    page = render_html(
+        ctx.summary, None, ctx.caption, notes, figure_bytes(out, ctx.figures), ctx.payload
+    )
+    (out / "report.html").write_text(page)
+
+
+def _terminal_md(summary: pd.DataFrame) -> str:
+    return to_markdown(summary, metric_columns(summary.columns, "terminal"))
+
+
+#: The report formats, by ``--format`` name (``json`` is always written).
+REPORT_FORMATS: dict[str, ReportFormat] = {
+    f.name: f
+    for f in (
+        ReportFormat("md", _write_md, "results.md: the tables in Markdown", _terminal_md),
+        ReportFormat("csv", _write_csv, "results.csv (summary) and table_full.csv (every row)"),
+        ReportFormat("json", _write_json, "results.json (always written)"),
+        ReportFormat("tex", _write_tex, "results.tex: a booktabs LaTeX table"),
+        ReportFormat(
+            "openood",
+            _write_openood,
+            "OpenOOD's layout (one row per scorer, near/far means) as md, csv and tex",
+            openood_markdown,
+        ),
+        ReportFormat("html", _write_html, "report.html: one self-contained page with figures"),
+    )
+}
+
+#: What ``--out`` writes when ``--format`` is not given.
+DEFAULT_FORMATS = ("md", "csv", "json", "tex")

@@ -22,24 +22,29 @@ from ..conformal import ConformalRejector, benjamini_hochberg, conformal_p_value
 from ..datasets import DatasetSource, align_classes, content_hashes, holdout_split, split_spec
 from ..distributed import barrier, rank_and_world
 from ..metrics import ood_metrics, rejection_report, selective_metrics, threshold_at_acceptance
+from ..options import ExtractOptions
 from ..outputs import Outputs
-from ..registry import (
-    create_scorer,
-    create_scorer_from_spec,
-    get_entry,
-    load_dataset,
-    parse_scorer_spec,
-    plugin_report,
-)
+from ..registry import ScorerSpec, load_dataset, plugin_report
 from ..scorers.base import ModelInputs
 from ..stats import bootstrap_ci
-from .config import BenchmarkConfig, expand_scorers
+from .config import BenchmarkConfig, expand_scorers, parse_checkpoint
 from .result import BenchmarkResult, RunScores, ScorerFailure
 from .tune import candidates, tune_scorer
 
 __all__ = ["run_benchmark"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Backbone:
+    """One network of a run: the rows it gives are labelled ``label`` (and ``seed``)."""
+
+    model: str  #: timm model name
+    label: str  #: the ``backbone`` column of its rows
+    seed: int  #: a training seed, or the index among checkpoints named alike; -1: neither
+    checkpoint: str | None  #: a given checkpoint; None: pretrained or trained here
+    trained_here: bool = False
 
 
 @dataclass
@@ -49,12 +54,12 @@ class _Plan:
     cfg: BenchmarkConfig
     device: Any
     cache: Cache
-    scorers: list[str]  #: scorer specs
-    distributions: dict[str, str]  #: scorer spec -> distribution
-    model_aware: dict[str, bool]  #: scorer spec -> needs the network (its own passes)
+    scorers: list[ScorerSpec]  #: parsed once, here
+    backbones: list[_Backbone]
     sources: dict[str, DatasetSource]  #: "id_train", "id_test", OOD names
+    #: the run's extraction options, resolved (device, preprocess and workers)
+    options: ExtractOptions
     info: dict[str, Any] = field(default_factory=dict)
-    num_workers: int = 0  #: DataLoader workers (the config's, or from the CPU count)
     timings: dict[str, float] = field(
         default_factory=lambda: {"extract": 0.0, "train": 0.0, "fit": 0.0, "score": 0.0}
     )
@@ -92,44 +97,44 @@ def run_benchmark(
             if cfg.use_cache
             else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="oodlens-")))
         )
-        for m_index, model_name in enumerate(cfg.models):
-            for seed, ckpt in _weights(plan, m_index, model_name, scratch, progress):
-                get_model, mcfg, transform, data_cfg, sources = _backbone(plan, model_name, ckpt)
-                input_size = tuple(data_cfg["input_size"])
-                outputs = _extract(
-                    plan, get_model, model_name, ckpt, transform, input_size, sources, progress
+        for backbone in plan.backbones:
+            ckpt = _weights(plan, backbone, scratch, progress)
+            model_name = backbone.model
+            get_model, mcfg, transform, data_cfg, sources = _backbone(plan, model_name, ckpt)
+            input_size = tuple(data_cfg["input_size"])
+            outputs = _extract(
+                plan, get_model, model_name, ckpt, transform, input_size, sources, progress
+            )
+            run = RunScores(
+                backbone.label,
+                backbone.seed,
+                outputs["id_test"].correct(),
+                {},
+                outputs,
+                None if scratch is not None else ckpt,
+                ids={
+                    k: list(src.ids) if len(src) == outputs[k].n_samples else None
+                    for k, src in sources.items()
+                    if k == "id_test" or k in {o.name for o in cfg.ood}
+                },
+            )
+            model_inputs = _ModelInputsFactory(
+                plan, get_model, transform, data_cfg, sources, outputs
+            )
+            if rank_and_world()[0] > 0:
+                continue  # sharded extraction done: fitting and scoring run once, on rank 0
+            rows += _score(plan, run, failures, model_inputs)
+            runs.append(run)
+            if cfg.attention:
+                t0 = time.perf_counter()
+                res = _attention(plan, get_model(), transform, sources, run, mcfg)
+                plan.timings["attention"] = (
+                    plan.timings.get("attention", 0.0) + time.perf_counter() - t0
                 )
-                run_seed = -1 if seed is None else seed
-                run = RunScores(
-                    model_name,
-                    run_seed,
-                    outputs["id_test"].correct(),
-                    {},
-                    outputs,
-                    None if scratch is not None else ckpt,
-                    ids={
-                        k: list(src.ids) if len(src) == outputs[k].n_samples else None
-                        for k, src in sources.items()
-                        if k == "id_test" or k in {o.name for o in cfg.ood}
-                    },
-                )
-                model_inputs = _ModelInputsFactory(
-                    plan, get_model, transform, data_cfg, sources, outputs
-                )
-                if rank_and_world()[0] > 0:
-                    continue  # sharded extraction done: fitting and scoring run once, on rank 0
-                rows += _score(plan, run, failures, model_inputs)
-                runs.append(run)
-                if cfg.attention:
-                    t0 = time.perf_counter()
-                    res = _attention(plan, get_model(), transform, sources, run, mcfg)
-                    plan.timings["attention"] = (
-                        plan.timings.get("attention", 0.0) + time.perf_counter() - t0
-                    )
-                    attention.append(res.table.assign(backbone=model_name, seed=run_seed))
-                    tests[f"{model_name}/seed{run_seed}"] = res.tests
-                    if res.confident_errors is not None:
-                        confident.append(res.confident_errors)
+                attention.append(res.table.assign(backbone=run.backbone, seed=run.seed))
+                tests[f"{run.backbone}/seed{run.seed}"] = res.tests
+                if res.confident_errors is not None:
+                    confident.append(res.confident_errors)
     return BenchmarkResult(
         cfg,
         pd.DataFrame(rows),
@@ -145,32 +150,29 @@ def run_benchmark(
 
 def _prepare(cfg: BenchmarkConfig) -> _Plan:
     from ..backbones import check_model_name, read_model_config, resolve_device, resolve_preprocess
+    from ..extract import default_num_workers
 
     device = resolve_device(cfg.device)
     cache = Cache(cfg.cache_dir, enabled=cfg.use_cache)
     cache.check_writable()
-    specs = expand_scorers(cfg.scorers)
-    dists = {}
-    aware = {}
-    for spec in specs:  # names and parameter values (every grid candidate), before any work
-        if cfg.tune:
-            scorer = create_scorer(parse_scorer_spec(spec)[0], **candidates(spec)[0])
-        else:
-            scorer = create_scorer_from_spec(spec)
-        aware[spec] = "model" in scorer.requirements()
-        dists[spec] = get_entry("scorer", parse_scorer_spec(spec)[0]).distribution
-    if cfg.attention_scorer is not None and cfg.attention_scorer not in specs:
+    specs = expand_scorers(cfg.scorers)  # names and parameter values, before any work
+    if cfg.tune:
+        for spec in specs:
+            candidates(spec)  # every grid candidate
+    texts = [s.text for s in specs]
+    if cfg.attention_scorer is not None and cfg.attention_scorer not in texts:
         raise ValueError(
-            f"attention_scorer {cfg.attention_scorer!r} is not among the benchmark's scorers {specs}."
+            f"attention_scorer {cfg.attention_scorer!r} is not among the benchmark's scorers {texts}."
         )
-    for m_index, model in enumerate(cfg.models):
-        check_model_name(model)
-        if cfg.checkpoints:
-            stored = read_model_config(cfg.checkpoints[m_index])
-            if stored is not None and stored.model != model:
+    backbones = _backbones(cfg)
+    for b in backbones:
+        check_model_name(b.model)
+        if b.checkpoint is not None:
+            stored = read_model_config(b.checkpoint)
+            if stored is not None and stored.model != b.model:
                 raise ValueError(
-                    f"Checkpoint {cfg.checkpoints[m_index]!r} was trained as {stored.model!r}, "
-                    f"not {model!r}; pass --model {stored.model}."
+                    f"Checkpoint {b.checkpoint!r} was trained as {stored.model!r}, "
+                    f"not {b.model!r}; pass --model {stored.model}."
                 )
     train = load_dataset(split_spec(cfg.id, "train"))
     test = align_classes(load_dataset(split_spec(cfg.id, "test")), train.classes, "ID test")
@@ -197,18 +199,69 @@ def _prepare(cfg: BenchmarkConfig) -> _Plan:
             "held_out_from": "ID train (before training)" if trained_here else "ID test",
             **{k: len(v) for k, v in sources.items() if k.startswith("id_")},
         },
-        "scorer_distributions": dists,
+        "scorer_distributions": {s.text: s.distribution for s in specs},
         "versions": _versions(),
         "plugins": _plugins(),
     }
-    from ..extract import default_num_workers
-
-    workers = cfg.num_workers if cfg.num_workers is not None else default_num_workers()
-    info["num_workers"] = workers
-    info["duplicates"] = _duplicates(sources, cache, info["warnings"], workers)
-    info["preprocess"] = resolve_preprocess(cfg.preprocess, device)
+    options = cfg.extract_options().replace(
+        device=str(device),
+        preprocess=resolve_preprocess(cfg.preprocess, device),
+        num_workers=cfg.num_workers if cfg.num_workers is not None else default_num_workers(),
+    )
+    info["num_workers"] = options.num_workers
+    info["duplicates"] = _duplicates(sources, cache, info["warnings"], options.num_workers)
+    info["preprocess"] = options.preprocess
     info["score_device"] = str(_score_device(device) or "cpu (numpy)")
-    return _Plan(cfg, device, cache, specs, dists, aware, sources, info, workers)
+    return _Plan(cfg, device, cache, specs, backbones, sources, options, info)
+
+
+def _backbones(cfg: BenchmarkConfig) -> list[_Backbone]:
+    """The networks of a run, each with the label of its rows. Given checkpoints: a
+    ``NAME=PATH`` checkpoint is labelled NAME (several paths under one NAME are seeds 0, 1,
+    ... of one network, averaged in the summary); an unnamed one by its model when that
+    model has no other checkpoint, else by model and file, so two checkpoints of one
+    architecture are two rows, never one row with two "seeds"."""
+    if cfg.pretrained and not cfg.checkpoints:
+        return [_Backbone(m, m, -1, None) for m in cfg.models]
+    if not cfg.checkpoints:
+        return [
+            _Backbone(m, m, seed, None, trained_here=True) for m in cfg.models for seed in cfg.seeds
+        ]
+    models = cfg.models * len(cfg.checkpoints) if len(cfg.models) == 1 else cfg.models
+    entries = [
+        (model, *parse_checkpoint(text))
+        for model, text in zip(models, cfg.checkpoints, strict=True)
+    ]
+    named: dict[str, list[tuple[str, str]]] = {}
+    unnamed: dict[str, list[str]] = {}
+    for model, name, path in entries:
+        if name is None:
+            unnamed.setdefault(model, []).append(path)
+        else:
+            named.setdefault(name, []).append((model, path))
+    out = []
+    for name, members in named.items():
+        archs = sorted({m for m, _ in members})
+        if len(archs) > 1:
+            raise ValueError(
+                f"Checkpoints named {name!r} are of different models {archs}; one NAME groups "
+                "the seeds of one network: give each model its own NAME."
+            )
+        seeds = range(len(members)) if len(members) > 1 else [-1]
+        out += [_Backbone(m, name, s, p) for (m, p), s in zip(members, seeds, strict=True)]
+    for model, paths in unnamed.items():
+        stems = [Path(p).name for p in paths]
+        for path, stem in zip(paths, stems, strict=True):
+            own = stem if stems.count(stem) == 1 else path
+            label = model if len(paths) == 1 and model not in named else f"{model} ({own})"
+            out.append(_Backbone(model, label, -1, path))
+    labels = [(b.label, b.seed) for b in out]
+    if len(set(labels)) != len(labels):
+        raise ValueError(
+            f"Two checkpoints would give rows with the same label: {sorted(labels)}; name them "
+            "apart with --checkpoint NAME=PATH."
+        )
+    return out
 
 
 def _overlaps(sources: dict[str, DatasetSource]) -> list[str]:
@@ -264,23 +317,16 @@ def _duplicates(
     return counts
 
 
-def _weights(
-    plan: _Plan, m_index: int, model_name: str, scratch: Path | None, progress: bool
-) -> list[tuple[int | None, str | None]]:
-    """(seed, checkpoint) pairs for one model: given, pretrained, or trained here per seed."""
-    cfg = plan.cfg
-    if cfg.checkpoints:
-        return [(None, cfg.checkpoints[m_index])]
-    if cfg.pretrained:
-        return [(None, None)]
-    out: list[tuple[int | None, str | None]] = []
-    for seed in cfg.seeds:
-        t0 = time.perf_counter()
-        ckpt, summary = _trained_checkpoint(plan, model_name, seed, scratch, progress)
-        plan.timings["train"] += time.perf_counter() - t0
-        plan.info["train"][f"{model_name}/seed{seed}"] = summary
-        out.append((seed, ckpt))
-    return out
+def _weights(plan: _Plan, backbone: _Backbone, scratch: Path | None, progress: bool) -> str | None:
+    """The checkpoint of one network: given, trained here (or reused from the cache), or
+    ``None`` for timm's pretrained weights."""
+    if not backbone.trained_here:
+        return backbone.checkpoint
+    t0 = time.perf_counter()
+    ckpt, summary = _trained_checkpoint(plan, backbone.model, backbone.seed, scratch, progress)
+    plan.timings["train"] += time.perf_counter() - t0
+    plan.info["train"][f"{backbone.model}/seed{backbone.seed}"] = summary
+    return ckpt
 
 
 def _trained_checkpoint(
@@ -393,14 +439,8 @@ def _extract(
         transform,
         input_size,
         plan.cache,
-        device=plan.device,
-        batch_size=plan.cfg.batch_size,
-        num_workers=plan.num_workers,
-        skip_corrupt=plan.cfg.skip_corrupt,
+        plan.options,
         progress=progress,
-        precision=plan.cfg.precision,
-        channels_last=plan.cfg.channels_last,
-        features_dtype=plan.cfg.features_dtype,
     )
     outputs: dict[str, Outputs] = {}
     for key, (out, hit, corrupt) in results.items():
@@ -426,14 +466,14 @@ class _ModelInputsFactory:
 
         from ..extract import ImageDataset
 
-        source, cfg = self.sources[key], self.plan.cfg
+        source, options = self.sources[key], self.plan.options
         input_size = tuple(self.data_cfg["input_size"])
 
         def batches():
             loader = torch.utils.data.DataLoader(
                 ImageDataset(source, self.transform, input_size),
-                batch_size=cfg.batch_size,
-                num_workers=self.plan.num_workers,
+                batch_size=options.batch_size,
+                num_workers=options.num_workers,
             )
             for x, y, ok, _, _ in loader:  # corrupt images are skipped, as in extraction
                 keep = ok.bool()
@@ -469,21 +509,21 @@ def _score_device(device: Any) -> Any:
     return device if device.type == "cuda" else None
 
 
-def _score_one(plan, run, failures, model_inputs, spec, ood_val) -> list[dict[str, Any]]:
+def _score_one(
+    plan: _Plan, run: RunScores, failures, model_inputs, spec: ScorerSpec, ood_val
+) -> list[dict[str, Any]]:
     """Tune, fit and score one scorer spec: its metric rows, or none when it failed."""
     out = run.outputs
-    dist = plan.distributions[spec]
     stage = "tune" if plan.cfg.tune else "fit"
-    aware = plan.model_aware[spec]
-    mi = model_inputs if aware else None
+    mi = model_inputs if spec.model_aware else None
     t_start = time.perf_counter()
     try:
-        name, params = parse_scorer_spec(spec)
+        params: dict[str, Any] = {}
         if plan.cfg.tune:
             t0 = time.perf_counter()
             tuned = tune_scorer(spec, out["id_train"], out["id_val"], ood_val, model=mi)
             plan.timings["tune"] = plan.timings.get("tune", 0.0) + time.perf_counter() - t0
-            run.tuning[spec] = {
+            run.tuning[spec.text] = {
                 "chosen": tuned.params,
                 "grid": tuned.searched,
                 "trials": tuned.trials,
@@ -491,7 +531,7 @@ def _score_one(plan, run, failures, model_inputs, spec, ood_val) -> list[dict[st
             params = tuned.params
             stage = "fit"
         t0 = time.perf_counter()
-        scorer = create_scorer(name, **params).fit(
+        scorer = spec.create(**params).fit(
             out["id_train"], val=out.get("id_val"), model=mi("id_train") if mi else None
         )
         fit_s = time.perf_counter() - t0
@@ -506,50 +546,53 @@ def _score_one(plan, run, failures, model_inputs, spec, ood_val) -> list[dict[st
         scores.update({o.name: score(o.name) for o in plan.cfg.ood})
         calib = score("id_calib")
         plan.timings["score"] += time.perf_counter() - t0
-        seconds = plan.info.setdefault("scorer_seconds", {}).setdefault(spec, {})
+        seconds = plan.info.setdefault("scorer_seconds", {}).setdefault(spec.text, {})
         seconds["fit"] = seconds.get("fit", 0.0) + fit_s
         seconds["score"] = seconds.get("score", 0.0) + time.perf_counter() - t0
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        log.warning("scorer %r (from %s) failed at %s: %s", spec, dist, stage, error)
-        failures.append(ScorerFailure(spec, dist, run.backbone, run.seed, stage, error))
+        log.warning(
+            "scorer %r (from %s) failed at %s: %s", spec.text, spec.distribution, stage, error
+        )
+        failures.append(
+            ScorerFailure(spec.text, spec.distribution, run.backbone, run.seed, stage, error)
+        )
         return []
-    if aware:
-        key = f"model-aware {spec}"
+    if spec.model_aware:
+        key = f"model-aware {spec.text}"
         plan.timings[key] = plan.timings.get(key, 0.0) + time.perf_counter() - t_start
-    run.scores[spec] = scores
-    run.thresholds[spec] = threshold_at_acceptance(calib, plan.cfg.id_acceptance)
+    run.scores[spec.text] = scores
+    run.thresholds[spec.text] = threshold_at_acceptance(calib, plan.cfg.id_acceptance)
     sel = selective_metrics(scores["id"], run.id_correct)
     extra = (
         _conformal(plan, run, spec, scorer, scores, calib)
         if plan.cfg.alphas or plan.cfg.fdr
         else {}
     )
-    return _metric_rows(plan.cfg, run, spec, scores, sel, extra)
+    return _metric_rows(plan.cfg, run, spec.text, scores, sel, extra)
 
 
 def _conformal(
-    plan: _Plan, run: RunScores, spec: str, scorer, scores, calib
+    plan: _Plan, run: RunScores, spec: ScorerSpec, scorer, scores, calib
 ) -> dict[str, dict[str, float]]:
     """Per OOD set: realised ID false-rejection rate and OOD power of conformal p-values
     calibrated on the calib split (at each alpha), and BH's realised FDR and power on a
     batch of all ID test rows plus that set (at ``fdr``)."""
     cfg = plan.cfg
     rejector = ConformalRejector(scorer)
-    rejector.check_calibration_rows(run.outputs["id_calib"])
-    rejector.calib_scores_ = calib
+    rejector.calibrate_scores(calib, rows=run.outputs["id_calib"])
     p = {k: conformal_p_values(calib, v) for k, v in scores.items()}
     low = [a for a in cfg.alphas if a < rejector.min_alpha]
     if low:
         msg = (
-            f"{spec}: alpha {low} is below 1/(n+1) = {rejector.min_alpha:.4g} with n = "
+            f"{spec.text}: alpha {low} is below 1/(n+1) = {rejector.min_alpha:.4g} with n = "
             f"{rejector.n_calib} calibration rows, so nothing can be rejected at it; use a "
             "larger calib split."
         )
         if msg not in plan.info["warnings"]:
             plan.info["warnings"].append(msg)
     grid = np.round(np.linspace(0.01, 0.5, 50), 4)
-    run.calibration[spec] = {
+    run.calibration[spec.text] = {
         "alpha": grid.tolist(),
         "frr": [float(np.mean(p["id"] <= a)) for a in grid],
     }

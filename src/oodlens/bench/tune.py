@@ -13,7 +13,7 @@ import numpy as np
 
 from ..metrics import auroc
 from ..outputs import Outputs
-from ..registry import Grid, create_scorer, get_entry, parse_scorer_spec
+from ..registry import ScorerSpec, create_scorer, parse_scorer_spec
 from ..scorers.base import ModelInputs
 
 __all__ = ["search_space", "tune_scorer", "TuneResult"]
@@ -21,22 +21,21 @@ __all__ = ["search_space", "tune_scorer", "TuneResult"]
 log = logging.getLogger(__name__)
 
 
-def search_space(spec: str) -> tuple[str, dict[str, Any], dict[str, list[Any]]]:
+def search_space(spec: str | ScorerSpec) -> tuple[str, dict[str, Any], dict[str, list[Any]]]:
     """``(name, fixed parameters, grid)`` of a scorer spec.
 
     The grid is the scorer's declared ``tuning_grid``; a grid written in the spec
     (``knn:k=1|10|50``) replaces the declared values of that parameter, and a parameter
     fixed in the spec (``knn:k=50``) is not searched.
     """
-    name, params = parse_scorer_spec(spec)
-    declared = dict(get_entry("scorer", name).obj.tuning_grid)
-    fixed = {k: v for k, v in params.items() if not isinstance(v, Grid)}
-    grid = {k: list(v) for k, v in declared.items() if k not in fixed}
-    grid.update({k: list(v) for k, v in params.items() if isinstance(v, Grid)})
-    return name, fixed, grid
+    spec = parse_scorer_spec(spec)
+    fixed = dict(spec.params)
+    grid = {k: list(v) for k, v in spec.entry.obj.tuning_grid.items() if k not in fixed}
+    grid.update({k: list(v) for k, v in spec.grid.items()})
+    return spec.name, fixed, grid
 
 
-def candidates(spec: str) -> list[dict[str, Any]]:
+def candidates(spec: str | ScorerSpec) -> list[dict[str, Any]]:
     """Every parameter combination of the spec's search space, each checked against the
     scorer's constraints (a bad grid value fails here, before any data is seen)."""
     name, fixed, grid = search_space(spec)
@@ -61,7 +60,7 @@ class TuneResult:
 
 
 def tune_scorer(
-    spec: str,
+    spec: str | ScorerSpec,
     train: Outputs,
     val: Outputs,
     ood_val: Mapping[str, Outputs],
@@ -78,6 +77,7 @@ def tune_scorer(
     """
     if not ood_val:
         raise ValueError("Tuning needs at least one OOD validation set (--ood-val).")
+    spec = parse_scorer_spec(spec)
     name, _, grid = search_space(spec)
     best: tuple[float, dict[str, Any]] | None = None
     trials: list[dict[str, Any]] = []
@@ -106,6 +106,6 @@ def tune_scorer(
             best = (value, params)
     if best is None:
         raise ValueError(
-            f"Tuning {spec!r}: every candidate failed on this data ({trials[0]['error']})."
+            f"Tuning {spec.text!r}: every candidate failed on this data ({trials[0]['error']})."
         )
     return TuneResult(best[1], grid, trials)

@@ -16,4 +16,5 @@ def register_protocols(register: Callable[..., Any]) -> None:
     import yaml
 
     for name, protocol in yaml.safe_load(PROTOCOL_FILE.read_text()).items():
-        register(name, protocol, f"OpenOOD v1.5 {protocol['description']}")
+        description = f"OpenOOD v1.5 {protocol.get('description', name)}"
+        register(name, {**protocol, "description": description})

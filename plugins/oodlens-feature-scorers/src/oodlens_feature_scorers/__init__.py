@@ -424,11 +424,22 @@ class ViM(oodlens.Scorer):
             xtx = xtx + x.T @ x
             max_logit_sum += float(_row_max(f @ w_.T + b_).sum())
         if isinstance(xtx, np.ndarray):
-            eigvec = np.linalg.eigh(xtx / n)[1]
+            eigval, eigvec = np.linalg.eigh(xtx / n)
         else:  # on the compute device (cuSOLVER on CUDA)
             import torch
 
-            eigvec = to_numpy(torch.linalg.eigh(xtx / n)[1])
+            eigval, eigvec = (to_numpy(t) for t in torch.linalg.eigh(xtx / n))
+        # the residual is the complement of the top-dim eigenvectors: it holds signal only
+        # when the centred training features span more than dim directions (their rank is
+        # at most the number of rows); else it is rounding noise and alpha explodes
+        rank = int(np.sum(eigval > eigval.max() * d * np.finfo(np.float64).eps))
+        if rank <= dim:
+            raise ValueError(
+                f"vim: the {n} training rows span {rank} dimension(s) around the origin, not "
+                f"more than dim={dim}, so nothing is left outside the principal subspace but "
+                f"rounding noise. Fit on more rows than dim (at least {dim + 1}, many more in "
+                f"practice) or use dim < {rank}."
+            )
         self.residual_basis_ = np.ascontiguousarray(eigvec[:, : d - dim])
         (basis,) = fitted_arrays(self.residual_basis_)
         vlogit_sum = 0.0
@@ -525,7 +536,7 @@ class RMD(Mahalanobis):
     r"""Relative Mahalanobis distance (Ren et al., 2021, "A simple fix to Mahalanobis distance
     for improving near-OOD detection").
 
-    .. math:: s(x) = -\min_k ig( d_k(f) - d_0(f) ig)
+    .. math:: s(x) = -\min_k \big( d_k(f) - d_0(f) \big)
 
     with :math:`d_k` the Mahalanobis distance to class k under the shared covariance (as
     ``mahalanobis``) and :math:`d_0` the distance under one Gaussian fitted to all training
@@ -559,15 +570,14 @@ class RMD(Mahalanobis):
 class SHE(oodlens.Scorer):
     r"""Simplified Hopfield energy (Zhang, Fu, Lü, Zhang, ICLR 2023).
 
-        The stored pattern of class k is the mean penultimate feature of the training samples
-        that are labelled k **and** predicted k; a sample scores the inner product with the
-        pattern of its predicted class:
+    The stored pattern of class k is the mean penultimate feature of the training samples
+    that are labelled k **and** predicted k; a sample scores the inner product with the
+    pattern of its predicted class:
 
-        .. math:: s(x) = \langle f(x), ar f_{\hat y(x)}
-    angle
+    .. math:: s(x) = \langle f(x), \bar f_{\hat y(x)} \rangle
 
-        A class without a correctly predicted training sample is an error naming it.
-        Paper: https://openreview.net/forum?id=KkazG4lgKL
+    A class without a correctly predicted training sample is an error naming it.
+    Paper: https://openreview.net/forum?id=KkazG4lgKL
     """
 
     name = "she"
@@ -619,24 +629,22 @@ class SHE(oodlens.Scorer):
 class NNGuide(oodlens.Scorer):
     r"""Nearest-neighbour guidance (Park, Jung, Teoh, ICCV 2023).
 
-        The bank holds the training features normalised to unit length and scaled by their
-        energy :math:`E = \log\sum_c e^{z_c}`; a sample scores its own energy times the mean of
-        its k largest inner products with the bank:
+    The bank holds the training features normalised to unit length and scaled by their
+    energy :math:`E = \log\sum_c e^{z_c}`; a sample scores its own energy times the mean of
+    its k largest inner products with the bank:
 
-        .. math:: s(x) = E(x) \cdot rac1k \sum_{j \in 	ext{top-}k}
-            \Big\langle rac{f(x)}{\lVert f(x)
-    Vert}, E_j rac{f_j}{\lVert f_j
-    Vert} \Big
-    angle
+    .. math:: s(x) = E(x) \cdot \frac1k \sum_{j \in \text{top-}k}
+        \Big\langle \frac{f(x)}{\lVert f(x)\rVert}, E_j \frac{f_j}{\lVert f_j\rVert}
+        \Big\rangle
 
-        Args:
-            k: number of neighbours (default 10, pytorch-ood's; the paper uses 100 with a
-                subsampled ImageNet bank); at most the number of training rows.
+    Args:
+        k: number of neighbours (default 10, pytorch-ood's; the paper uses 100 with a
+            subsampled ImageNet bank); at most the number of training rows.
 
-        Exact search in blocks, as KNN's (the bank is in memory up to
-        :data:`IN_MEMORY_BANK_BYTES` on the CPU, else a reference to the features and one
-        scale per row). Paper:
-        https://arxiv.org/abs/2309.14888 ; code: https://github.com/roomo7time/nnguide
+    Exact search in blocks, as KNN's (the bank is in memory up to
+    :data:`IN_MEMORY_BANK_BYTES` on the CPU, else a reference to the features and one
+    scale per row). Paper:
+    https://arxiv.org/abs/2309.14888 ; code: https://github.com/roomo7time/nnguide
     """
 
     name = "nnguide"

@@ -52,6 +52,17 @@ def _kept(n: int, percentile: float) -> int:
     return max(1, n - int(np.round(n * percentile / 100.0)))
 
 
+def _sum_ratio(s1: Any, s2: Any) -> Any:
+    """``s1 / s2`` per row, 0 where ``s2`` is 0: with non-negative activations that is an
+    all-zero row (``s1`` is 0 too), which the scaling by ``exp(ratio)`` then leaves at zero
+    instead of turning into NaN."""
+    if isinstance(s1, np.ndarray):
+        return np.divide(s1, s2, out=np.zeros_like(s1), where=s2 > 0)
+    import torch
+
+    return torch.where(s2 > 0, s1 / torch.where(s2 > 0, s2, torch.ones_like(s2)), 0.0)
+
+
 def ash_shape(a: np.ndarray, percentile: float, variant: str) -> np.ndarray:
     """ASH on (N, D) activations, per row: keep the top ``100 - percentile`` % (at least
     one), zero the rest; then ``p``: as is; ``b``: every kept value set to (sum before
@@ -65,7 +76,7 @@ def ash_shape(a: np.ndarray, percentile: float, variant: str) -> np.ndarray:
             return a.new_zeros(a.shape).scatter_(1, idx, fill)
         kept = a.new_zeros(a.shape).scatter_(1, idx, values)
         if variant == "s":
-            kept *= (a.sum(1) / kept.sum(1)).exp()[:, None]
+            kept *= _sum_ratio(a.sum(1), kept.sum(1)).exp()[:, None]
         return kept
     idx = np.argpartition(-a, k - 1, axis=1)[:, :k]
     rows = np.arange(n)[:, None]
@@ -76,7 +87,7 @@ def ash_shape(a: np.ndarray, percentile: float, variant: str) -> np.ndarray:
         return out
     out[rows, idx] = a[rows, idx]
     if variant == "s":
-        out *= np.exp(s1 / out.sum(axis=1))[:, None]
+        out *= np.exp(_sum_ratio(s1, out.sum(axis=1)))[:, None]
     return out
 
 
@@ -85,9 +96,9 @@ def scale_shape(a: np.ndarray, percentile: float) -> np.ndarray:
     s2 the sum of the top ``100 - percentile`` % (no pruning)."""
     k = _kept(a.shape[1], percentile)
     if not isinstance(a, np.ndarray):  # a torch tensor
-        return a * (a.sum(1) / a.topk(k, dim=1).values.sum(1)).exp()[:, None]
+        return a * _sum_ratio(a.sum(1), a.topk(k, dim=1).values.sum(1)).exp()[:, None]
     top = -np.partition(-a, k - 1, axis=1)[:, :k]
-    return a * np.exp(a.sum(axis=1) / top.sum(axis=1))[:, None]
+    return a * np.exp(_sum_ratio(a.sum(axis=1), top.sum(axis=1)))[:, None]
 
 
 def _check_nonnegative(name: str, a: Any) -> None:
