@@ -157,7 +157,7 @@ def test_rejector_api_and_small_calibration_sets(caplog):
     assert rej.min_alpha == pytest.approx(0.1)
     with caplog.at_level("WARNING"):
         assert not rej.reject(test, 0.05).any()
-    assert "below 1/(n+1)=0.1 with n=9 calibration rows" in caplog.text
+    assert "below the smallest p-value 0.1 with n=9 calibration rows" in caplog.text
     assert rej.flag_batch(test, 0.1).dtype == bool
     with pytest.raises(oodlens.InvalidParameterError, match="ties='random' is not valid"):
         ConformalRejector(scorer, ties="random")

@@ -231,8 +231,13 @@ class ConformalRejector:
 
     @property
     def min_alpha(self) -> float:
-        """The smallest p-value possible, 1/(n+1): any alpha below it rejects nothing."""
-        return 1.0 / (self.n_calib + 1.0)
+        """The smallest p-value possible, so any alpha below it rejects nothing: 1/(n+1)
+        for conservative p-values, :math:`\\sqrt{\\log(1/\\delta)/(2n)}` for
+        calibration-conditional ones, 0 with randomized ties (whose p-values reach 0)."""
+        n = self.n_calib
+        if self.delta is not None:
+            return math.sqrt(math.log(1.0 / self.delta) / (2.0 * n))
+        return 0.0 if self.ties == "randomized" else 1.0 / (n + 1.0)
 
     def p_values(self, outputs: Outputs, model: ModelInputs | None = None) -> np.ndarray:
         """(N,) conformal p-values; small = unlike the calibration ID data (``model``: the
@@ -256,8 +261,9 @@ class ConformalRejector:
             raise ValueError(f"alpha must be in (0, 1), got {alpha!r}.")
         if alpha < self.min_alpha:
             log.warning(
-                "alpha=%g is below 1/(n+1)=%.4g with n=%d calibration rows: nothing can be "
-                "rejected; use more calibration rows.",
+                "alpha=%g is below the smallest p-value %.4g with n=%d calibration rows "
+                "(1/(n+1) for conservative p-values): nothing can be rejected; use more "
+                "calibration rows.",
                 alpha,
                 self.min_alpha,
                 self.n_calib,

@@ -66,7 +66,10 @@ def register_protocols(register: Callable[..., Any]) -> None:
     :param register: call ``register(name, protocol, description)``: ``protocol`` is a
         mapping with ``id`` (``folders``: candidate folders under the data root, optional
         ``torchvision`` spec), ``ood`` (a list of sets, each with ``name``, ``group``,
-        ``folders`` and optional ``torchvision``) and optional ``img_size``; see
-        ``oodlens/protocols/openood_v1_5.yaml``.
+        ``folders`` and optional ``torchvision``) and optional ``img_size``, ``family``
+        (``"openood"``: OpenOOD's table layout), ``description``; see
+        ``oodlens/protocols/openood_v1_5.yaml``. It is checked when registered
+        (:meth:`oodlens.protocol.Protocol.from_mapping`); an invalid one is dropped with a
+        warning naming the key.
     :returns: nothing; the return value is ignored.
     """

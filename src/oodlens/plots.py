@@ -32,6 +32,12 @@ __all__ = [
 FIGURE_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
 
 
+def _plain(text: Any) -> str:
+    """``text`` as matplotlib shows it literally: a name holding ``$`` (``a$_$b``) is not
+    parsed as mathtext (which would drop the dollars or fail to render)."""
+    return str(text).replace("$", r"\$")
+
+
 def _figure(size: tuple[float, float]) -> Any:
     from matplotlib.figure import Figure
 
@@ -87,13 +93,13 @@ def plot_roc(
             fpr, tpr, _ = roc_curve(
                 np.r_[np.ones(len(s_id)), np.zeros(len(s_ood))], np.r_[s_id, s_ood]
             )
-            ax.plot(fpr, tpr, lw=1.3, label=spec)
+            ax.plot(fpr, tpr, lw=1.3, label=_plain(spec))
         ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-        ax.set_title(f"ID test vs {name}")
+        ax.set_title(_plain(f"ID test vs {name}"))
         ax.set_xlabel("OOD accepted (FPR)")
         ax.set_ylabel("ID accepted (TPR)")
     axes[0].legend(fontsize=7)
-    fig.suptitle(title)
+    fig.suptitle(_plain(title))
     return save_figure(fig, path)
 
 
@@ -110,8 +116,10 @@ def plot_score_distributions(
         bins = np.linspace(lo, hi if hi > lo else lo + 1, 50)
         ax.hist(data["id"], bins=bins, density=True, alpha=0.5, label="ID test")
         for name in ood_names:
-            ax.hist(data[name], bins=bins, density=True, histtype="step", lw=1.4, label=name)
-        ax.set_title(spec, fontsize=9)
+            ax.hist(
+                data[name], bins=bins, density=True, histtype="step", lw=1.4, label=_plain(name)
+            )
+        ax.set_title(_plain(spec), fontsize=9)
         ax.set_xlabel("score (higher = more ID)")
     axes[0].legend(fontsize=7)
     return save_figure(fig, path)
@@ -128,10 +136,10 @@ def plot_risk_coverage(
     ax = axes[0]
     for spec, s_id in id_scores.items():
         cov, risk, _ = risk_coverage_curve(s_id, id_correct)
-        ax.step(cov, risk, where="post", lw=1.3, label=spec)
+        ax.step(cov, risk, where="post", lw=1.3, label=_plain(spec))
     ax.set_xlabel("coverage (share of ID test accepted)")
     ax.set_ylabel("risk (error rate among accepted)")
-    ax.set_title(title)
+    ax.set_title(_plain(title))
     ax.legend(fontsize=7)
     return save_figure(fig, path)
 
@@ -149,10 +157,10 @@ def plot_calibration(
     top = max(max(c["alpha"]) for c in curves.values())
     ax.plot([0, top], [0, top], "k:", lw=1.0, label="y = x (the guarantee)")
     for spec, c in curves.items():
-        ax.plot(c["alpha"], c["frr"], lw=1.3, marker=".", label=spec)
+        ax.plot(c["alpha"], c["frr"], lw=1.3, marker=".", label=_plain(spec))
     ax.set_xlabel("alpha (conformal level)")
     ax.set_ylabel("ID test rejected (realised false rejections)")
-    ax.set_title(title)
+    ax.set_title(_plain(title))
     ax.legend(fontsize=7)
     return save_figure(fig, path)
 
@@ -188,7 +196,7 @@ def plot_logit_kde(
     for j, ax in zip(range(n), axes, strict=False):
         values = logits[:, j] if marginal else logits[train.labels == j].max(axis=1)
         if values.size == 0:
-            ax.set_title(f"class {names[j]}: no training rows")
+            ax.set_title(_plain(f"class {names[j]}: no training rows"))
             continue
         pad = 0.1 * (values.max() - values.min() + 1e-9)
         xs = np.linspace(values.min() - pad, values.max() + pad, 400)
@@ -199,7 +207,7 @@ def plot_logit_kde(
         if threshold is not None:
             ax.axhline(threshold, color="k", ls="--", lw=1, label=f"threshold {threshold:g}")
         what = f"logit {names[j]}" if marginal else f"class {names[j]}: top logit"
-        ax.set_title(what, fontsize=10)
+        ax.set_title(_plain(what), fontsize=10)
         ax.set_xlabel("logit")
         ax.set_ylabel("density")
     axes[0].legend(fontsize=8)
@@ -230,7 +238,7 @@ def plot_explanations(
         img = exp.images[k].astype(np.float64) / 255.0
         overlay = 0.55 * img + 0.45 * heat(exp.cams[k])[..., :3]
         top.imshow(img)
-        top.set_title(Path(exp.ids[k]).name[:24], fontsize=7)
+        top.set_title(_plain(Path(exp.ids[k]).name[:24]), fontsize=7)
         bottom.imshow(np.clip(overlay, 0, 1))
         lines = [f"{exp.class_names[exp.predictions[k]]}  p={exp.softmax[k]:.3f}"]
         for name, vals in exp.scores.items():
@@ -238,7 +246,7 @@ def plot_explanations(
             mark = "" if verdict is None else (" accepted" if verdict[k] else " REJECTED")
             lines.append(f"{name}={vals[k]:.4g}{mark}")
         lines.append(f"area@0.5={area[k]:.2f}")
-        bottom.set_title("\n".join(lines), fontsize=7)
+        bottom.set_title(_plain("\n".join(lines)), fontsize=7)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(_plain(title))
     return save_figure(fig, path, dpi=100)
