@@ -278,6 +278,7 @@ def test_2_a_parameter_can_hold_other_specs(fusion_plugin):
         ("msp:" + "a=1," * 15_000, "is longer than the 1000 allowed"),
         ("knn:k", "expected key=value, got 'k'"),
         ("label", "Unknown scorer 'label'"),
+        ("msp,energy", "is not one scorer: give several as separate specs (msp energy)"),
         (":k=1", "has no scorer name"),
     ],
 )

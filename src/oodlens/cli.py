@@ -94,8 +94,9 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
 def _extract_options(args: argparse.Namespace) -> ExtractOptions:
     """The :class:`ExtractOptions` given on the command line (the others: their defaults)."""
     fields = (*ExtractOptions.ROW_FIELDS, *ExtractOptions.RUN_FIELDS)
-    given = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
-    return ExtractOptions(**{k: v for k, v in given.items() if v is not False})
+    return ExtractOptions(
+        **{f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
+    )
 
 
 def _bench_config(args: argparse.Namespace) -> BenchmarkConfig:

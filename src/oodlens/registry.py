@@ -555,6 +555,11 @@ def _parse(text: str, depth: int) -> ScorerSpec:
     name = name.strip()
     if not name:
         raise ValueError(f"Scorer spec {text!r} has no scorer name; write e.g. 'msp'.")
+    if "," in name and name not in _REGISTRY.entries("scorer"):
+        raise UnknownNameError(
+            f"Scorer spec {text!r} is not one scorer: give several as separate specs "
+            f"({' '.join(n.strip() for n in name.split(','))}), parameters after a ':'."
+        )
     entry = get_entry("scorer", name)
     params: dict[str, Any] = {}
     grid: dict[str, tuple[Any, ...]] = {}

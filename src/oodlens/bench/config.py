@@ -124,6 +124,10 @@ def parse_checkpoint(text: str) -> tuple[str | None, str]:
     return None, text
 
 
+def _as_tuple(value: Any) -> tuple[Any, ...]:
+    return tuple(value) if isinstance(value, list | tuple) else (value,)
+
+
 #: TrainConfig fields a benchmark sets itself (models, id, img_size, seeds, the splits).
 _SET_BY_RUN = ("model", "data", "img_size", "seed", "holdout")
 
@@ -238,18 +242,19 @@ class BenchmarkConfig:
 
     def __post_init__(self) -> None:
         validate_fields(self)
-        as_tuple = {
-            name: tuple(v) if isinstance(v, list | tuple) else (v,)
-            for name in ("models", "checkpoints", "seeds", "scorers", "alphas")
-            for v in [getattr(self, name)]
+        # the declared forms, normalised: lists (or one lone value) become tuples, paths
+        # become strings, OOD sets given as mappings or text become OODSet
+        normal: dict[str, Any] = {
+            name: _as_tuple(getattr(self, name))
+            for name in ("models", "seeds", "scorers", "alphas")
         }
-        as_tuple["ood"] = tuple(OODSet.coerce(o) for o in self.ood)
-        as_tuple["ood_val"] = tuple(OODSet.coerce(o) for o in self.ood_val)
-        as_tuple["missing_sets"] = tuple(dict(m) for m in self.missing_sets)
+        normal["checkpoints"] = tuple(os.fspath(c) for c in _as_tuple(self.checkpoints))
+        normal["ood"] = tuple(OODSet.coerce(o) for o in self.ood)
+        normal["ood_val"] = tuple(OODSet.coerce(o) for o in self.ood_val)
+        normal["missing_sets"] = tuple(dict(m) for m in self.missing_sets)
         if self.cache_dir is not None:
-            as_tuple["cache_dir"] = os.fspath(self.cache_dir)
-        as_tuple["checkpoints"] = tuple(os.fspath(c) for c in as_tuple["checkpoints"])
-        for name, value in as_tuple.items():
+            normal["cache_dir"] = os.fspath(self.cache_dir)
+        for name, value in normal.items():
             object.__setattr__(self, name, value)
         self._check_fields_together()
 

@@ -52,6 +52,9 @@ __all__ = [
 REPORT_VERSION = 2
 
 
+#: What ``--out`` writes when ``--format`` is not given (see :data:`REPORT_FORMATS`).
+DEFAULT_FORMATS = ("md", "csv", "json", "tex")
+
 #: The columns of ``scores.csv.gz`` that describe a sample; every other column is a scorer's.
 SAMPLE_COLUMNS = ("backbone", "seed", "set", "group", "index", "id", "label", "prediction")
 
@@ -205,7 +208,7 @@ class BenchmarkResult:
     def save(
         self,
         out_dir: str | os.PathLike[str],
-        formats: Sequence[str] = ("md", "csv", "json", "tex"),
+        formats: Sequence[str] = DEFAULT_FORMATS,
         plots: bool = True,
     ) -> Path:
         """Write the report folder: ``results.json`` (config, versions, plugins, timings,
@@ -234,6 +237,8 @@ class BenchmarkResult:
             pd.concat([r.per_sample(groups) for r in self.runs], ignore_index=True).to_csv(
                 out / "scores.csv.gz", index=False
             )
+        if self.attention is not None:
+            self.attention.to_csv(out / "attention.csv", index=False)
         figures = self._all_figures(out) if plots else []
         ctx = ReportContext(
             summary,
@@ -280,15 +285,13 @@ class BenchmarkResult:
                 out / "calibration.png",
             )
             figures.append(path.name)
-        if self.attention is not None:
-            self.attention.to_csv(out / "attention.csv", index=False)
-            if self.confident_errors:
-                path = plot_explanations(
-                    self.confident_errors[0],
-                    out / "confident_errors.png",
-                    title="Most confident ID errors (highest score first)",
-                )
-                figures.append(path.name)
+        if self.attention is not None and self.confident_errors:
+            path = plot_explanations(
+                self.confident_errors[0],
+                out / "confident_errors.png",
+                title="Most confident ID errors (highest score first)",
+            )
+            figures.append(path.name)
         return figures
 
     def _figures(self, out: Path) -> list[str]:
@@ -388,6 +391,3 @@ REPORT_FORMATS: dict[str, ReportFormat] = {
         ReportFormat("html", _write_html, "report.html: one self-contained page with figures"),
     )
 }
-
-#: What ``--out`` writes when ``--format`` is not given.
-DEFAULT_FORMATS = ("md", "csv", "json", "tex")

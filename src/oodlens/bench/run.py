@@ -9,6 +9,7 @@ import logging
 import platform
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -232,29 +233,30 @@ def _backbones(cfg: BenchmarkConfig) -> list[_Backbone]:
         (model, *parse_checkpoint(text))
         for model, text in zip(models, cfg.checkpoints, strict=True)
     ]
-    named: dict[str, list[tuple[str, str]]] = {}
-    unnamed: dict[str, list[str]] = {}
-    for model, name, path in entries:
-        if name is None:
-            unnamed.setdefault(model, []).append(path)
-        else:
-            named.setdefault(name, []).append((model, path))
+    groups: dict[str, set[str]] = {}  # NAME -> the models of its checkpoints
+    for model, name, _ in entries:
+        if name is not None:
+            groups.setdefault(name, set()).add(model)
+    mixed = {n: sorted(m) for n, m in groups.items() if len(m) > 1}
+    if mixed:
+        raise ValueError(
+            f"Checkpoints named alike are of different models {mixed}; one NAME groups the "
+            "seeds of one network: give each model its own NAME."
+        )
+    named = Counter(name for _, name, _ in entries if name is not None)
+    unnamed = Counter(model for model, name, _ in entries if name is None)
+    files = Counter(Path(path).name for _, name, path in entries if name is None)
+    seen: Counter[str] = Counter()
     out = []
-    for name, members in named.items():
-        archs = sorted({m for m, _ in members})
-        if len(archs) > 1:
-            raise ValueError(
-                f"Checkpoints named {name!r} are of different models {archs}; one NAME groups "
-                "the seeds of one network: give each model its own NAME."
-            )
-        seeds = range(len(members)) if len(members) > 1 else [-1]
-        out += [_Backbone(m, name, s, p) for (m, p), s in zip(members, seeds, strict=True)]
-    for model, paths in unnamed.items():
-        stems = [Path(p).name for p in paths]
-        for path, stem in zip(paths, stems, strict=True):
-            own = stem if stems.count(stem) == 1 else path
-            label = model if len(paths) == 1 and model not in named else f"{model} ({own})"
-            out.append(_Backbone(model, label, -1, path))
+    for model, name, path in entries:
+        if name is not None:  # seeds 0, 1, ... of one network when several share the NAME
+            seed = seen[name] if named[name] > 1 else -1
+            seen[name] += 1
+            out.append(_Backbone(model, name, seed, path))
+            continue
+        alone = unnamed[model] == 1 and model not in named
+        own = Path(path).name if files[Path(path).name] == 1 else path
+        out.append(_Backbone(model, model if alone else f"{model} ({own})", -1, path))
     labels = [(b.label, b.seed) for b in out]
     if len(set(labels)) != len(labels):
         raise ValueError(
