@@ -158,7 +158,7 @@ def test_3_train_never_overwrites_foreign_files_and_any_suffix_loads(tmp_path, c
     rc, _, err = run_cli(
         capsys, "train", "--data", "digits:0-2", "--img-size", 16, "--epochs", 1, "--out", notes
     )
-    assert rc == 2 and "is not an oodlens file; refusing to overwrite" in err
+    assert rc == 2 and "was not written by oodlens" in err
     assert notes.read_text() == "my notes"
     pt = tmp_path / "model.pt"
     rc, out, _ = run_cli(

@@ -26,6 +26,7 @@ from oodlens.bench.compare import merge_runs
 from oodlens.bench.config import parse_ood_spec
 from oodlens.bench.report import to_markdown
 from oodlens.bench.result import REPORT_FORMATS, ReportFormat
+from oodlens.cache import EXTRACTION_VERSION, Cache
 from oodlens.conformal import ConformalRejector, conformal_p_values
 from oodlens.datasets import align_classes
 from oodlens.metrics import METRICS, Metric, metric_columns
@@ -710,3 +711,341 @@ def test_results_json_records_the_extraction_options(tmp_path, capsys, tiny_ckpt
     payload = json.loads((out / "results.json").read_text())
     assert rc == 0 and payload["config"]["batch_size"] == 256
     assert payload["info"]["preprocess"] == "pil"
+
+
+# === "Trustworthy numbers II" (issue 22): the cache, output folders, decoding ===============
+def _bench(tiny_ckpt: Path, cache: Path, **kw) -> oodlens.BenchmarkResult:
+    kw.setdefault("ood", (OODSet("noise", "noise:gaussian,n=20,size=16"),))
+    return run_benchmark(
+        models=("resnet18",), checkpoints=(str(tiny_ckpt),), id="digits:0-2", img_size=16,
+        cache_dir=str(cache), scorers=("msp", "vim:dim=8"), progress=False, **kw,
+    )  # fmt: skip
+
+
+def _metrics(result: oodlens.BenchmarkResult) -> pd.DataFrame:
+    return result.table.drop(columns=["threshold"]).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory, tiny_ckpt):
+    """A run on a fresh cache: the reference every damaged-then-repaired rerun must equal."""
+    cache = tmp_path_factory.mktemp("clean") / "cache"
+    return _bench(tiny_ckpt, cache), cache
+
+
+def _damage(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    if how == "flip":
+        middle = len(data) // 2
+        path.write_bytes(data[:middle] + bytes(b ^ 0xFF for b in data[middle : middle + 16])
+                         + data[middle + 16 :])  # fmt: skip
+    elif how == "truncate":
+        path.write_bytes(data[:-3])
+    elif how == "zero":
+        path.write_bytes(b"")
+    else:
+        path.unlink()
+
+
+@pytest.mark.parametrize("how", ["flip", "truncate", "zero", "delete"])
+@pytest.mark.parametrize(
+    "name", ["logits.bin", "features.bin", "labels.bin", "head_weight.npy", "head_bias.npy",
+             "meta.json"]
+)  # fmt: skip
+def test_ii_1_a_damaged_cache_file_is_detected_and_extracted_again(
+    tmp_path, tiny_ckpt, clean_run, caplog, name, how
+):
+    reference, clean_cache = clean_run
+    cache = tmp_path / "cache"
+    import shutil
+
+    shutil.copytree(clean_cache, cache)
+    entries = sorted((cache / "outputs").iterdir())
+    for entry in entries:
+        _damage(entry / name, how)
+    with caplog.at_level("WARNING"):
+        rerun = _bench(tiny_ckpt, cache)
+    damaged = [r.getMessage() for r in caplog.records if "is damaged" in r.getMessage()]
+    assert len(damaged) == len(entries)
+    assert all("extracting again" in line and "\n" not in line for line in damaged)
+    assert rerun.info["cache_misses"] == len(entries)
+    pd.testing.assert_frame_equal(_metrics(rerun), _metrics(reference))
+    assert Cache(cache).verify() == []
+
+
+def test_ii_1_a_missing_meta_field_and_a_changed_byte_with_the_old_mtime(
+    tmp_path, tiny_ckpt, clean_run, capsys
+):
+    import os
+    import shutil
+
+    reference, clean_cache = clean_run
+    cache = tmp_path / "cache"
+    shutil.copytree(clean_cache, cache)
+    first, second = sorted((cache / "outputs").iterdir())[:2]
+    meta = json.loads((first / "meta.json").read_text())
+    del meta["features_dtype"]
+    (first / "meta.json").write_text(json.dumps(meta))
+    # bit rot: a changed byte with the modification time put back is invisible to the cheap
+    # check of every load; `oodlens cache verify` reads every byte and finds it
+    stat = (second / "logits.bin").stat()
+    _damage(second / "logits.bin", "flip")
+    os.utime(second / "logits.bin", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    rc, out, _ = run_cli(capsys, "cache", "verify", "--cache-dir", cache)
+    assert rc == 1 and "lacks ['features_dtype']" in out and "does not match its checksum" in out
+    rc, out, _ = run_cli(capsys, "cache", "verify", "--cache-dir", cache, "--repair")
+    assert rc == 0 and out.count("(removed)") == 2
+    rerun = _bench(tiny_ckpt, cache)
+    assert rerun.info["cache_misses"] == 2
+    pd.testing.assert_frame_equal(_metrics(rerun), _metrics(reference))
+    rc, out, _ = run_cli(capsys, "cache", "verify", "--cache-dir", cache)
+    assert rc == 0 and ", 0 damaged." in out
+
+
+def test_ii_1_entries_of_the_old_format_are_not_trusted(tmp_path):
+    folder = tmp_path / "entry"
+    folder.mkdir()
+    (folder / "meta.json").write_text(
+        json.dumps({"format": "oodlens-outputs-folder", "format_version": 1, "n": 0})
+    )
+    with pytest.raises(ValueError, match="unknown Outputs folder format"):
+        oodlens.Outputs.load_dir(folder)
+    assert EXTRACTION_VERSION == 3
+
+
+_WRITER = """
+import sys, time
+from oodlens.files import atomic_dir
+with atomic_dir(sys.argv[1]) as tmp:
+    (tmp / "logits.bin").write_bytes(b"partial")
+    print(tmp, flush=True)
+    time.sleep(120)
+"""
+
+
+def _writer(target: Path):
+    """A process writing an entry through ``atomic_dir``, stopped inside it; returns the
+    process and its temporary folder."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(target)], stdout=subprocess.PIPE, text=True
+    )
+    return proc, Path(proc.stdout.readline().strip())
+
+
+def test_ii_2_temporaries_of_killed_runs_go_those_of_live_writers_stay(tmp_path, tiny_ckpt):
+    outputs = tmp_path / "cache" / "outputs"
+    killed, stale = _writer(outputs / "a")
+    killed.kill()  # as Ctrl-C cannot: no cleanup runs
+    killed.wait()
+    live, writing = _writer(outputs / "b")
+    elsewhere = outputs / ".c.123-0badc0de.x1y2z3.tmp"  # another host's: never touched
+    elsewhere.mkdir()
+    try:
+        assert stale.is_dir() and writing.is_dir()
+        result = _bench(tiny_ckpt, tmp_path / "cache")  # a second run beside the live writer
+        assert not result.failures and not stale.exists()
+        assert (writing / "logits.bin").read_bytes() == b"partial" and elsewhere.is_dir()
+    finally:
+        live.kill()
+        live.wait()
+    _bench(tiny_ckpt, tmp_path / "cache")
+    assert not writing.exists() and elsewhere.is_dir()
+    assert not (outputs / "a").exists() and not (outputs / "b").exists()
+
+
+def _tree(folder: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in folder.rglob("*")
+    }
+
+
+def test_ii_2_a_read_only_cache_holding_every_entry_is_usable(
+    tmp_path, tiny_ckpt, clean_run, monkeypatch
+):
+    import shutil
+
+    reference, clean_cache = clean_run
+    cache = tmp_path / "cache"
+    shutil.copytree(clean_cache, cache)
+    _bench(tiny_ckpt, cache)  # entries verified and stamped by a writable run
+    before = _tree(cache)
+    # the tests run as root, whom permissions do not stop: the cache says it is read-only
+    monkeypatch.setattr(Cache, "writable", property(lambda self: False))
+    rerun = _bench(tiny_ckpt, cache)
+    assert _tree(cache) == before  # nothing written
+    pd.testing.assert_frame_equal(_metrics(rerun), _metrics(reference))
+    with pytest.raises(PermissionError, match="is read-only and holds no entry for"):
+        _bench(tiny_ckpt, cache, ood=(OODSet("uniform", "noise:uniform,n=20,size=16"),))
+
+
+def test_ii_2_a_cache_inside_the_report_folder_is_refused(tmp_path, capsys, tiny_ckpt):
+    out = tmp_path / "report"
+    rc, _, err = run_cli(capsys, *bench_args(tiny_ckpt, out / "cache", "--out", out))
+    assert rc == 2 and "is inside --out" in err and not out.exists()
+
+
+def test_ii_3_a_rerun_keeps_the_user_s_files_byte_for_byte(tmp_path, capsys, tiny_ckpt):
+    out = tmp_path / "report"
+    rc, _, _ = run_cli(capsys, *bench_args(tiny_ckpt, tmp_path / "c", "--out", out))
+    assert rc == 0 and (out / ".oodlens-manifest.json").is_file()
+    notebook = out / "analysis.ipynb"
+    notebook.write_bytes(b'{"cells": []}\x00\xff')
+    (out / "paper" / "figs").mkdir(parents=True)
+    (out / "paper" / "main.tex").write_text("\\section{Results}")
+    (out / "paper" / "figs" / "roc.pdf").write_bytes(bytes(range(256)))
+    (out / "paper" / "empty").mkdir()
+    before = {p: p.read_bytes() for p in (notebook, *(out / "paper").rglob("*.*"))}
+    rc, _, _ = run_cli(capsys, *bench_args(tiny_ckpt, tmp_path / "c", "--out", out))
+    assert rc == 0
+    assert {p: p.read_bytes() for p in before} == before
+    assert (out / "paper" / "empty").is_dir() and (out / "results.md").is_file()
+    (out / "results.md").write_text("my own table")  # edited: now the user's
+    rc, _, err = run_cli(capsys, *bench_args(tiny_ckpt, tmp_path / "c", "--out", out))
+    assert rc == 2 and "results.md' was not written by oodlens (or was changed since)" in err
+    assert (out / "results.md").read_text() == "my own table" and notebook.is_file()
+
+
+def test_ii_3_an_earlier_report_without_manifest_keeps_the_user_s_files(
+    tmp_path, capsys, tiny_ckpt
+):
+    out = tmp_path / "old"
+    rc, _, _ = run_cli(capsys, *bench_args(tiny_ckpt, tmp_path / "c", "--out", out))
+    (out / ".oodlens-manifest.json").unlink()  # as written by an oodlens before manifests
+    (out / "notes.txt").write_text("keep me")
+    rc, _, _ = run_cli(capsys, *bench_args(tiny_ckpt, tmp_path / "c", "--out", out))
+    assert rc == 0 and (out / "notes.txt").read_text() == "keep me"
+
+
+def test_ii_3_single_file_outputs_never_replace_a_foreign_file(tmp_path, capsys, tiny_ckpt):
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(photo)
+    original = photo.read_bytes()
+    argv = ["explain", photo, "--model", "resnet18", "--checkpoint", tiny_ckpt, "--img-size",
+            "16", "--scorers", "--out"]  # fmt: skip
+    rc, _, err = run_cli(capsys, *argv, photo, "-q")
+    assert rc == 2 and "was not written by oodlens" in err and "--overwrite" in err
+    assert photo.read_bytes() == original
+    grid = tmp_path / "grid.png"
+    assert run_cli(capsys, *argv, grid, "-q")[0] == 0
+    assert run_cli(capsys, *argv, grid, "-q")[0] == 0  # its own output: replaced
+    assert run_cli(capsys, *argv, photo, "-q", "--overwrite")[0] == 0
+    runs = tmp_path / "run"
+    assert run_cli(capsys, *bench_args(tiny_ckpt, tmp_path / "c", "--out", runs))[0] == 0
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    (merged / "merged.csv").write_text("my,own\n1,2\n")
+    rc, _, err = run_cli(capsys, "merge", runs, "--out", merged)
+    assert rc == 2 and "merged.csv' exists and was not written by oodlens" in err
+    assert (merged / "merged.csv").read_text() == "my,own\n1,2\n"
+    assert run_cli(capsys, "merge", runs, "--out", merged, "--overwrite")[0] == 0
+    assert run_cli(capsys, "merge", runs, "--out", merged)[0] == 0  # now its own
+
+
+def test_ii_4_torchrun_ranks_with_other_arguments_stop_before_any_work(tmp_path, tiny_ckpt):
+    import subprocess
+    import sys
+
+    script = tmp_path / "ranks.py"
+    script.write_text(
+        "import os, sys\n"
+        "from oodlens import cli\n"
+        "size = '16' if os.environ['RANK'] == '0' else '8'\n"
+        "sys.exit(cli.main(sys.argv[1:] + ['--batch-size', size]))\n"
+    )
+    torchrun = Path(sys.executable).parent / "torchrun"
+    argv = [str(a) for a in bench_args(tiny_ckpt, tmp_path / "c")]
+    run = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc-per-node", "2", str(script), *argv],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode != 0
+    assert "batch_size is 16 on rank 0 but 8 on rank 1" in run.stderr
+    assert not (tmp_path / "c" / "outputs").exists()  # nothing extracted
+
+
+def test_ii_5_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
+    ramp = np.linspace(0, 65535, 64 * 64).astype(np.uint16).reshape(64, 64)
+    folder = tmp_path / "wide"
+    folder.mkdir()
+    Image.fromarray(ramp).save(folder / "ramp.png")
+    pixels = np.asarray(oodlens.load_dataset(str(folder)).loader(0))
+    expected = np.rint(ramp / 257.0).astype(np.uint8)
+    np.testing.assert_array_equal(pixels[..., 0], expected)
+    assert (pixels == 255).mean() < 0.01  # clipped at 255, 99.6% would be
+
+
+def test_ii_5_jpeg_orientation_is_applied_everywhere(tmp_path):
+    from oodlens.datasets import files_source
+
+    image = np.zeros((20, 40, 3), np.uint8)
+    image[:, :20] = (255, 0, 0)  # red on the left of the stored image
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise
+    folder = tmp_path / "phone"
+    folder.mkdir()
+    Image.fromarray(image).save(folder / "p.jpg", exif=exif, quality=95)
+    for source in (oodlens.load_dataset(str(folder)), files_source([folder / "p.jpg"])):
+        shown = np.asarray(source.loader(0))
+        assert shown.shape == (40, 20, 3)  # portrait, as a viewer shows it
+        assert shown[:15, :, 0].mean() > 200 and shown[25:, :, 0].mean() < 60  # red on top
+
+
+def test_ii_6_half_precision_checkpoints_load(tmp_path, tiny_ckpt):
+    import torch
+    from safetensors.torch import save_file
+
+    from oodlens.backbones import create_backbone, load_checkpoint
+
+    state, config = load_checkpoint(tiny_ckpt)
+    reference, _ = create_backbone("resnet18", checkpoint=str(tiny_ckpt))
+    x = torch.rand(4, 3, 16, 16)
+    for dtype in (torch.float16, torch.bfloat16):
+        half = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+        plain = tmp_path / f"{dtype}.pt"
+        torch.save(half, plain)
+        meta = {"oodlens_config": json.dumps(dataclasses.asdict(config))}
+        ours = tmp_path / f"{dtype}.safetensors"
+        save_file({k: v.contiguous() for k, v in half.items()}, str(ours), metadata=meta)
+        for path in (plain, ours):
+            model, _ = create_backbone("resnet18", checkpoint=str(path), num_classes=3)
+            assert next(model.parameters()).dtype == torch.float32
+            with torch.inference_mode():
+                torch.testing.assert_close(model(x), reference(x), rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize(
+    "config,expected",
+    [
+        ("{not json", "stores an oodlens_config that is not JSON"),
+        ('{"model": "resnet18", "num_classes": "2"}', "num_classes='2' is not valid"),
+        ('{"model": "resnet18"}', "it needs model and num_classes"),
+        ('{"model": "resnet18", "num_classes": 2, "colour": 1}', "unknown key(s) ['colour']"),
+    ],
+)
+def test_ii_7_a_checkpoint_config_of_the_wrong_shape_is_named(tmp_path, capsys, config, expected):
+    import torch
+    from safetensors.torch import save_file
+
+    path = tmp_path / "bad.safetensors"
+    save_file({"w": torch.zeros(2)}, str(path), metadata={"oodlens_config": config})
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        oodlens.create_backbone("resnet18", checkpoint=str(path))
+    rc, _, err = run_cli(capsys, "bench", "--model", "resnet18", "--checkpoint", path, "-q",
+                         "--cache-dir", tmp_path / "c")  # fmt: skip
+    assert rc == 2 and expected in one_line_error(err) and str(path) in err
+
+
+def test_ii_7_compare_names_a_corrupt_scores_file_and_too_few_resamples(
+    tmp_path, capsys, tiny_ckpt
+):
+    out = tmp_path / "run"
+    assert run_cli(capsys, *bench_args(tiny_ckpt, tmp_path / "c", "--out", out))[0] == 0
+    rc, _, err = run_cli(capsys, "compare", out, "--scorers", "msp", "msp", "--resamples", "0")
+    assert rc == 2 and "resamples=0 is not valid" in one_line_error(err)
+    (out / "scores.csv.gz").write_bytes(b"\x1f\x8b\x08\x00broken")
+    rc, _, err = run_cli(capsys, "compare", out, "--scorers", "msp", "energy")
+    assert rc == 2 and "is not a readable scores file" in one_line_error(err)

@@ -5,18 +5,19 @@ from __future__ import annotations
 import json
 import os
 import struct
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from .distributed import local_rank
-from .errors import moved_names
+from .errors import InvalidParameterError, moved_names
 from .files import atomic_path
 from .options import PRECISIONS, PREPROCESS_MODES
+from .params import InstanceOf, Interval, ListOf, Text, validate_fields
 
 __all__ = [
     "ModelConfig",
@@ -45,7 +46,9 @@ __getattr__ = moved_names(
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """What is needed to rebuild a trained model (stored inside oodlens checkpoints)."""
+    """What is needed to rebuild a trained model (stored inside oodlens checkpoints); every
+    field is checked when it is built, so a checkpoint whose stored config has a field of
+    the wrong type is refused with a message naming it."""
 
     model: str  #: timm model name
     num_classes: int  #: number of output classes
@@ -54,6 +57,23 @@ class ModelConfig:
     extra: dict[str, Any] = field(
         default_factory=dict
     )  #: training details (spec, epochs, seed, ...)
+
+    parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "model": [Text()],
+        "num_classes": [Interval(int, 1, None)],
+        "class_names": [ListOf([InstanceOf(str, "a string")])],
+        "img_size": [Interval(int, 1, None), None],
+        "extra": [InstanceOf(Mapping, "a mapping")],
+    }
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
+        object.__setattr__(self, "class_names", tuple(self.class_names))
+        if self.class_names and len(self.class_names) != self.num_classes:
+            raise InvalidParameterError(
+                f"ModelConfig: {len(self.class_names)} class_names for num_classes="
+                f"{self.num_classes}."
+            )
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -124,7 +144,13 @@ def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
     config = None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         config = obj.get("oodlens_config")
-        config = json.loads(config) if isinstance(config, str) else config
+        if isinstance(config, str):
+            try:
+                config = json.loads(config)
+            except ValueError as exc:
+                raise ValueError(
+                    f"Checkpoint {str(path)!r} stores an oodlens_config that is not JSON ({exc})."
+                ) from None
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(
@@ -144,13 +170,36 @@ def _safetensors_config(path: Path) -> dict[str, Any] | None:
         raise ValueError(
             f"Checkpoint {str(path)!r} is not a readable safetensors file ({exc})."
         ) from exc
-    return json.loads(meta["oodlens_config"]) if "oodlens_config" in meta else None
+    if "oodlens_config" not in meta:
+        return None
+    try:
+        return json.loads(meta["oodlens_config"])
+    except ValueError as exc:
+        raise ValueError(
+            f"Checkpoint {str(path)!r} stores an oodlens_config that is not JSON ({exc})."
+        ) from None
 
 
-def _model_config(config: dict[str, Any] | None) -> ModelConfig | None:
+def _model_config(config: Any, path: Path) -> ModelConfig | None:
+    """The :class:`ModelConfig` a checkpoint stores, or an error naming the checkpoint and
+    what is wrong with it."""
     if config is None:
         return None
-    return ModelConfig(**{**config, "class_names": tuple(config.get("class_names", ()))})
+    problem = f"Checkpoint {str(path)!r} stores an oodlens_config that is not valid"
+    if not isinstance(config, Mapping):
+        raise ValueError(f"{problem}: it is not a mapping ({type(config).__name__}).")
+    known = {f.name for f in fields(ModelConfig)}
+    unknown = sorted(set(config) - known)
+    if unknown or "model" not in config or "num_classes" not in config:
+        raise ValueError(
+            f"{problem}: it needs model and num_classes"
+            + (f"; unknown key(s) {unknown}" if unknown else "")
+            + "."
+        )
+    try:
+        return ModelConfig(**config)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{problem}: {exc}") from None
 
 
 def read_model_config(path: str | os.PathLike[str]) -> ModelConfig | None:
@@ -161,7 +210,7 @@ def read_model_config(path: str | os.PathLike[str]) -> ModelConfig | None:
         raise FileNotFoundError(f"Checkpoint {str(path)!r} does not exist.")
     if not is_safetensors(path):
         return None
-    return _model_config(_safetensors_config(path))
+    return _model_config(_safetensors_config(path), path)
 
 
 def load_checkpoint(
@@ -172,7 +221,7 @@ def load_checkpoint(
     Returns the state dict and, for checkpoints written by ``oodlens train``, its config.
     """
     state, config = _read_checkpoint(Path(path))
-    return state, _model_config(config)
+    return state, _model_config(config, Path(path))
 
 
 def save_checkpoint(model: nn.Module, config: ModelConfig, path: str | os.PathLike[str]) -> Path:
@@ -299,6 +348,14 @@ def _load_state(
     assign: bool = False,
 ) -> None:
     own = model.state_dict()
+    # a half-precision checkpoint (fp16, bf16) loads into the model's own precision: with
+    # assign=True its tensors would replace the float32 parameters as they are
+    state = {
+        k: v.to(own[k].dtype)
+        if k in own and v.is_floating_point() and own[k].is_floating_point()
+        else v
+        for k, v in state.items()
+    }
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     shape = [k for k in own if k in state and own[k].shape != state[k].shape]

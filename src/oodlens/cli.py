@@ -81,6 +81,33 @@ def _cmd_protocols(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cache_verify(args: argparse.Namespace) -> int:
+    """Verify every cached outputs entry's checksums; with ``--repair`` remove the damaged."""
+    from .cache import Cache
+
+    cache = Cache(args.cache_dir)
+    stale = cache.remove_stale_temporaries() if args.repair else []
+    damaged = cache.verify(repair=args.repair)
+    for path, problem in damaged:
+        print(f"damaged: {path.name}: {problem}" + (" (removed)" if args.repair else ""))
+    for path in stale:
+        print(f"removed {path.name}, left by a run that was killed")
+    entries = cache.directory / "outputs"
+    n = sum(1 for p in entries.iterdir() if not p.name.startswith(".")) if entries.is_dir() else 0
+    print(
+        f"{cache.directory}: {n + (len(damaged) if args.repair else 0)} outputs entr(ies) "
+        f"checked, {len(damaged)} damaged"
+        + (
+            "; removed: the next run extracts them again."
+            if args.repair and damaged
+            else "; run again with --repair to remove them."
+            if damaged
+            else "."
+        )
+    )
+    return 1 if damaged and not args.repair else 0
+
+
 def _cmd_datasets(args: argparse.Namespace) -> int:
     rows = [(e.name, e.distribution, e.description) for e in registry.list_entries("dataset")]
     rows.append(
@@ -166,6 +193,21 @@ def _bench_config(args: argparse.Namespace) -> BenchmarkConfig:
     return dataclasses.replace(cfg, **changes)
 
 
+def _check_cache_outside(cfg: BenchmarkConfig, out: str) -> None:
+    """Refuse a cache folder inside the report folder: a rerun replaces the report folder."""
+    from pathlib import Path
+
+    from .cache import default_cache_dir
+
+    cache = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
+    report = Path(out).expanduser().resolve()
+    if cfg.use_cache and cache.resolve().is_relative_to(report):
+        raise ValueError(
+            f"--cache-dir {str(cache)!r} is inside --out {out!r}; the report folder is replaced "
+            "by each run: put the cache elsewhere."
+        )
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import check_report_dir, run_benchmark
 
@@ -180,6 +222,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         raise ValueError(f"--format {bad} is not valid; use {', '.join(REPORT_FORMATS)}.")
     if args.out:
         check_report_dir(args.out)
+        _check_cache_outside(cfg, args.out)
     if init_from_env():  # under torchrun: sharded extraction, rank 0 reports
         try:
             result = run_benchmark(cfg, progress=not args.quiet and rank_and_world()[0] == 0)
@@ -244,7 +287,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
     from .cache import Cache
     from .diagnose import explain_images
-    from .files import check_new_or_owned_file
+    from .files import check_new_or_owned_file, owns_file, record_written
     from .plots import FIGURE_FORMATS, plot_explanations
 
     out = Path(args.out)
@@ -255,7 +298,9 @@ def _cmd_explain(args: argparse.Namespace) -> int:
             f"{', '.join('.' + f for f in FIGURE_FORMATS)} (none: .png)."
         )
     out = out if suffix else out.with_name(out.name + ".png")
-    check_new_or_owned_file(out, "--out", owned=True)
+    check_new_or_owned_file(
+        out, "--out", owned=args.overwrite or owns_file(out), flag="--overwrite"
+    )
     exp = explain_images(
         args.images,
         args.model,
@@ -270,6 +315,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         options=_extract_options(args),
     )
     path = plot_explanations(exp, out, columns=args.columns)
+    record_written(path)
     for k, sid in enumerate(exp.ids):
         vals = "  ".join(
             f"{n}={v[k]:.4g}"
@@ -323,22 +369,26 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
-    from .bench.compare import merge_runs
+    from pathlib import Path
 
+    from .bench.compare import merge_runs
+    from .files import atomic_path, check_new_or_owned_file, owns_file, record_written
+
+    files = [Path(args.out) / name for name in ("merged.csv", "merged.md")] if args.out else []
+    for path in files:  # before any work: never replace a file oodlens did not write
+        owned = args.overwrite or owns_file(path)
+        check_new_or_owned_file(path, "merge --out", owned=owned, flag="--overwrite")
     summary = merge_runs(args.runs)
     print(REPORT_FORMATS["md"].terminal(summary))
-    if args.out:
-        from pathlib import Path
-
-        from .files import atomic_path
-
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out / "merged.csv") as tmp:
-            summary.to_csv(tmp, index=False)
-        with atomic_path(out / "merged.md") as tmp:
-            tmp.write_text(to_markdown(summary))
-        print(f"wrote {out}/merged.md and merged.csv")
+    for path in files:
+        with atomic_path(path) as tmp:
+            if path.suffix == ".csv":
+                summary.to_csv(tmp, index=False)
+            else:
+                tmp.write_text(to_markdown(summary))
+        record_written(path)
+    if files:
+        print(f"wrote {files[0].parent}/merged.md and merged.csv")
     return 0
 
 
@@ -590,6 +640,11 @@ def _explain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", help="cache folder for the training outputs")
     p.add_argument("--columns", type=int, default=6)
     p.add_argument("--out", default="explain.png", help="figure to write (.png, .pdf, .svg, ...)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --out even if oodlens did not write it (by default such a file is kept)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -616,6 +671,25 @@ def build_parser() -> argparse.ArgumentParser:
         "protocols", help="list benchmark protocols usable with --protocol", parents=[common]
     )
     p.set_defaults(func=_cmd_protocols)
+    p = sub.add_parser("cache", help="check the outputs cache", parents=[common])
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = actions.add_parser(
+        "verify",
+        help="verify the checksums of every cached outputs entry",
+        description="Read every cached outputs entry and compare each file with the size and "
+        "checksum recorded when it was written. Exit status 1 when an entry is damaged (0 "
+        "with --repair, which removes it: the next run extracts it again).",
+        parents=[common],
+    )
+    p.add_argument(
+        "--cache-dir", help="cache folder (default $OODLENS_CACHE_DIR or ~/.cache/oodlens)"
+    )
+    p.add_argument(
+        "--repair",
+        action="store_true",
+        help="remove damaged entries (and temporaries of killed runs)",
+    )
+    p.set_defaults(func=_cmd_cache_verify)
     p = sub.add_parser(
         "bench",
         help="run a benchmark (no arguments: the embedded digits demo)",
@@ -649,6 +723,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("runs", nargs="+", help="report folders written by oodlens bench --out")
     p.add_argument("--out", help="folder for merged.md and merged.csv")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace merged.md/merged.csv even if oodlens did not write them",
+    )
     p.set_defaults(func=_cmd_merge)
     p = sub.add_parser(
         "train", help="train or fine-tune a timm model on a dataset spec", parents=[common]

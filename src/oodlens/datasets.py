@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .errors import moved_names
 
@@ -46,6 +46,7 @@ __all__ = [
     "content_hashes",
     "parse_spec",
     "class_name",
+    "as_shown",
     "files_source",
     "split_spec",
     "spec_split",
@@ -365,10 +366,34 @@ def load_noise_source(spec: str, arg: str, options: dict[str, str], split: str) 
     return _hash_split(source, split)
 
 
+#: PIL modes of 16- and 32-bit integer images (PNG and TIFF with 16 bits per sample).
+_WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def as_shown(img: Image.Image) -> Image.Image:
+    """An image as a viewer shows it, in RGB: turned by its EXIF orientation tag (a phone's
+    portrait JPEG is stored sideways), and a 16-bit image scaled to 8 bits by the range of
+    its type (0..65535 -> 0..255; PIL's and torchvision's ``convert("RGB")`` clip it at 255
+    instead, so 99.6% of a 0..65535 ramp would come out white).
+
+    Example:
+        >>> ramp = Image.fromarray(np.array([[0, 32768, 65535]], dtype=np.uint16))
+        >>> np.asarray(as_shown(ramp))[0, :, 0].tolist()
+        [0, 128, 255]
+    """
+    img = ImageOps.exif_transpose(img)
+    if img.mode in _WIDE_MODES:
+        values = np.asarray(img)
+        top = 65535 if img.mode != "I" or values.max(initial=0) <= 65535 else int(values.max())
+        scaled = np.clip(np.rint(values.astype(np.float64) * (255.0 / top)), 0, 255)
+        img = Image.fromarray(scaled.astype(np.uint8), mode="L")
+    return img.convert("RGB")
+
+
 def _open_image(path: str) -> Image.Image:
     try:
         with Image.open(path) as img:
-            return img.convert("RGB")
+            return as_shown(img)
     except Exception as exc:  # PIL raises many types for broken files
         raise CorruptImageError(f"{path}: {type(exc).__name__}: {exc}") from exc
 

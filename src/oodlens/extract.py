@@ -559,6 +559,8 @@ def cached_extract_all(
             results[name] = (cached, True, [])
     barrier()  # every rank has looked before any rank writes
     missing = [name for name in sources if name not in results]
+    if missing and cache.enabled:
+        cache.check_can_add(f"the outputs of {model_name} on {[sources[m].spec for m in missing]}")
     if missing and rank_and_world()[1] > 1:
         for name in missing:
             results[name] = _sharded_extract(
@@ -592,11 +594,7 @@ def cached_extract_all(
             finished = {name: part.finish(model) for name, part in parts.items()}
         for name in missing:
             # entries are read back from their final place (the temporary folder is gone)
-            out = (
-                Outputs.load_dir(cache.outputs_path(keys[name]))
-                if cache.enabled
-                else finished[name]
-            )
+            out = cache.load_written(keys[name]) if cache.enabled else finished[name]
             results[name] = (out, False, list(parts[name].bad))
     return {name: results[name] for name in sources}
 
@@ -647,5 +645,6 @@ def _sharded_extract(
             head = next(iter(parts.values()))
             writer.finish(head.head_weight, head.head_bias)
         shutil.rmtree(shards, ignore_errors=True)
+        cache.verify_entry(cache.outputs_path(key))  # once, here, before the others read it
     barrier()
     return Outputs.load_dir(cache.outputs_path(key)), False, corrupt

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 from dataclasses import dataclass, fields
@@ -11,10 +13,10 @@ from typing import Any
 import numpy as np
 
 from .arrays import iter_row_chunks, rows_per_chunk
-from .files import atomic_path
+from .files import atomic_path, file_digest
 from .options import FEATURE_DTYPES
 
-__all__ = ["Outputs", "OutputsWriter", "FEATURE_DTYPES"]
+__all__ = ["Outputs", "OutputsWriter", "FEATURE_DTYPES", "check_folder"]
 
 _FORMAT_VERSION = 1
 
@@ -262,16 +264,33 @@ class Outputs:
         return cls(**arrays, class_names=None if names is None else tuple(names))
 
 
-#: Version of the folder format of :class:`OutputsWriter` / :meth:`Outputs.load_dir`.
-FOLDER_FORMAT_VERSION = 1
+#: Version of the folder format of :class:`OutputsWriter` / :meth:`Outputs.load_dir`
+#: (2: meta.json lists every file with its size and BLAKE2b digest).
+FOLDER_FORMAT_VERSION = 2
+
+#: The keys a folder's ``meta.json`` must hold.
+_META_KEYS = (
+    "format",
+    "format_version",
+    "n",
+    "logits_shape",
+    "features_shape",
+    "features_dtype",
+    "files",
+)
+
+
+def _digest() -> Any:
+    return hashlib.blake2b(digest_size=16)
 
 
 class OutputsWriter:
     """Writes :class:`Outputs` straight into a folder, block by block, so that an extraction
     never holds every feature in memory: raw little-endian row-major files ``logits.bin``
     (float32), ``features.bin`` (float32 or float16) and ``labels.bin`` (int64), the head as
-    ``.npy`` files and ``meta.json`` with the shapes and dtypes. :meth:`Outputs.load_dir`
-    memory-maps it back.
+    ``.npy`` files and ``meta.json`` with the shapes and dtypes and, for every file, its
+    size and BLAKE2b digest, computed while the bytes are written (no second read).
+    :meth:`Outputs.load_dir` memory-maps it back and checks the files against them.
 
     Args:
         folder: an existing, empty folder (the cache writes into a temporary one and renames
@@ -294,6 +313,8 @@ class OutputsWriter:
             name: open(self.folder / f"{name}.bin", "wb")  # noqa: SIM115 (closed in finish)
             for name in ("logits", "features", "labels")
         }
+        self._digests = {name: _digest() for name in self._files}
+        self._sizes = dict.fromkeys(self._files, 0)
 
     def append(self, logits: np.ndarray, features: np.ndarray | None, labels: np.ndarray) -> None:
         """Append a block of rows (the same number in each array; ``features`` may be
@@ -312,7 +333,10 @@ class OutputsWriter:
             shape = block.shape[1:]
             if self.shapes.setdefault(name, shape) != shape:
                 raise ValueError(f"OutputsWriter: {name} rows changed shape to {shape}.")
-            self._files[name].write(block.tobytes())
+            data = block.tobytes()
+            self._files[name].write(data)
+            self._digests[name].update(data)
+            self._sizes[name] += len(data)
         self.n += rows
         self.block_rows.append(rows)
 
@@ -332,9 +356,19 @@ class OutputsWriter:
         shard may hold no rows at all)."""
         for fh in self._files.values():
             fh.close()
+        files = {
+            f"{name}.bin": {"size": self._sizes[name], "blake2b": d.hexdigest()}
+            for name, d in self._digests.items()
+        }
         if head_weight is not None:
-            np.save(self.folder / "head_weight.npy", np.asarray(head_weight, dtype=np.float32))
-            np.save(self.folder / "head_bias.npy", np.asarray(head_bias, dtype=np.float32))
+            for name, array in (("head_weight", head_weight), ("head_bias", head_bias)):
+                buffer = io.BytesIO()
+                np.save(buffer, np.asarray(array, dtype=np.float32))
+                data = buffer.getvalue()
+                (self.folder / f"{name}.npy").write_bytes(data)
+                digest = _digest()
+                digest.update(data)
+                files[f"{name}.npy"] = {"size": len(data), "blake2b": digest.hexdigest()}
         meta = {
             "format": "oodlens-outputs-folder",
             "format_version": FOLDER_FORMAT_VERSION,
@@ -344,6 +378,7 @@ class OutputsWriter:
             "features_dtype": self.features_dtype.str,
             "class_names": None if class_names is None else list(class_names),
             "block_rows": self.block_rows,
+            "files": files,
         }
         (self.folder / "meta.json").write_text(json.dumps(meta))
         return Outputs.load_dir(self.folder) if load else None
@@ -354,38 +389,75 @@ class OutputsWriter:
             fh.close()
 
 
-def _load_dir(cls: type[Outputs], folder: str | os.PathLike[str]) -> Outputs:
+def check_folder(folder: str | os.PathLike[str], verify: bool = False) -> dict[str, Any]:
+    """Check a folder written by :class:`OutputsWriter` against its ``meta.json``: every
+    listed file present with its recorded size (cheap), and with ``verify`` its BLAKE2b
+    digest too (reads every byte). Returns the meta.
+
+    Raises:
+        ValueError: naming the folder and the first problem (an unreadable ``meta.json``, a
+            missing field, a missing, truncated, grown or altered file).
+    """
     folder = Path(folder)
     try:
         meta = json.loads((folder / "meta.json").read_text())
     except (OSError, ValueError) as exc:
-        raise ValueError(f"{str(folder)!r} is not an oodlens Outputs folder ({exc}).") from exc
+        raise ValueError(f"{str(folder)!r} has no readable meta.json ({exc}).") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{str(folder)!r}: meta.json does not hold a mapping.")
     if meta.get("format") != "oodlens-outputs-folder" or meta.get("format_version") != (
         FOLDER_FORMAT_VERSION
     ):
-        raise ValueError(f"{str(folder)!r} has an unknown Outputs folder format; extract again.")
-    n = int(meta["n"])
-    arrays: dict[str, Any] = {}
-    for name, dtype, shape in (
-        ("logits", "<f4", meta["logits_shape"]),
-        ("features", meta["features_dtype"], meta["features_shape"]),
-        ("labels", "<i8", []),
-    ):
-        if shape is None:  # written without features
-            continue
-        path = folder / f"{name}.bin"
-        full = (n, *shape)
-        expected = int(np.prod(full, dtype=np.int64)) * np.dtype(dtype).itemsize
-        if not path.is_file() or path.stat().st_size != expected:
-            raise ValueError(f"{str(path)!r} is missing or truncated; extract again.")
-        # an empty file cannot be mapped (a zero-width array): read it as an empty array
-        arrays[name] = (
-            np.memmap(path, dtype=dtype, mode="r", shape=full)
-            if expected
-            else np.zeros(full, dtype=dtype)
+        raise ValueError(
+            f"{str(folder)!r} has an unknown Outputs folder format "
+            f"({meta.get('format')!r} version {meta.get('format_version')!r}); extract again."
         )
-    if (folder / "head_weight.npy").is_file():
-        arrays["head_weight"] = np.load(folder / "head_weight.npy")
-        arrays["head_bias"] = np.load(folder / "head_bias.npy")
+    missing = [k for k in _META_KEYS if k not in meta]
+    if missing:
+        raise ValueError(f"{str(folder)!r}: meta.json lacks {missing}.")
+    files = meta["files"]
+    if not isinstance(files, dict) or not {"logits.bin", "labels.bin"} <= set(files):
+        raise ValueError(f"{str(folder)!r}: meta.json does not list the entry's files.")
+    for name, record in files.items():
+        path = folder / name
+        if not path.is_file():
+            raise ValueError(f"{str(path)!r} is missing.")
+        size = path.stat().st_size
+        if size != record.get("size"):
+            raise ValueError(f"{str(path)!r} has {size} bytes, {record.get('size')} were written.")
+        if verify and file_digest(path) != record.get("blake2b"):
+            raise ValueError(f"{str(path)!r} does not match its checksum (its bytes changed).")
+    return meta
+
+
+def _load_dir(cls: type[Outputs], folder: str | os.PathLike[str]) -> Outputs:
+    folder = Path(folder)
+    meta = check_folder(folder)
+    try:
+        n = int(meta["n"])
+        arrays: dict[str, Any] = {}
+        for name, dtype, shape in (
+            ("logits", "<f4", meta["logits_shape"]),
+            ("features", meta["features_dtype"], meta["features_shape"]),
+            ("labels", "<i8", []),
+        ):
+            if shape is None:  # written without features
+                continue
+            path = folder / f"{name}.bin"
+            full = (n, *shape)
+            expected = int(np.prod(full, dtype=np.int64)) * np.dtype(dtype).itemsize
+            if not path.is_file() or path.stat().st_size != expected:
+                raise ValueError(f"{str(path)!r} is missing or truncated; extract again.")
+            # an empty file cannot be mapped (a zero-width array): read it as an empty array
+            arrays[name] = (
+                np.memmap(path, dtype=dtype, mode="r", shape=full)
+                if expected
+                else np.zeros(full, dtype=dtype)
+            )
+        if "head_weight.npy" in meta["files"]:
+            arrays["head_weight"] = np.load(folder / "head_weight.npy", allow_pickle=False)
+            arrays["head_bias"] = np.load(folder / "head_bias.npy", allow_pickle=False)
+    except (OSError, EOFError, TypeError, KeyError) as exc:
+        raise ValueError(f"{str(folder)!r} cannot be read ({type(exc).__name__}: {exc}).") from None
     names = meta.get("class_names")
     return cls(**arrays, class_names=None if names is None else tuple(names))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,7 +26,20 @@ def read_scores(run: str | os.PathLike[str]) -> pd.DataFrame:
             f"{str(path)!r} not found: give a report folder written by oodlens bench --out "
             "(version 0.1 reports from before per-sample export have no scores file)."
         )
-    return pd.read_csv(path, keep_default_na=False)
+    try:
+        scores = pd.read_csv(path, keep_default_na=False)
+    except (OSError, EOFError, ValueError, zlib.error, pd.errors.ParserError) as exc:
+        raise ValueError(
+            f"{str(path)!r} is not a readable scores file ({type(exc).__name__}: {exc}); run "
+            "oodlens bench --out again to write it."
+        ) from None
+    missing = [c for c in SAMPLE_COLUMNS if c not in scores.columns]
+    if missing:
+        raise ValueError(
+            f"{str(path)!r} lacks the column(s) {missing} of an oodlens scores file; run "
+            "oodlens bench --out again to write it."
+        )
+    return scores
 
 
 def compare_scorers(
@@ -34,7 +48,17 @@ def compare_scorers(
     """Paired bootstrap of AUROC(a) − AUROC(b) per backbone/seed and OOD set, on the rows
     both scored, and on the near and far groups (resampling every set of the group at once
     and comparing the mean AUROCs). Columns: backbone, seed, ood, auroc_a, auroc_b, diff,
-    ci (95%), p_value."""
+    ci (95%), p_value.
+
+    Raises:
+        ValueError: fewer than 10 resamples, a column that is not a scorer of the run, the
+            same scorer twice, or an unreadable scores file.
+    """
+    if isinstance(n_resamples, bool) or not isinstance(n_resamples, int) or n_resamples < 10:
+        raise ValueError(
+            f"resamples={n_resamples!r} is not valid: a bootstrap needs at least 10 resamples "
+            "(2,000 by default)."
+        )
     scores = read_scores(run)
     valid = [c for c in scores.columns if c not in SAMPLE_COLUMNS]
     missing = [s for s in (a, b) if s not in valid]

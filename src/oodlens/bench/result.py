@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..explainers.base import Explanation
-from ..files import atomic_dir, check_writable_dir
+from ..files import MANIFEST, check_writable_dir, report_dir
 from ..metrics import metric_columns
 from ..outputs import Outputs
 from ..plots import (
@@ -51,6 +51,29 @@ __all__ = [
 #: Version of the results.json layout (also the marker of an oodlens report folder).
 REPORT_VERSION = 2
 
+
+#: Every file a report of an oodlens without manifests wrote: in such a folder these are
+#: oodlens's (replaced by a rerun), the others the user's (kept).
+LEGACY_REPORT_FILES = frozenset(
+    {
+        "results.md",
+        "results.csv",
+        "results.tex",
+        "results.json",
+        "table_full.csv",
+        "scores.csv.gz",
+        "openood.md",
+        "openood.csv",
+        "openood.tex",
+        "report.html",
+        "attention.csv",
+        "roc.png",
+        "score_distributions.png",
+        "risk_coverage.png",
+        "calibration.png",
+        "confident_errors.png",
+    }
+)
 
 #: What ``--out`` writes when ``--format`` is not given (see :data:`REPORT_FORMATS`).
 DEFAULT_FORMATS = ("md", "csv", "json", "tex")
@@ -118,7 +141,8 @@ class ScorerFailure:
 
 def check_report_dir(out: str | os.PathLike[str]) -> Path:
     """Raise before any work unless ``out`` can take a report: absent, empty, or an earlier
-    oodlens report (which is replaced whole); never a folder holding other files."""
+    oodlens report (whose files oodlens wrote are replaced, the others kept); never a folder
+    of other files."""
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {str(out)!r} is a file; give a folder for the report.")
@@ -132,6 +156,8 @@ def check_report_dir(out: str | os.PathLike[str]) -> Path:
 
 
 def _is_report(folder: Path) -> bool:
+    if (folder / MANIFEST).is_file():
+        return True
     try:
         data = json.loads((folder / "results.json").read_text())
     except (OSError, ValueError):
@@ -220,13 +246,16 @@ class BenchmarkResult:
 
         The folder is written under a temporary name and renamed into place, so an
         interrupted save leaves the previous report intact; an existing folder that is not
-        an oodlens report is never replaced (see :func:`check_report_dir`).
+        an oodlens report is never replaced (see :func:`check_report_dir`), and in an
+        earlier report only the files oodlens wrote (its manifest,
+        ``.oodlens-manifest.json``) are replaced: a notebook or a ``paper/`` folder a user
+        put there is kept, byte for byte (see :func:`oodlens.files.report_dir`).
         """
         bad = sorted(set(formats) - set(REPORT_FORMATS))
         if bad:
             raise ValueError(f"Unknown format(s) {bad}; valid: {', '.join(REPORT_FORMATS)}.")
         out = check_report_dir(out_dir)
-        with atomic_dir(out) as tmp:
+        with report_dir(out, legacy=LEGACY_REPORT_FILES.__contains__) as tmp:
             self._write(tmp, formats, plots)
         return out
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import platform
 import tempfile
@@ -21,7 +22,7 @@ from ..cache import Cache, file_sha256
 from ..compute import compute_device
 from ..conformal import ConformalRejector, benjamini_hochberg, conformal_p_values
 from ..datasets import DatasetSource, align_classes, content_hashes, holdout_split, split_spec
-from ..distributed import barrier, rank_and_world
+from ..distributed import all_gather, barrier, rank_and_world
 from ..metrics import ood_metrics, rejection_report, selective_metrics, threshold_at_acceptance
 from ..options import ExtractOptions
 from ..outputs import Outputs
@@ -149,13 +150,36 @@ def run_benchmark(
     )
 
 
+def _check_ranks_agree(cfg: BenchmarkConfig) -> None:
+    """Under torchrun, stop before any work unless every rank runs the same configuration
+    (ranks with another batch size would shard other rows; with another ID set, read shards
+    that do not exist), naming the first field that differs."""
+    if rank_and_world()[1] == 1:
+        return
+    first, *others = all_gather(json.loads(json.dumps(cfg.to_dict(), default=str)))
+    for rank, theirs in enumerate(others, start=1):
+        diff = [k for k in first if first[k] != theirs.get(k)]
+        if diff:
+            key = diff[0]
+            raise ValueError(
+                f"torchrun ranks were launched with different arguments: {key} is "
+                f"{first[key]!r} on rank 0 but {theirs.get(key)!r} on rank {rank}; launch "
+                "every rank with the same command and options."
+            )
+
+
 def _prepare(cfg: BenchmarkConfig) -> _Plan:
     from ..backbones import check_model_name, read_model_config, resolve_device, resolve_preprocess
     from ..extract import default_num_workers
 
+    _check_ranks_agree(cfg)
+
     device = resolve_device(cfg.device)
     cache = Cache(cfg.cache_dir, enabled=cfg.use_cache)
     cache.check_writable()
+    if cache.enabled:
+        for path in cache.remove_stale_temporaries():
+            log.info("removed %s, left by a run that was killed", path)
     specs = expand_scorers(cfg.scorers)  # names and parameter values, before any work
     if cfg.tune:
         for spec in specs:
@@ -373,6 +397,7 @@ def _trained_checkpoint(
                 "--no-cache (and give every rank the same --cache-dir)."
             )
         if rank == 0 and not path.exists():
+            plan.cache.check_can_add(f"a {model} trained on {cfg.id!r} (seed {seed})")
             train_model(tcfg, path, device=plan.device, progress=progress)
         barrier()  # the other ranks wait for rank 0's checkpoint
     if scratch is None and path.exists():
@@ -387,6 +412,8 @@ def _trained_checkpoint(
             if stored is not None:
                 log.info("using cached trained checkpoint %s", path)
                 return str(path), {**stored.extra.get("summary", {}), "cached": True}
+    if scratch is None:
+        plan.cache.check_can_add(f"a {model} trained on {cfg.id!r} (seed {seed})")
     _, summary = train_model(tcfg, path, device=plan.device, progress=progress)
     return str(path), summary
 
