@@ -29,7 +29,7 @@ LAYERS: dict[str, int] = {
         ],
         0,
     ),
-    **dict.fromkeys(["outputs", "stats", "compute", "protocol"], 1),
+    **dict.fromkeys(["outputs", "stats", "compute", "protocol", "statefile"], 1),
     **dict.fromkeys(["scorers.base", "explainers.attention", "explainers.base", "cache"], 2),
     **dict.fromkeys(
         [
@@ -56,10 +56,13 @@ LAYERS: dict[str, int] = {
             "testing",
             "extract",
             "train",
+            "saving",
         ],
         5,
     ),
-    **dict.fromkeys(["diagnose", "bench.config", "bench.report", "bench.tune", "bench.html"], 6),
+    **dict.fromkeys(
+        ["diagnose", "detector", "bench.config", "bench.report", "bench.tune", "bench.html"], 6
+    ),
     "bench.result": 7,
     **dict.fromkeys(["bench.run", "bench", "bench.compare"], 8),
     **dict.fromkeys(["cli", "__main__", ""], 9),

@@ -53,6 +53,10 @@ _LAZY = {
     "GradCAM": "explainers",
     "attention_area": "explainers",
     "attention_area_mass": "explainers",
+    "fit_detector": "bench",
+    "Detector": "detector",
+    "save_scorer": "saving",
+    "load_scorer": "saving",
 }
 
 #: Modules that moved in the harness restructuring: importing an old name says where to go.
@@ -86,6 +90,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "BenchmarkConfig",
     "BenchmarkResult",
+    "Detector",
     "Explainer",
     "Explanation",
     "GradCAM",
@@ -106,6 +111,7 @@ __all__ = [
     "create_explainer",
     "create_scorer",
     "extract_outputs",
+    "fit_detector",
     "functional",
     "hookimpl",
     "list_datasets",
@@ -113,6 +119,7 @@ __all__ = [
     "list_scorers",
     "load_config",
     "load_dataset",
+    "load_scorer",
     "metrics",
     "ood_metrics",
     "params",
@@ -122,6 +129,7 @@ __all__ = [
     "reload_plugins",
     "risk_coverage_curve",
     "run_benchmark",
+    "save_scorer",
     "selective_metrics",
     "train_model",
     "unregister_plugin",

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -259,6 +260,7 @@ def create_backbone(
     pretrained: bool = False,
     checkpoint: str | os.PathLike[str] | None = None,
     img_size: int | None = None,
+    state: Mapping[str, Any] | None = None,
 ) -> tuple[nn.Module, ModelConfig]:
     """Create a timm model, optionally with weights from a local checkpoint.
 
@@ -268,6 +270,8 @@ def create_backbone(
         pretrained: timm's pretrained weights (needs the internet).
         checkpoint: a ``.safetensors`` file or a ``torch.save`` state dict.
         img_size: input size (also from an oodlens checkpoint when omitted).
+        state: the weights themselves instead of ``checkpoint`` (a state dict of tensors
+            or numpy arrays, e.g. embedded in a saved detector).
 
     Raises:
         ValueError: unknown model name, or a checkpoint that does not fit the model (its
@@ -278,7 +282,15 @@ def create_backbone(
     check_model_name(name)
     from .openood_models import adapt_state_dict
 
-    state, config = (None, None) if checkpoint is None else load_checkpoint(checkpoint)
+    config = None
+    if state is not None:
+        state = {
+            k: v if isinstance(v, torch.Tensor) else torch.from_numpy(np.array(v))
+            for k, v in state.items()
+        }
+        checkpoint = "the given weights"
+    elif checkpoint is not None:
+        state, config = load_checkpoint(checkpoint)
     if state is not None:
         state = adapt_state_dict(name, state)
     if config is not None and config.model != name:

@@ -4,6 +4,7 @@ library (:mod:`oodlens.bench`, :mod:`oodlens.diagnose`, :mod:`oodlens.train`).""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import sys
 import traceback
@@ -127,39 +128,44 @@ def _extract_options(args: argparse.Namespace) -> ExtractOptions:
 
 
 def _bench_config(args: argparse.Namespace) -> BenchmarkConfig:
+    """The :class:`BenchmarkConfig` of ``bench`` or ``fit``: a protocol, a config file or
+    the defaults, with every option given on the command line over it (``fit`` has only
+    the data options: the others are absent from its namespace)."""
+
+    def given(name: str) -> Any:
+        return getattr(args, name, None)
+
     if args.protocol and args.config:
         raise ValueError("Give --protocol or --config, not both.")
+    ood = given("ood")
     if args.protocol:
         cfg = BenchmarkConfig.from_protocol(
             args.protocol,
             args.data_root,
             download=args.download,
             strict=args.strict,
-            ood=tuple(parse_ood_spec(o) for o in args.ood or ()),
+            ood=tuple(parse_ood_spec(o) for o in ood or ()),
         )
-        args.ood = None  # merged by name into the protocol's sets
+        ood = None  # merged by name into the protocol's sets
     elif args.config:
         cfg = load_config(args.config, data_root=args.data_root, models_root=args.models_root)
     else:
         cfg = BenchmarkConfig()
     changes: dict[str, Any] = {}
-    if args.model:
-        changes["models"] = tuple(args.model)
-    if args.checkpoint:
-        changes["checkpoints"] = tuple(args.checkpoint)
-    if args.id:
-        changes["id"] = args.id
-    if args.ood:
-        changes["ood"] = tuple(parse_ood_spec(o) for o in args.ood)
-    if args.ood_val:
-        changes["ood_val"] = tuple(parse_ood_spec(o) for o in args.ood_val)
-    if args.alpha:
-        changes["alphas"] = tuple(args.alpha)
-    if args.ci is not None:
-        changes["bootstrap"] = args.ci
+    for opt, field_name in (("model", "models"), ("checkpoint", "checkpoints"), ("id", "id")):
+        if given(opt):
+            changes[field_name] = given(opt) if opt == "id" else tuple(given(opt))
+    for opt, field_name in (("ood", "ood"), ("ood_val", "ood_val")):
+        specs = ood if opt == "ood" else given(opt)
+        if specs:
+            changes[field_name] = tuple(parse_ood_spec(o) for o in specs)
+    if given("alpha"):
+        changes["alphas"] = tuple(given("alpha"))
+    if given("ci") is not None:
+        changes["bootstrap"] = given("ci")
     for opt in ("scorers", "seeds"):
-        if getattr(args, opt):
-            changes[opt] = tuple(getattr(args, opt))
+        if given(opt):
+            changes[opt] = tuple(given(opt))
     for opt in (
         "device",
         "batch_size",
@@ -175,9 +181,10 @@ def _bench_config(args: argparse.Namespace) -> BenchmarkConfig:
         "precision",
         "features_dtype",
         "preprocess",
+        "save_detectors",
     ):
-        if getattr(args, opt) is not None:
-            changes[opt] = getattr(args, opt)
+        if given(opt) is not None:
+            changes[opt] = given(opt)
     for flag, field_name, value in (
         ("no_cache", "use_cache", False),
         ("skip_corrupt", "skip_corrupt", True),
@@ -185,11 +192,12 @@ def _bench_config(args: argparse.Namespace) -> BenchmarkConfig:
         ("pretrained", "pretrained", True),
         ("tune", "tune", True),
         ("channels_last", "channels_last", True),
+        ("embed_weights", "embed_weights", True),
     ):
-        if getattr(args, flag):
+        if given(flag):
             changes[field_name] = value
-    if args.epochs is not None:
-        changes["train"] = {**dict(cfg.train), "epochs": args.epochs}
+    if given("epochs") is not None:
+        changes["train"] = {**dict(cfg.train), "epochs": given("epochs")}
     return dataclasses.replace(cfg, **changes)
 
 
@@ -354,6 +362,76 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from .bench import fit_detector
+    from .files import check_new_or_owned_file, owns_file
+
+    out = check_new_or_owned_file(
+        args.out, "--out", owned=args.overwrite or owns_file(args.out), flag="--overwrite"
+    )
+    cfg = dataclasses.replace(
+        _bench_config(args),
+        ood=(),
+        scorers=(args.scorer,),
+        alphas=() if args.threshold is not None else (args.detector_alpha,),
+        threshold=args.threshold,
+    )
+    det = fit_detector(cfg, progress=not args.quiet)
+    from .files import record_written
+
+    det.save(out, half=args.half)
+    record_written(out)
+    decide = f"alpha {det.alpha:g}" if det.alpha is not None else f"threshold {det.threshold:g}"
+    print(
+        f"saved {out}: {det.spec} on {det.backbone.model} ({len(det.calib_scores)} calibration "
+        f"images, {decide}); use it with: oodlens detect {out} IMAGES..."
+    )
+    return 0
+
+
+def _cmd_detect(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from .detector import Detector, image_source
+    from .files import atomic_path, check_new_or_owned_file, owns_file, record_written
+
+    out = None
+    if args.out:
+        out = check_new_or_owned_file(
+            args.out, "--out", owned=args.overwrite or owns_file(args.out), flag="--overwrite"
+        )
+    det = Detector.load(args.detector, checkpoint=args.checkpoint, force=args.force)
+    source = image_source([Path(p) for p in args.images])
+    options = _extract_options(args)
+    n = rejected = 0
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(atomic_path(out)) if out else None
+        sink = stack.enter_context(open(tmp, "w", newline="")) if tmp else None
+        for part in det.predict_stream(source, options, progress=not args.quiet):
+            frame = part.to_frame()
+            if sink is not None:
+                frame.to_csv(sink, index=False, header=n == 0)
+            if args.jsonl:
+                for record in frame.to_dict(orient="records"):
+                    print(json.dumps(record, default=str))
+            n += len(part)
+            rejected += int(part.rejected.sum())
+        if sink is not None:
+            sink.close()
+    if out:
+        record_written(out)
+    decide = f"alpha {det.alpha:g}" if det.alpha is not None else f"threshold {det.threshold:g}"
+    summary = (
+        f"{n} image(s), {rejected} rejected ({rejected / max(n, 1):.1%}) by {det.spec} at "
+        f"{decide}"
+        + (f"; wrote {out}" if out else "")
+        + (" (checkpoint forced: see the weights_sha256 column)" if det.forced else "")
+    )
+    print(summary, file=sys.stderr if args.jsonl else sys.stdout)
+    return 0
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
     from .bench.compare import compare_scorers
 
@@ -468,7 +546,9 @@ def _loading_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _bench_arguments(p: argparse.ArgumentParser) -> None:
+def _data_arguments(p: argparse.ArgumentParser) -> None:
+    """Where the data, the network and the cache come from: the options ``bench`` and
+    ``fit`` share."""
     p.add_argument("--config", help="YAML or TOML benchmark config (options below override it)")
     p.add_argument(
         "--protocol",
@@ -507,20 +587,6 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
         "checkpoints of one model are separate rows",
     )
     p.add_argument("--id", help="ID dataset spec, e.g. digits:0-4 or a folder (@train/@test split)")
-    p.add_argument(
-        "--ood",
-        action="append",
-        metavar="[GROUP:]NAME=SPEC",
-        help="OOD set (repeatable); GROUP near/far/covariate/other, e.g. far=path/to/folder",
-    )
-    p.add_argument(
-        "--scorers",
-        nargs="+",
-        metavar="SCORER",
-        help="scorers, e.g. msp 'logit_kde:mode=class_conditional'; 'all' = every installed "
-        "output-based scorer, 'all+model' adds the model-aware ones (odin, ... : own passes "
-        "over the images) (default: all+model plus logit_kde:mode=class_conditional)",
-    )
     p.add_argument("--seeds", nargs="+", type=int, help="training seeds (models trained here)")
     p.add_argument("--epochs", type=int, help="training epochs (models trained here)")
     p.add_argument(
@@ -535,12 +601,6 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--batch-size", type=int)
     p.add_argument("--img-size", type=int)
-    p.add_argument("--threshold", type=float, help="extra fixed operating threshold (e.g. 0.04)")
-    p.add_argument(
-        "--convention",
-        choices=CONVENTIONS,
-        help="metric definitions: oodlens (default) or openood (OpenOOD v1.5's evaluator)",
-    )
     p.add_argument(
         "--val-fraction",
         type=float,
@@ -550,6 +610,41 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
         "--calib-fraction",
         type=float,
         help="share of held-out ID data for the calib split (operating threshold; default 0.1)",
+    )
+    p.add_argument(
+        "--cache-dir", help="cache folder (default $OODLENS_CACHE_DIR or ~/.cache/oodlens)"
+    )
+    p.add_argument(
+        "--no-cache", action="store_true", help="extract (and train) again; store nothing"
+    )
+    p.add_argument(
+        "--skip-corrupt",
+        action="store_true",
+        help="skip unreadable images (listed in results.json)",
+    )
+
+
+def _bench_arguments(p: argparse.ArgumentParser) -> None:
+    _data_arguments(p)
+    p.add_argument(
+        "--ood",
+        action="append",
+        metavar="[GROUP:]NAME=SPEC",
+        help="OOD set (repeatable); GROUP near/far/covariate/other, e.g. far=path/to/folder",
+    )
+    p.add_argument(
+        "--scorers",
+        nargs="+",
+        metavar="SCORER",
+        help="scorers, e.g. msp 'logit_kde:mode=class_conditional'; 'all' = every installed "
+        "output-based scorer, 'all+model' adds the model-aware ones (odin, ... : own passes "
+        "over the images) (default: all+model plus logit_kde:mode=class_conditional)",
+    )
+    p.add_argument("--threshold", type=float, help="extra fixed operating threshold (e.g. 0.04)")
+    p.add_argument(
+        "--convention",
+        choices=CONVENTIONS,
+        help="metric definitions: oodlens (default) or openood (OpenOOD v1.5's evaluator)",
     )
     p.add_argument(
         "--ood-val",
@@ -596,22 +691,28 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-plots", action="store_true", help="skip the figures in --out")
     p.add_argument(
-        "--cache-dir", help="cache folder (default $OODLENS_CACHE_DIR or ~/.cache/oodlens)"
-    )
-    p.add_argument(
-        "--no-cache", action="store_true", help="extract (and train) again; store nothing"
-    )
-    p.add_argument(
-        "--skip-corrupt",
-        action="store_true",
-        help="skip unreadable images (listed in results.json)",
-    )
-    p.add_argument(
         "--attention",
         action="store_true",
         help="measure Grad-CAM attention areas per group (ID correct/wrong, OOD)",
     )
     p.add_argument("--attention-layer", help="Grad-CAM layer for --attention (default: automatic)")
+    p.add_argument(
+        "--save-detectors",
+        metavar="DIR",
+        help="save one detector per scorer and network into DIR (files named by backbone, seed "
+        "and spec), from the run's own fitted scorers, deciding at the first --alpha (else "
+        "0.05) or at --threshold; use them with oodlens detect",
+    )
+    _detector_arguments(p)
+
+
+def _detector_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--embed-weights",
+        action="store_true",
+        help="store the network's weights in the detector file (always done for a network the "
+        "run trained itself); else only the checkpoint's sha256 and path",
+    )
 
 
 def _explain_arguments(p: argparse.ArgumentParser) -> None:
@@ -707,6 +808,66 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _explain_arguments(p)
     p.set_defaults(func=_cmd_explain)
+    p = sub.add_parser(
+        "fit",
+        help="fit one scorer on one network and calibrate it: a detector file for oodlens detect",
+        description="Fit a scorer on the ID training outputs of a network and calibrate it on the "
+        "held-out calib split, exactly as oodlens bench does (same splits, training and cache), "
+        "and save the result as one detector file.",
+        parents=[common],
+    )
+    _data_arguments(p)
+    p.add_argument("--scorer", required=True, help="the scorer spec, e.g. knn or knn:k=10")
+    p.add_argument(
+        "--alpha",
+        dest="detector_alpha",
+        type=float,
+        default=0.05,
+        help="conformal level: reject when the p-value is at most alpha; at most alpha of "
+        "in-distribution images are rejected on average (default 0.05)",
+    )
+    p.add_argument(
+        "--threshold", type=float, help="reject below this fixed score instead of by alpha"
+    )
+    p.add_argument("--out", required=True, help="the detector file to write, e.g. knn.oodlens")
+    _detector_arguments(p)
+    p.add_argument(
+        "--half",
+        action="store_true",
+        help="store the scorer's large state (KNN's bank) as float16: half the size",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace --out even if oodlens did not write it"
+    )
+    p.set_defaults(func=_cmd_fit)
+    p = sub.add_parser(
+        "detect",
+        help="verdicts for new images from a detector file (accept / reject, with p-values)",
+        description="Score images with a saved detector: per image the predicted class, its "
+        "probability, the score, the conformal p-value and the verdict. Prints one summary "
+        "line; exit status 0.",
+        parents=[common],
+    )
+    p.add_argument("detector", help="a detector file written by oodlens fit or --save-detectors")
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--out", help="CSV file of the verdicts (one row per image)")
+    p.add_argument("--jsonl", action="store_true", help="print one JSON line per image")
+    p.add_argument(
+        "--checkpoint", help="the network's weights (default: the path the detector records)"
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="accept a checkpoint whose sha256 differs from the recorded one (recorded in "
+        "every verdict)",
+    )
+    p.add_argument("--device", help="cpu, cuda, mps or auto (default cpu)")
+    p.add_argument("--batch-size", type=int, help="images per forward pass (default 256)")
+    _loading_arguments(p)
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace --out even if oodlens did not write it"
+    )
+    p.set_defaults(func=_cmd_detect)
     p = sub.add_parser(
         "compare",
         help="paired test of two scorers' AUROC on the same rows of a report folder",

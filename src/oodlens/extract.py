@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +33,7 @@ from .distributed import all_gather, barrier, rank_and_world
 from .files import atomic_dir
 from .options import ExtractOptions
 from .outputs import Outputs, OutputsWriter
+from .scorers.base import ModelInputs
 
 __all__ = [
     "PRECISIONS",
@@ -40,6 +41,7 @@ __all__ = [
     "ImageDataset",
     "ExtractionReport",
     "LazyBackbone",
+    "model_inputs",
     "extract_outputs",
     "cached_extract",
     "cached_extract_all",
@@ -441,6 +443,39 @@ def _to_host(t: torch.Tensor) -> Callable[[], np.ndarray]:
         return buf.numpy()
 
     return wait
+
+
+def model_inputs(
+    model: nn.Module,
+    source: DatasetSource,
+    transform: Any,
+    input_size: tuple[int, int, int],
+    options: ExtractOptions,
+    std: tuple[float, ...],
+    n_samples: int,
+) -> ModelInputs:
+    """What a model-aware scorer needs beside the outputs of ``source``: the network (moved
+    to ``options.device``, in eval mode) and a fresh pass over the preprocessed images, in
+    the order of the outputs' rows (unreadable images skipped, as extraction skips them).
+
+    Args:
+        std: the per-channel standard deviation of the normalisation (for input-space steps).
+        n_samples: the number of rows of the outputs (readable images).
+    """
+    device = resolve_device(options.device)
+
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        loader = torch.utils.data.DataLoader(
+            ImageDataset(source, transform, input_size),
+            batch_size=options.batch_size,
+            num_workers=_workers(options),
+        )
+        for x, y, ok, _, _ in loader:
+            keep = ok.bool()
+            if keep.any():
+                yield x[keep], y[keep]
+
+    return ModelInputs(model.eval().to(device), batches, device, tuple(std), n_samples)
 
 
 class LazyBackbone:

@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from typing import Any
 
 import numpy as np
@@ -15,6 +17,7 @@ from .errors import MissingOutputsError, NotFittedError
 from .metrics import auroc
 from .outputs import Outputs
 from .registry import create_scorer
+from .saving import load_scorer, save_scorer
 from .scorers.base import ModelInputs
 
 __all__ = ["synthetic_outputs", "synthetic_model_inputs", "check_scorer"]
@@ -158,7 +161,8 @@ def check_scorer(name: str, params: dict[str, Any] | None = None) -> None:
     returns finite (N,) float64; scores do not depend on batch order or batch composition;
     a missing required field raises :class:`~oodlens.MissingOutputsError` naming it;
     outputs with another number of classes are refused; ID scores beat OOD scores
-    (higher = more in-distribution).
+    (higher = more in-distribution); saved and loaded (:func:`oodlens.save_scorer`), the
+    scorer gives the same scores bit for bit (unless it declares ``saveable = False``).
     """
     params = dict(params or {})
     scorer = create_scorer(name, **params)
@@ -228,3 +232,23 @@ def check_scorer(name: str, params: dict[str, Any] | None = None) -> None:
 
     separation = auroc(scores, score(scorer, ood))
     assert separation > 0.6, f"ID should score higher than OOD (AUROC {separation:.3f})"
+    _check_round_trip(scorer, test, score, scores)
+
+
+def _check_round_trip(scorer: Any, test: Outputs, score: Any, scores: np.ndarray) -> None:
+    """Saved and loaded (through a file, by name), the scorer gives the same scores, bit
+    for bit; one that declares it cannot be saved refuses to give its state."""
+    if not type(scorer).saveable:
+        try:
+            scorer.get_state()
+        except TypeError as exc:
+            assert scorer.name in str(exc), "the refusal must name the scorer"
+        else:
+            raise AssertionError("a scorer with saveable = False must refuse get_state()")
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        loaded = load_scorer(save_scorer(scorer, os.path.join(folder, "scorer.oodlens")))
+        assert type(loaded) is type(scorer) and loaded.get_params() == scorer.get_params()
+        np.testing.assert_array_equal(
+            score(loaded, test), scores, err_msg="scores changed after saving and loading"
+        )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .config import GROUPS, BenchmarkConfig, OODSet, expand_scorers, load_config, parse_ood_spec
 from .result import BenchmarkResult, RunScores, ScorerFailure, check_report_dir
-from .run import run_benchmark
+from .run import fit_detector, run_benchmark
 
 __all__ = [
     "GROUPS",
@@ -15,6 +15,7 @@ __all__ = [
     "ScorerFailure",
     "check_report_dir",
     "expand_scorers",
+    "fit_detector",
     "load_config",
     "parse_ood_spec",
     "run_benchmark",

@@ -208,10 +208,17 @@ class BenchmarkConfig:
     attention_scorer: str | None = None  #: whose threshold splits ID errors (default logit_kde)
     attention_samples: int = 200  #: images explained per set (every ID error is kept)
     attention_layer: str | None = None  #: Grad-CAM layer (default: automatic, see GradCAM)
+    #: a folder to save one detector per scorer and network into (``--save-detectors``),
+    #: from the run's own fitted scorers; decided at the first alpha (else 0.05) or at the
+    #: fixed threshold
+    save_detectors: str | None = None
+    #: embed the weights in saved detectors even for a given checkpoint (they are always
+    #: embedded for a network the run trained itself)
+    embed_weights: bool = False
 
     parameter_constraints: ClassVar[dict[str, list[Any]]] = {
         "id": [Text()],
-        "ood": [ListOf([_OOD_ITEM], min_length=1)],
+        "ood": [ListOf([_OOD_ITEM])],
         "models": [ListOf([Text()], min_length=1, single=True)],
         "checkpoints": [ListOf([Text(path=True)], single=True)],
         "pretrained": [Boolean()],
@@ -238,6 +245,8 @@ class BenchmarkConfig:
         "attention_scorer": [Text(), None],
         "attention_samples": [Interval(int, 1, None)],
         "attention_layer": [Text(), None],
+        "save_detectors": [Text(path=True), None],
+        "embed_weights": [Boolean()],
     }
 
     def __post_init__(self) -> None:
@@ -252,8 +261,9 @@ class BenchmarkConfig:
         normal["ood"] = tuple(OODSet.coerce(o) for o in self.ood)
         normal["ood_val"] = tuple(OODSet.coerce(o) for o in self.ood_val)
         normal["missing_sets"] = tuple(dict(m) for m in self.missing_sets)
-        if self.cache_dir is not None:
-            normal["cache_dir"] = os.fspath(self.cache_dir)
+        for name in ("cache_dir", "save_detectors"):
+            if getattr(self, name) is not None:
+                normal[name] = os.fspath(getattr(self, name))
         for name, value in normal.items():
             object.__setattr__(self, name, value)
         self._check_fields_together()

@@ -101,6 +101,8 @@ class RunScores:
     calibration: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     #: "id_test" and OOD names -> each row's sample id (path), None if rows were skipped
     ids: dict[str, list[str] | None] = field(default_factory=dict)
+    #: scorer -> the fitted scorer and its scores of the calib split (for saved detectors)
+    fitted: dict[str, tuple[Any, np.ndarray]] = field(default_factory=dict, repr=False)
 
     def per_sample(self, ood_groups: dict[str, str]) -> pd.DataFrame:
         """One row per scored sample: set, group, index, id, label, prediction, and one

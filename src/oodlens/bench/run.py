@@ -8,12 +8,13 @@ import dataclasses
 import json
 import logging
 import platform
+import re
 import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -33,7 +34,10 @@ from .config import BenchmarkConfig, expand_scorers, parse_checkpoint
 from .result import BenchmarkResult, RunScores, ScorerFailure
 from .tune import candidates, tune_scorer
 
-__all__ = ["run_benchmark"]
+if TYPE_CHECKING:
+    from ..detector import Detector
+
+__all__ = ["run_benchmark", "fit_detector"]
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +89,8 @@ def run_benchmark(
         >>> result.table.query("ood == 'near'")[["scorer", "auroc", "fpr95"]]  # doctest: +SKIP
     """
     cfg = dataclasses.replace(config or BenchmarkConfig(), **overrides)
+    if not cfg.ood:
+        raise ValueError("A benchmark needs at least one OOD set: give --ood NAME=SPEC.")
     plan = _prepare(cfg)
     rows: list[dict[str, Any]] = []
     runs: list[RunScores] = []
@@ -127,6 +133,13 @@ def run_benchmark(
                 continue  # sharded extraction done: fitting and scoring run once, on rank 0
             rows += _score(plan, run, failures, model_inputs)
             runs.append(run)
+            if cfg.save_detectors is not None:
+                for spec in plan.scorers:
+                    if spec.text in run.fitted:
+                        det = _detector(plan, backbone, ckpt, mcfg, spec, *run.fitted[spec.text])
+                        path = Path(cfg.save_detectors) / _detector_name(run, spec)
+                        det.save(path)
+                        plan.info.setdefault("detectors", []).append(str(path))
             if cfg.attention:
                 t0 = time.perf_counter()
                 res = _attention(plan, get_model(), transform, sources, run, mcfg)
@@ -168,7 +181,87 @@ def _check_ranks_agree(cfg: BenchmarkConfig) -> None:
             )
 
 
-def _prepare(cfg: BenchmarkConfig) -> _Plan:
+def _detector_name(run: RunScores, spec: ScorerSpec) -> str:
+    """A file name from the backbone, the seed and the spec (unsafe characters as ``_``)."""
+    seed = "" if run.seed < 0 else f"-seed{run.seed}"
+    return re.sub(r"[^A-Za-z0-9._=+-]", "_", f"{run.backbone}{seed}-{spec.text}") + ".oodlens"
+
+
+def _detector(plan: _Plan, backbone: _Backbone, ckpt, mcfg, spec: ScorerSpec, scorer, calib):
+    """A :class:`~oodlens.Detector` of a fitted scorer: the network's config and weights
+    (embedded when the run trained them itself or ``embed_weights``), the calib scores, the
+    run's alpha (its first ``--alpha``, else 0.05) or fixed threshold, and provenance."""
+    from ..detector import Detector, embedded_weights
+
+    cfg = plan.cfg
+    embed = ckpt is not None and (backbone.trained_here or cfg.embed_weights)
+    return Detector(
+        spec=spec.text,
+        scorer=scorer,
+        backbone=mcfg,
+        calib_scores=calib,
+        alpha=None if cfg.threshold is not None else (cfg.alphas or (0.05,))[0],
+        threshold=cfg.threshold,
+        checkpoint_sha256=file_sha256(ckpt) if ckpt else None,
+        checkpoint_path=None if ckpt is None else str(Path(ckpt).resolve()),
+        weights=embedded_weights(ckpt) if embed else None,
+        provenance={
+            "config": json.loads(json.dumps(cfg.to_dict(), default=str)),
+            "data": {k: s.fingerprint() for k, s in plan.sources.items() if k.startswith("id_")},
+            "splits": plan.info["splits"],
+            "backbone": backbone.label,
+            "seed": backbone.seed,
+            "versions": plan.info["versions"],
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+    )
+
+
+def fit_detector(config: BenchmarkConfig, progress: bool = True) -> Detector:
+    """Fit one scorer on one network's ID training outputs and calibrate it on the held-out
+    calib split, exactly as :func:`run_benchmark` does (the same splits, cache and
+    training), into a :class:`~oodlens.Detector` (``oodlens fit``). OOD sets are not used.
+
+    Raises:
+        ValueError: the config names several scorers or several networks.
+    """
+    cfg = config
+    plan = _prepare(cfg, ood=False)
+    if len(plan.scorers) != 1 or len(plan.backbones) != 1:
+        raise ValueError(
+            f"A detector is one scorer on one network: got {len(plan.scorers)} scorer(s) "
+            f"({', '.join(s.text for s in plan.scorers)}) and {len(plan.backbones)} "
+            "network(s); give one --scorer and one --model (one checkpoint, one seed)."
+        )
+    (spec,), (backbone,) = plan.scorers, plan.backbones
+    with contextlib.ExitStack() as stack:
+        scratch = (
+            None
+            if cfg.use_cache
+            else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="oodlens-")))
+        )
+        ckpt = _weights(plan, backbone, scratch, progress)
+        get_model, mcfg, transform, data_cfg, sources = _backbone(plan, backbone.model, ckpt)
+        needed = {k: v for k, v in sources.items() if k in ("id_train", "id_val", "id_calib")}
+        input_size = tuple(data_cfg["input_size"])
+        out = _extract(
+            plan, get_model, backbone.model, ckpt, transform, input_size, needed, progress
+        )
+        mi = (
+            _ModelInputsFactory(plan, get_model, transform, data_cfg, needed, out)
+            if spec.model_aware
+            else None
+        )
+        with compute_device(_score_device(plan.device)):
+            scorer = spec.create().fit(
+                out["id_train"], val=out.get("id_val"), model=mi("id_train") if mi else None
+            )
+            calib = scorer.score(out["id_calib"], model=mi("id_calib") if mi else None)
+        # weights trained in a scratch folder are embedded before the folder goes
+        return _detector(plan, backbone, ckpt, mcfg, spec, scorer, calib)
+
+
+def _prepare(cfg: BenchmarkConfig, ood: bool = True) -> _Plan:
     from ..backbones import check_model_name, read_model_config, resolve_device, resolve_preprocess
     from ..extract import default_num_workers
 
@@ -211,8 +304,9 @@ def _prepare(cfg: BenchmarkConfig) -> _Plan:
     sources = {"id_train": train, "id_test": test, "id_calib": calib}
     if val is not None:
         sources["id_val"] = val
-    sources.update({o.name: load_dataset(o.spec) for o in cfg.ood})
-    sources.update({f"ood_val:{o.name}": load_dataset(o.spec) for o in cfg.ood_val})
+    if ood:
+        sources.update({o.name: load_dataset(o.spec) for o in cfg.ood})
+        sources.update({f"ood_val:{o.name}": load_dataset(o.spec) for o in cfg.ood_val})
     info: dict[str, Any] = {
         "corrupt": {},
         "train": {},
@@ -491,27 +585,17 @@ class _ModelInputsFactory:
         self.data_cfg, self.sources, self.outputs = data_cfg, sources, outputs
 
     def __call__(self, key: str) -> ModelInputs:
-        import torch
+        from ..extract import model_inputs
 
-        from ..extract import ImageDataset
-
-        source, options = self.sources[key], self.plan.options
-        input_size = tuple(self.data_cfg["input_size"])
-
-        def batches():
-            loader = torch.utils.data.DataLoader(
-                ImageDataset(source, self.transform, input_size),
-                batch_size=options.batch_size,
-                num_workers=options.num_workers,
-            )
-            for x, y, ok, _, _ in loader:  # corrupt images are skipped, as in extraction
-                keep = ok.bool()
-                if keep.any():
-                    yield x[keep], y[keep]
-
-        model = self.get_model().eval().to(self.plan.device)
-        std = tuple(float(v) for v in self.data_cfg["std"])
-        return ModelInputs(model, batches, self.plan.device, std, self.outputs[key].n_samples)
+        return model_inputs(
+            self.get_model(),
+            self.sources[key],
+            self.transform,
+            tuple(self.data_cfg["input_size"]),
+            self.plan.options,
+            tuple(float(v) for v in self.data_cfg["std"]),
+            self.outputs[key].n_samples,
+        )
 
 
 def _score(
@@ -591,6 +675,7 @@ def _score_one(
         key = f"model-aware {spec.text}"
         plan.timings[key] = plan.timings.get(key, 0.0) + time.perf_counter() - t_start
     run.scores[spec.text] = scores
+    run.fitted[spec.text] = (scorer, calib)
     run.thresholds[spec.text] = threshold_at_acceptance(calib, plan.cfg.id_acceptance)
     sel = selective_metrics(scores["id"], run.id_correct)
     extra = (

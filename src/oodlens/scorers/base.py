@@ -103,6 +103,14 @@ class Scorer:
     #: values ``--tune`` searches (on ID val + OOD val, by AUROC) for each parameter
     tuning_grid: ClassVar[Mapping[str, Sequence[Any]]] = {}
     description: ClassVar[str] = ""
+    #: whether a fitted instance can be saved (:meth:`get_state`); a scorer whose fitted
+    #: state cannot be written as arrays, scalars and strings says False, and saving it is
+    #: an error naming it
+    saveable: ClassVar[bool] = True
+    #: paths in the fitted state of :meth:`get_state` (``key`` or ``key/subkey``) holding
+    #: large float arrays (e.g. a neighbour bank) that a save with ``half=True`` stores as
+    #: float16
+    large_state: ClassVar[tuple[str, ...]] = ()
 
     def requirements(self) -> frozenset[str]:
         """What this instance reads from :class:`Outputs` (default: the class's ``requires``)."""
@@ -173,11 +181,7 @@ class Scorer:
     def score(self, outputs: Outputs, model: ModelInputs | None = None) -> np.ndarray:
         """Score samples: (N,) float64, higher = more in-distribution. ``model``: the network
         and these samples' images, for model-aware scorers only."""
-        if "n_classes_" not in vars(self):
-            raise NotFittedError(
-                f"This {type(self).__name__} instance is not fitted yet. Call 'fit' with "
-                "appropriate arguments before using this scorer."
-            )
+        self._check_fitted()
         check_requirements(
             f"Scorer {self.name!r}", self.requirements() - {"labels", "val", "model"}, outputs
         )
@@ -211,6 +215,50 @@ class Scorer:
                 "finite scores. This is a bug in the scorer (or its parameters)."
             )
         return scores
+
+    def get_state(self) -> dict[str, Any]:
+        """The parameters and the fitted state, as plain data: ``{"params": ...,
+        "fitted": {...}}``, the fitted values numpy arrays, numbers, strings, booleans,
+        ``None`` or tuples of these (what :mod:`oodlens.statefile` can store without
+        pickle). By default the fitted state is every public attribute ending in ``_`` (as
+        scikit-learn names fitted attributes); a scorer whose fitted attributes are other
+        objects overrides :meth:`get_state` and :meth:`set_state` and stores the arrays
+        they are built from.
+
+        Raises:
+            NotFittedError: the scorer is not fitted.
+            TypeError: the scorer cannot be saved (``saveable = False``).
+        """
+        self._check_fitted()
+        if not self.saveable:
+            raise TypeError(
+                f"Scorer {self.name!r} ({type(self).__name__}) declares that it cannot be "
+                "saved (saveable = False): its fitted state is not plain data."
+            )
+        fitted = {k: v for k, v in vars(self).items() if k.endswith("_") and not k.startswith("_")}
+        return {"params": self.get_params(), "fitted": fitted}
+
+    def set_state(self, fitted: Mapping[str, Any]) -> None:
+        """Restore the fitted state given by :meth:`get_state` (its ``"fitted"`` part)."""
+        for key, value in fitted.items():
+            setattr(self, key, value)
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> Scorer:
+        """A fitted scorer rebuilt from :meth:`get_state`'s output (parameters checked).
+        :func:`oodlens.load_scorer` reads one from a file, dispatching by name."""
+        scorer = cls(**state["params"])
+        scorer.check_params()
+        scorer.set_state(state["fitted"])
+        scorer._check_fitted()
+        return scorer
+
+    def _check_fitted(self) -> None:
+        if "n_classes_" not in vars(self):
+            raise NotFittedError(
+                f"This {type(self).__name__} instance is not fitted yet. Call 'fit' with "
+                "appropriate arguments before using this scorer."
+            )
 
     def _fit(self, train: Outputs) -> None:
         """Learn fitted state (attributes ending in ``_``). Default: nothing to learn.

@@ -15,6 +15,7 @@ more than ``CUT`` bandwidths from every training point; their density (below
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,8 @@ __all__ = [
     "Grid1D",
     "ExactND",
     "GridND",
+    "kde_state",
+    "kde_from_state",
 ]
 
 CUT = 8.0
@@ -82,6 +85,8 @@ class Exact1D:
         bandwidths: (G,) kernel standard deviations.
     """
 
+    FIELDS = ("data", "bandwidths")
+
     def __init__(self, data: list[np.ndarray], bandwidths: np.ndarray) -> None:
         self.data = [np.asarray(x, dtype=np.float64) for x in data]
         self.bandwidths = np.asarray(bandwidths, dtype=np.float64)
@@ -107,6 +112,8 @@ class Grid1D:
         bandwidths: (G,) kernel standard deviations (> 0).
         resolution: grid points per bandwidth (32 gives ~1e-4 of the peak density error).
     """
+
+    FIELDS = ("bandwidths", "start", "points", "delta", "offsets", "grid")
 
     def __init__(
         self, lo: np.ndarray, hi: np.ndarray, bandwidths: np.ndarray, resolution: int = 32
@@ -238,6 +245,8 @@ class Grid1D:
 class ExactND:
     """One d-dimensional KDE with kernel covariance ``cov``, by direct sums."""
 
+    FIELDS = ("data", "cov")
+
     def __init__(self, data: np.ndarray, cov: np.ndarray) -> None:
         self.data = np.asarray(data, dtype=np.float64)
         self.cov = np.asarray(cov, dtype=np.float64)
@@ -255,6 +264,8 @@ class GridND:
     exceed 4M cells, in which case it is coarsened evenly (for d = 3 and wide data the error
     then grows to about 1% of the peak density).
     """
+
+    FIELDS = ("chol", "lo", "delta", "shape", "grid")
 
     def __init__(self, data: np.ndarray, cov: np.ndarray, resolution: int = 32) -> None:
         data = np.asarray(data, dtype=np.float64)
@@ -300,3 +311,55 @@ class GridND:
 
         out = map_coordinates(self.grid, p, order=1, mode="nearest")
         return np.where(inside, out, 0.0)
+
+
+_KINDS: dict[str, type] = {
+    "exact1d": Exact1D,
+    "grid1d": Grid1D,
+    "exactnd": ExactND,
+    "gridnd": GridND,
+}
+
+
+def kde_state(kde: Any) -> dict[str, Any]:
+    """A fitted KDE (one of this module's, or a list of per-class ones with ``None`` for a
+    class without density) as plain data for :mod:`oodlens.statefile`: its kind and the
+    arrays and numbers it evaluates with."""
+    if isinstance(kde, list):
+        return {
+            "kind": "per_class",
+            "classes": {str(j): None if k is None else kde_state(k) for j, k in enumerate(kde)},
+        }
+    kind = next(name for name, cls in _KINDS.items() if type(kde) is cls)
+    out: dict[str, Any] = {"kind": kind}
+    for name in type(kde).FIELDS:
+        value = getattr(kde, name)
+        out[name] = {str(i): v for i, v in enumerate(value)} if isinstance(value, list) else value
+    return out
+
+
+def kde_from_state(state: Mapping[str, Any]) -> Any:
+    """The KDE :func:`kde_state` describes, ready to evaluate (nothing is refitted).
+
+    Raises:
+        ValueError: an unknown kind.
+    """
+    kind = state.get("kind")
+    if kind == "per_class":
+        classes = state["classes"]
+        return [
+            None if classes[str(j)] is None else kde_from_state(classes[str(j)])
+            for j in range(len(classes))
+        ]
+    cls = _KINDS.get(kind)
+    if cls is None:
+        raise ValueError(f"Unknown KDE kind {kind!r} in a saved state; valid: {sorted(_KINDS)}.")
+    kde = cls.__new__(cls)
+    for name in cls.FIELDS:
+        value = state[name]
+        if cls is Exact1D and name == "data":
+            value = [value[str(i)] for i in range(len(value))]
+        setattr(kde, name, value)
+    if cls is Grid1D:
+        kde._device_weights = None
+    return kde

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -390,6 +391,16 @@ class LogitKDE(Scorer):
         self.bandwidth_factors_ = factors
         self.skipped_classes_ = skipped
         self.n_train_ = train.n_samples
+
+    # ------------------------------------------------------------------ saving
+    def get_state(self) -> dict[str, Any]:
+        """As :meth:`Scorer.get_state`, the fitted KDE as the arrays it evaluates with."""
+        state = super().get_state()
+        state["fitted"]["kde_"] = _kde.kde_state(self.kde_)
+        return state
+
+    def set_state(self, fitted: Mapping[str, Any]) -> None:
+        super().set_state({**fitted, "kde_": _kde.kde_from_state(fitted["kde_"])})
 
     # ------------------------------------------------------------------ scoring
     def _score(self, outputs: Outputs) -> np.ndarray:

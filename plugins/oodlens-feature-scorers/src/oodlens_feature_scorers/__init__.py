@@ -16,7 +16,7 @@ nearest-neighbour similarities (float32); outside it they run in numpy, as befor
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -252,6 +252,19 @@ class _NeighbourBank:
         self.features: np.ndarray = features if bank is None else bank
         self.scale: np.ndarray | None = None if bank is not None else scale
 
+    def state(self) -> dict[str, Any]:
+        """What a saved state stores: the rows (the scaled bank, or for a reference the
+        features themselves, copied out of the cache that may be gone) and the scales
+        (``None`` for a scaled bank), so that the loaded bank searches exactly as this one."""
+        return {"rows": np.asarray(self.features), "scale": self.scale}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> _NeighbourBank:
+        """The bank :meth:`state` describes (its rows may be memory-mapped, or float16)."""
+        bank = cls.__new__(cls)
+        bank.features, bank.scale = state["rows"], state["scale"]
+        return bank
+
     def _device_blocks(self, device: str) -> Iterator[Any]:
         """The bank rows on ``device`` as float32: in one block when they fit the device's
         memory budget (read from the copy :mod:`oodlens.compute` keeps for every scorer of
@@ -324,6 +337,7 @@ class KNN(oodlens.Scorer):
     """
 
     name = "knn"
+    large_state = ("bank_/rows",)
     tuning_grid = {"k": [1, 10, 20, 50, 100, 200, 500, 1000]}  # OpenOOD's search
     description = "distance to the k-th nearest normalised training feature (Sun et al. 2022)"
     requires = frozenset({"features"})
@@ -350,6 +364,32 @@ class KNN(oodlens.Scorer):
                 self.index_ = faiss.IndexFlatL2(d)
                 for _, block in iter_row_chunks(train.features, rows_per_chunk(d)):
                     self.index_.add(_normalise(np.asarray(block, dtype=np.float32)))
+
+    def get_state(self) -> dict[str, Any]:
+        """As :meth:`oodlens.Scorer.get_state`, with the bank's arrays (not a reference into
+        a cache that may be gone) and, with faiss, the vectors of its index."""
+        state = super().get_state()
+        fitted = state["fitted"]
+        fitted["bank_"] = fitted["bank_"].state()
+        index = fitted.pop("index_")
+        if index is not None:
+            fitted["index_rows_"] = index.reconstruct_n(0, index.ntotal)
+        return state
+
+    def set_state(self, fitted: Mapping[str, Any]) -> None:
+        fitted = dict(fitted)
+        self.bank_ = _NeighbourBank.from_state(fitted.pop("bank_"))
+        rows = fitted.pop("index_rows_", None)
+        self.index_ = None
+        if rows is not None:
+            try:
+                import faiss
+            except ImportError:
+                faiss = None
+            if faiss is not None:  # without faiss, the exact search of the bank
+                self.index_ = faiss.IndexFlatL2(rows.shape[1])
+                self.index_.add(np.ascontiguousarray(rows, dtype=np.float32))
+        super().set_state(fitted)
 
     def _score(self, outputs: oodlens.Outputs) -> np.ndarray:
         k = int(self.k)
@@ -648,6 +688,7 @@ class NNGuide(oodlens.Scorer):
     """
 
     name = "nnguide"
+    large_state = ("bank_/rows",)
     description = "energy times similarity to energy-scaled training features (Park et al. 2023)"
     requires = frozenset({"features", "logits"})
     parameter_constraints = {"k": [Interval(int, 1, None)]}
@@ -666,6 +707,17 @@ class NNGuide(oodlens.Scorer):
             energy[start : start + len(z)] = logsumexp(np.asarray(z, np.float64), axis=1)
         # float64 in memory, as the reference code (its products are not renormalised)
         self.bank_ = _NeighbourBank(train.features, energy, np.float64)
+
+    def get_state(self) -> dict[str, Any]:
+        """As :meth:`oodlens.Scorer.get_state`, with the bank's arrays."""
+        state = super().get_state()
+        state["fitted"]["bank_"] = state["fitted"]["bank_"].state()
+        return state
+
+    def set_state(self, fitted: Mapping[str, Any]) -> None:
+        fitted = dict(fitted)
+        self.bank_ = _NeighbourBank.from_state(fitted.pop("bank_"))
+        super().set_state(fitted)
 
     def _score(self, outputs: oodlens.Outputs) -> np.ndarray:
         top = self.bank_.top_k(outputs.features, int(self.k))
