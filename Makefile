@@ -42,10 +42,12 @@ bench: setup
 	$(PY) benchmarks/gpu_throughput.py
 	$(PY) benchmarks/neighbour_speed.py
 	$(PY) benchmarks/import_speed.py
+	$(PY) benchmarks/detect_speed.py
 
 # real-data benchmarks on ../shared/data (skipped with a message when it is absent)
 bench-real: setup
 	$(PY) benchmarks/run_real.py
+	$(PY) benchmarks/detector_cifar10.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info

@@ -280,17 +280,41 @@ def test_a_newer_format_and_unknown_keys_are_refused(tmp_path):
         load_scorer(path)
 
 
-def test_a_scorer_that_cannot_be_saved_says_so(tmp_path, capsys):
-    class Opaque(oodlens.Scorer):
-        name = "opaque_test"
-        saveable = False
+class _Opaque(oodlens.Scorer):
+    name = "opaque_test"
+    saveable = False
 
-        def _score(self, outputs):
-            return outputs.logits.max(axis=1)
+    def _score(self, outputs):
+        return outputs.logits.max(axis=1)
 
-    scorer = Opaque().fit(synthetic_outputs(30, seed=0))
+
+class _OpaquePlugin:
+    @oodlens.hookimpl
+    def register_scorers(self, register):
+        register(_Opaque)
+
+
+def test_a_scorer_that_cannot_be_saved_says_so(tmp_path, capsys, digits, checkpoint):
+    scorer = _Opaque().fit(synthetic_outputs(30, seed=0))
     with pytest.raises(TypeError, match="'opaque_test'.*cannot be saved"):
         save_scorer(scorer, tmp_path / "x.oodlens")
+    name = oodlens.register_plugin(_OpaquePlugin(), name="opaque")
+    try:
+        argv = ["bench", "--model", "resnet18", "--checkpoint", checkpoint, "--id", digits,
+                "--img-size", "16", "--ood", "far:noise=noise:gaussian,n=20,size=16",
+                "--scorers", "msp", "opaque_test", "--cache-dir", tmp_path / "c",
+                "--save-detectors", tmp_path / "d", "-q"]  # fmt: skip
+        rc, out, _ = run_cli(capsys, *argv)
+        assert rc == 0 and "no detector saved for opaque_test" in out
+        assert "saved 1 detector(s)" in out
+        assert [p.name for p in (tmp_path / "d").iterdir()] == ["resnet18-msp.oodlens"]
+        argv = ["fit", "--model", "resnet18", "--checkpoint", checkpoint, "--id", digits,
+                "--img-size", "16", "--scorer", "opaque_test", "--out", tmp_path / "o.oodlens",
+                "--cache-dir", tmp_path / "c", "-q"]  # fmt: skip
+        rc, _, err = run_cli(capsys, *argv)
+        assert rc == 2 and "'opaque_test'" in err and "cannot be saved" in err
+    finally:
+        oodlens.unregister_plugin(name)
 
 
 def test_half_precision_state_is_smaller_and_memory_mapped(tmp_path, monkeypatch):

@@ -80,3 +80,35 @@ def test_shared_data_splits_match_provenance():
     assert not set(c_train.ids) & set(c_test.ids)
     assert len(oodlens.load_dataset(str(DATA_ROOT / "internet" / "apples"))) == 30  # a flat folder
     assert train.loader(0).mode == "RGB"
+
+
+@pytest.mark.data
+@needs_data
+def test_a_knn_detector_on_cifar10_rejects_about_alpha_of_unseen_id_images(tmp_path):
+    """The conformal guarantee on real data, at test scale: KNN fitted on the 8,000-image
+    @train split of CIFAR-10 test (the checkpoint never saw them either way), calibrated on
+    the held-out calib split of its @test split; the ID images in neither val nor calib are
+    rejected at about alpha, within the interval that includes the calibration set's own
+    variation. The full-size run is benchmarks/detector_cifar10.py (numbers in docs)."""
+    import math
+
+    from oodlens.datasets import holdout_split
+
+    ckpt = DATA_ROOT.parent / "models" / "cifar10_resnet18_64px.safetensors"
+    if not ckpt.is_file():
+        pytest.skip(f"the CIFAR-10 model is not at {ckpt}")
+    spec = str(DATA_ROOT / "cifar10" / "test")
+    cfg = oodlens.BenchmarkConfig(
+        id=spec, ood=(), models=("resnet18",), checkpoints=(str(ckpt),), img_size=64,
+        scorers=("knn",), alphas=(0.1,), cache_dir=str(tmp_path / "cache"),
+        val_fraction=0.05, calib_fraction=0.25,
+    )  # fmt: skip
+    detector = oodlens.fit_detector(cfg, progress=False)
+    rest = holdout_split(oodlens.load_dataset(spec + "@test"), 0.05, 0.25)[0]
+    verdicts = detector.predict(rest)
+    rate, n_calib = float(verdicts.rejected.mean()), len(detector.calib_scores)
+    sd = math.sqrt(0.1 * 0.9 / n_calib + rate * (1 - rate) / len(verdicts))
+    assert n_calib > 400 and len(verdicts) > 1000
+    assert abs(rate - 0.1) <= 3 * sd, (rate, sd)
+    svhn = detector.predict(oodlens.load_dataset(str(DATA_ROOT / "ood" / "svhn")))
+    assert svhn.rejected.mean() > rate  # SVHN is rejected more often than ID (power)

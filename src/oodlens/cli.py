@@ -275,6 +275,12 @@ def _report(result: Any, args: argparse.Namespace, formats: list[str]) -> int:
     )
     for message in result.info.get("warnings", []):
         print(f"warning: {message}")
+    detectors = result.info.get("detectors", [])
+    if detectors:
+        print(
+            f"saved {len(detectors)} detector(s) in {result.config.save_detectors}/ "
+            "(use them with oodlens detect)"
+        )
     if result.failures:
         print(
             f"\n{len(result.failures)} scorer run(s) failed; the other scorers' results are kept:"

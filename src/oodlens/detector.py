@@ -45,6 +45,7 @@ from .cache import file_sha256
 from .conformal import conformal_p_values
 from .datasets import DatasetSource, as_shown, files_source
 from .extract import ExtractionReport, extract_outputs, model_inputs
+from .files import file_digest
 from .options import ExtractOptions
 from .params import Interval, validate_params
 from .saving import half_paths, scorer_from_state, scorer_state
@@ -168,12 +169,16 @@ class Detector:
     alpha: float | None = 0.05  #: reject when the conformal p-value is at most alpha
     threshold: float | None = None  #: or: reject when the score is below this fixed value
     checkpoint_sha256: str | None = None  #: the weights' hash (None: timm's pretrained)
+    #: the weights' XXH3-128 checksum, which :meth:`load` verifies (fast; the SHA-256 is
+    #: computed only to name a mismatch)
+    checkpoint_digest: str | None = None
     checkpoint_path: str | None = None  #: where the weights were (informational)
     weights: Mapping[str, np.ndarray] | None = None  #: the weights themselves, when embedded
     provenance: dict[str, Any] = field(default_factory=dict)  #: data, config, versions
     #: the network, ready (set by :meth:`load`, or built on first use)
     model: Any = field(default=None, repr=False, compare=False)
     forced: bool = False  #: loaded with another checkpoint than recorded (``force=True``)
+    forced_sha256: str | None = None  #: the sha256 of that checkpoint
 
     def __post_init__(self) -> None:
         if (self.alpha is None) == (self.threshold is None):
@@ -194,7 +199,11 @@ class Detector:
         state = {
             "scorer": scorer_state(self.scorer, self.spec),
             "backbone": dataclasses.asdict(self.backbone),
-            "checkpoint": {"sha256": self.checkpoint_sha256, "path": self.checkpoint_path},
+            "checkpoint": {
+                "sha256": self.checkpoint_sha256,
+                "xxh3_128": self.checkpoint_digest,
+                "path": self.checkpoint_path,
+            },
             "weights": None if self.weights is None else dict(self.weights),
             "calibration": {
                 "scores": self.calib_scores,
@@ -249,6 +258,7 @@ class Detector:
             alpha=calib["alpha"],
             threshold=calib["threshold"],
             checkpoint_sha256=recorded["sha256"],
+            checkpoint_digest=recorded["xxh3_128"],
             checkpoint_path=recorded["path"],
             weights=state["weights"],
             provenance=dict(state["provenance"]),
@@ -274,8 +284,8 @@ class Detector:
                 f"recorded at {self.checkpoint_path!r}, which is not there: pass it "
                 "(--checkpoint PATH, or Detector.load(..., checkpoint=PATH))."
             )
-        digest = file_sha256(path)
-        if digest != self.checkpoint_sha256:
+        if file_digest(path) != self.checkpoint_digest:
+            digest = file_sha256(path)
             if not force:
                 raise ValueError(
                     f"{where} was fitted with the checkpoint of sha256 "
@@ -286,7 +296,7 @@ class Detector:
             log.warning(
                 "%s: using %s (sha256 %s) against its recorded weights.", where, path, digest
             )
-            self.forced = True
+            self.forced, self.forced_sha256 = True, digest
         self.checkpoint_path = str(path)
         model, _ = create_backbone(
             b.model, num_classes=b.num_classes, checkpoint=str(path), img_size=b.img_size
@@ -312,7 +322,8 @@ class Detector:
         progress: bool = False,
     ) -> Verdicts:
         """Verdicts for images: a PIL image or a list of them, a path (file or folder) or a
-        list of paths, or a tensor batch (see :func:`image_source`). ``options``: the
+        list of paths, a tensor batch (see :func:`image_source`), or a dataset
+        (:class:`~oodlens.datasets.DatasetSource`). ``options``: the
         extraction options (device, batch size, workers, precision); the image size is the
         detector's. Model-aware scorers get the network and the images."""
         source = images if isinstance(images, DatasetSource) else image_source(images)
@@ -391,9 +402,7 @@ class Detector:
                 h.update(name.encode())
                 h.update(np.ascontiguousarray(self.weights[name]).tobytes())
             return h.hexdigest()
-        if self.forced and self.checkpoint_path is not None:
-            return file_sha256(self.checkpoint_path)
-        return self.checkpoint_sha256
+        return self.forced_sha256 if self.forced else self.checkpoint_sha256
 
     def network(self, device: str | None = None) -> torch.nn.Module:
         """The network, built from the weights on first use and moved to ``device``."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -13,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .arrays import iter_row_chunks, rows_per_chunk
-from .files import atomic_path, file_digest
+from .files import atomic_path, file_digest, new_digest
 from .options import FEATURE_DTYPES
 
 __all__ = ["Outputs", "OutputsWriter", "FEATURE_DTYPES", "check_folder"]
@@ -265,7 +264,7 @@ class Outputs:
 
 
 #: Version of the folder format of :class:`OutputsWriter` / :meth:`Outputs.load_dir`
-#: (2: meta.json lists every file with its size and BLAKE2b digest).
+#: (2: meta.json lists every file with its size and checksum).
 FOLDER_FORMAT_VERSION = 2
 
 #: The keys a folder's ``meta.json`` must hold.
@@ -280,16 +279,13 @@ _META_KEYS = (
 )
 
 
-def _digest() -> Any:
-    return hashlib.blake2b(digest_size=16)
-
-
 class OutputsWriter:
     """Writes :class:`Outputs` straight into a folder, block by block, so that an extraction
     never holds every feature in memory: raw little-endian row-major files ``logits.bin``
     (float32), ``features.bin`` (float32 or float16) and ``labels.bin`` (int64), the head as
     ``.npy`` files and ``meta.json`` with the shapes and dtypes and, for every file, its
-    size and BLAKE2b digest, computed while the bytes are written (no second read).
+    size and checksum (:func:`oodlens.files.new_digest`), computed while the bytes are
+    written (no second read).
     :meth:`Outputs.load_dir` memory-maps it back and checks the files against them.
 
     Args:
@@ -313,7 +309,7 @@ class OutputsWriter:
             name: open(self.folder / f"{name}.bin", "wb")  # noqa: SIM115 (closed in finish)
             for name in ("logits", "features", "labels")
         }
-        self._digests = {name: _digest() for name in self._files}
+        self._digests = {name: new_digest() for name in self._files}
         self._sizes = dict.fromkeys(self._files, 0)
 
     def append(self, logits: np.ndarray, features: np.ndarray | None, labels: np.ndarray) -> None:
@@ -357,7 +353,7 @@ class OutputsWriter:
         for fh in self._files.values():
             fh.close()
         files = {
-            f"{name}.bin": {"size": self._sizes[name], "blake2b": d.hexdigest()}
+            f"{name}.bin": {"size": self._sizes[name], "xxh3_128": d.hexdigest()}
             for name, d in self._digests.items()
         }
         if head_weight is not None:
@@ -366,9 +362,9 @@ class OutputsWriter:
                 np.save(buffer, np.asarray(array, dtype=np.float32))
                 data = buffer.getvalue()
                 (self.folder / f"{name}.npy").write_bytes(data)
-                digest = _digest()
+                digest = new_digest()
                 digest.update(data)
-                files[f"{name}.npy"] = {"size": len(data), "blake2b": digest.hexdigest()}
+                files[f"{name}.npy"] = {"size": len(data), "xxh3_128": digest.hexdigest()}
         meta = {
             "format": "oodlens-outputs-folder",
             "format_version": FOLDER_FORMAT_VERSION,
@@ -391,7 +387,7 @@ class OutputsWriter:
 
 def check_folder(folder: str | os.PathLike[str], verify: bool = False) -> dict[str, Any]:
     """Check a folder written by :class:`OutputsWriter` against its ``meta.json``: every
-    listed file present with its recorded size (cheap), and with ``verify`` its BLAKE2b
+    listed file present with its recorded size (cheap), and with ``verify`` its
     digest too (reads every byte). Returns the meta.
 
     Raises:
@@ -425,7 +421,7 @@ def check_folder(folder: str | os.PathLike[str], verify: bool = False) -> dict[s
         size = path.stat().st_size
         if size != record.get("size"):
             raise ValueError(f"{str(path)!r} has {size} bytes, {record.get('size')} were written.")
-        if verify and file_digest(path) != record.get("blake2b"):
+        if verify and file_digest(path) != record.get("xxh3_128"):
             raise ValueError(f"{str(path)!r} does not match its checksum (its bytes changed).")
     return meta
 

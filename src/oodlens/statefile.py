@@ -8,14 +8,13 @@ and a JSON document; :func:`read_state` puts it back together, the arrays memory
 the file (a large neighbour bank is not read into memory). Reading never executes code from
 the file: the header is parsed as JSON, the arrays are mapped by their offsets.
 
-Every array's BLAKE2b digest is recorded, and one digest covers the JSON document with them,
+Every array's checksum is recorded, and one checksum covers the JSON document with them,
 so a truncated or altered file is refused with a message naming the file and what is wrong.
 The file is a standard safetensors file (``safetensors.safe_open`` reads it too).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -26,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .files import atomic_path
+from .files import atomic_path, new_digest
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "write_state", "read_state", "check_plain"]
 
@@ -56,7 +55,7 @@ _SCALARS = (str, int, float, bool, type(None))
 
 
 def _digest(data: bytes | memoryview | np.ndarray) -> str:
-    h = hashlib.blake2b(digest_size=16)
+    h = new_digest()
     if isinstance(data, np.ndarray):
         flat = data.reshape(-1)
         step = max(1, (1 << 24) // max(1, data.itemsize))  # 16 MiB at a time

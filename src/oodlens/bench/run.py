@@ -24,6 +24,7 @@ from ..compute import compute_device
 from ..conformal import ConformalRejector, benjamini_hochberg, conformal_p_values
 from ..datasets import DatasetSource, align_classes, content_hashes, holdout_split, split_spec
 from ..distributed import all_gather, barrier, rank_and_world
+from ..files import file_digest
 from ..metrics import ood_metrics, rejection_report, selective_metrics, threshold_at_acceptance
 from ..options import ExtractOptions
 from ..outputs import Outputs
@@ -134,12 +135,7 @@ def run_benchmark(
             rows += _score(plan, run, failures, model_inputs)
             runs.append(run)
             if cfg.save_detectors is not None:
-                for spec in plan.scorers:
-                    if spec.text in run.fitted:
-                        det = _detector(plan, backbone, ckpt, mcfg, spec, *run.fitted[spec.text])
-                        path = Path(cfg.save_detectors) / _detector_name(run, spec)
-                        det.save(path)
-                        plan.info.setdefault("detectors", []).append(str(path))
+                _save_detectors(plan, backbone, ckpt, mcfg, run)
             if cfg.attention:
                 t0 = time.perf_counter()
                 res = _attention(plan, get_model(), transform, sources, run, mcfg)
@@ -187,6 +183,21 @@ def _detector_name(run: RunScores, spec: ScorerSpec) -> str:
     return re.sub(r"[^A-Za-z0-9._=+-]", "_", f"{run.backbone}{seed}-{spec.text}") + ".oodlens"
 
 
+def _save_detectors(plan: _Plan, backbone: _Backbone, ckpt, mcfg, run: RunScores) -> None:
+    """``--save-detectors``: one file per scorer fitted in this run; a scorer that cannot
+    be saved is named in the run's warnings (the others are saved)."""
+    for spec in plan.scorers:
+        if spec.text not in run.fitted:
+            continue  # the scorer failed; its failure is reported
+        path = Path(plan.cfg.save_detectors) / _detector_name(run, spec)
+        try:
+            _detector(plan, backbone, ckpt, mcfg, spec, *run.fitted[spec.text]).save(path)
+        except TypeError as exc:
+            plan.info["warnings"].append(f"no detector saved for {spec.text}: {exc}")
+            continue
+        plan.info.setdefault("detectors", []).append(str(path))
+
+
 def _detector(plan: _Plan, backbone: _Backbone, ckpt, mcfg, spec: ScorerSpec, scorer, calib):
     """A :class:`~oodlens.Detector` of a fitted scorer: the network's config and weights
     (embedded when the run trained them itself or ``embed_weights``), the calib scores, the
@@ -203,6 +214,7 @@ def _detector(plan: _Plan, backbone: _Backbone, ckpt, mcfg, spec: ScorerSpec, sc
         alpha=None if cfg.threshold is not None else (cfg.alphas or (0.05,))[0],
         threshold=cfg.threshold,
         checkpoint_sha256=file_sha256(ckpt) if ckpt else None,
+        checkpoint_digest=file_digest(ckpt) if ckpt else None,
         checkpoint_path=None if ckpt is None else str(Path(ckpt).resolve()),
         weights=embedded_weights(ckpt) if embed else None,
         provenance={
