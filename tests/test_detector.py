@@ -333,3 +333,17 @@ def test_half_precision_state_is_smaller_and_memory_mapped(tmp_path, monkeypatch
     assert loaded.bank_.features.dtype == np.float16
     assert isinstance(loaded.bank_.features, np.memmap)
     np.testing.assert_allclose(loaded.score(test), knn.score(test), atol=2e-3)
+
+
+def test_another_preprocessing_is_refused(saved_run, monkeypatch):
+    import oodlens.detector as detector_module
+
+    real = detector_module.build_transform
+
+    def other_timm(model, img_size):
+        transform, cfg = real(model, img_size)
+        return transform, {**cfg, "mean": (0.5, 0.5, 0.5)}
+
+    monkeypatch.setattr(detector_module, "build_transform", other_timm)
+    with pytest.raises(ValueError, match="was fitted with the preprocessing"):
+        Detector.load(saved_run / "detectors" / "resnet18-msp.oodlens")

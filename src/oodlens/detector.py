@@ -57,7 +57,9 @@ __all__ = ["Detector", "Verdicts", "image_source", "embedded_weights"]
 log = logging.getLogger(__name__)
 
 #: The top-level keys of a detector file's state; any other is refused.
-_KEYS = frozenset({"scorer", "backbone", "checkpoint", "weights", "calibration", "provenance"})
+_KEYS = frozenset(
+    {"scorer", "backbone", "preprocessing", "checkpoint", "weights", "calibration", "provenance"}
+)
 
 
 @dataclass
@@ -199,6 +201,7 @@ class Detector:
         state = {
             "scorer": scorer_state(self.scorer, self.spec),
             "backbone": dataclasses.asdict(self.backbone),
+            "preprocessing": self._transform()[1],
             "checkpoint": {
                 "sha256": self.checkpoint_sha256,
                 "xxh3_128": self.checkpoint_digest,
@@ -263,6 +266,14 @@ class Detector:
             weights=state["weights"],
             provenance=dict(state["provenance"]),
         )
+        recorded_prep = _plain(state["preprocessing"])
+        if recorded_prep != _plain(det._transform()[1]):
+            raise ValueError(
+                f"{where} was fitted with the preprocessing {recorded_prep}, but this timm "
+                f"builds {_plain(det._transform()[1])} for {backbone.model!r}: its scores and "
+                "calibration would not hold. Use the timm version it was made with "
+                f"({det.provenance.get('versions', {}).get('timm')}), or fit it again."
+            )
         det.model = det._network(where, checkpoint, force)
         det.model.eval().to(device or "cpu")
         return det
@@ -346,7 +357,7 @@ class Detector:
     def _predict(self, source: DatasetSource, options: ExtractOptions, progress: bool) -> Verdicts:
         options = options.replace(img_size=self.backbone.img_size)
         model = self.network(options.device)
-        transform, data_cfg = build_transform(self.backbone.model, self.backbone.img_size)
+        transform, data_cfg = self._transform()
         if resolve_preprocess(options.preprocess, resolve_device(options.device)) == "device":
             transform = BatchPreprocess(transform)
         input_size = tuple(data_cfg["input_size"])
@@ -391,6 +402,10 @@ class Detector:
             weights_sha256=self.weights_sha256,
             forced=self.forced,
         )
+
+    def _transform(self) -> tuple[Any, dict[str, Any]]:
+        """The network's eval transform and data config (as ``bench`` builds them)."""
+        return build_transform(self.backbone.model, self.backbone.img_size)
 
     @property
     def weights_sha256(self) -> str | None:
