@@ -19,7 +19,6 @@ in-distribution data stay like the calibration data: recalibrate after a shift.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -409,14 +408,9 @@ class Detector:
 
     @property
     def weights_sha256(self) -> str | None:
-        """The hash of the weights the network runs with (the recorded one, or the one of
-        the checkpoint forced in)."""
-        if self.weights is not None:
-            h = hashlib.sha256()
-            for name in sorted(self.weights):
-                h.update(name.encode())
-                h.update(np.ascontiguousarray(self.weights[name]).tobytes())
-            return h.hexdigest()
+        """The SHA-256 of the checkpoint the network's weights come from: the recorded one
+        (also for embedded weights, which are the recorded checkpoint's), or the one of the
+        checkpoint forced in."""
         return self.forced_sha256 if self.forced else self.checkpoint_sha256
 
     def network(self, device: str | None = None) -> torch.nn.Module:
