@@ -29,7 +29,7 @@ LAYERS: dict[str, int] = {
         ],
         0,
     ),
-    **dict.fromkeys(["outputs", "stats", "compute", "protocol", "statefile"], 1),
+    **dict.fromkeys(["outputs", "stats", "compute", "protocol", "statefile", "network"], 1),
     **dict.fromkeys(["scorers.base", "explainers.attention", "explainers.base", "cache"], 2),
     **dict.fromkeys(
         [

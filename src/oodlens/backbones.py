@@ -17,6 +17,7 @@ from torch import nn
 from .distributed import local_rank
 from .errors import InvalidParameterError, moved_names
 from .files import atomic_path
+from .network import forward_all, get_head
 from .options import PRECISIONS, PREPROCESS_MODES
 from .params import InstanceOf, Interval, ListOf, Text, validate_fields
 
@@ -672,19 +673,3 @@ class BatchNormalize(_DeviceConstants):
     def __call__(self, image: Any) -> torch.Tensor:
         """One PIL image -> (C, H, W) float32 tensor on the CPU."""
         return self.batch(self.decode(image)[None], "cpu")[0]
-
-
-def get_head(model: nn.Module) -> nn.Linear | None:
-    """The final linear classifier (timm's ``get_classifier``) when it is an ``nn.Linear``."""
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
-    return head if isinstance(head, nn.Linear) else None
-
-
-def forward_all(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, penultimate features) from one forward pass of a timm model."""
-    feats = model.forward_head(model.forward_features(x), pre_logits=True)
-    head = model.get_classifier()
-    logits = head(feats)
-    if logits.ndim > 2:
-        logits = logits.flatten(1)
-    return logits, feats.flatten(1)

@@ -32,6 +32,7 @@ __all__ = [
     "device_blocks",
     "device_memory_budget",
     "fitted_arrays",
+    "tensors_like",
     "row_blocks",
     "row_logsumexp",
     "to_numpy",
@@ -143,6 +144,14 @@ def fitted_arrays(*arrays: np.ndarray) -> tuple[Any, ...]:
     import torch
 
     return tuple(torch.as_tensor(np.asarray(a, dtype=np.float64), device=device) for a in arrays)
+
+
+def tensors_like(like: Any, *arrays: np.ndarray) -> tuple[Any, ...]:
+    """Fitted numpy arrays as float64 tensors on the device of the tensor ``like`` (for a
+    scorer's differentiable score)."""
+    import torch
+
+    return tuple(torch.as_tensor(np.array(a, dtype=np.float64), device=like.device) for a in arrays)
 
 
 def row_logsumexp(x: Any) -> Any:

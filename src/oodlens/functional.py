@@ -1,5 +1,6 @@
-r"""Pure functions for OOD scores. Every function maps arrays to a (N,) float64 score where
-**higher means more in-distribution**.
+r"""Pure functions for OOD scores. Every function maps arrays (numpy, or torch tensors,
+which stay differentiable) to a (N,) float64 score where **higher means more
+in-distribution**.
 
 These are usable without any scorer object; the classes in :mod:`oodlens.scorers` are thin
 wrappers that add fitting, validation and the registry.
@@ -7,16 +8,44 @@ wrappers that add fitting, validation and the registry.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from scipy.special import logsumexp as _logsumexp
 
 __all__ = ["msp", "energy", "max_logit", "neg_entropy", "gen", "log_softmax"]
 
+# Every function takes numpy arrays or torch tensors and computes with what it is given: a
+# tensor stays a tensor, on its device, differentiable (the scorers' ``torch_score``). The
+# formulas are written once, on the few row operations below.
 
-def _check_logits(logits: np.ndarray) -> np.ndarray:
-    logits = np.asarray(logits, dtype=np.float64)
+
+def _is_tensor(x: Any) -> bool:
+    return not isinstance(x, np.ndarray) and hasattr(x, "detach")
+
+
+def _lse(z: Any, keepdims: bool = False) -> Any:
+    if _is_tensor(z):
+        return z.logsumexp(1, keepdim=keepdims)
+    return _logsumexp(z, axis=1, keepdims=keepdims)
+
+
+def _rowmax(z: Any) -> Any:
+    return z.amax(1) if _is_tensor(z) else z.max(axis=1)
+
+
+def _rowsum(z: Any, keepdims: bool = False) -> Any:
+    return z.sum(1, keepdim=keepdims) if _is_tensor(z) else z.sum(axis=1, keepdims=keepdims)
+
+
+def _exp(z: Any) -> Any:
+    return z.exp() if _is_tensor(z) else np.exp(z)
+
+
+def _check_logits(logits: Any) -> Any:
+    logits = logits.double() if _is_tensor(logits) else np.asarray(logits, dtype=np.float64)
     if logits.ndim != 2:
-        raise ValueError(f"logits must be a 2-D (N, C) array, got shape {logits.shape}.")
+        raise ValueError(f"logits must be a 2-D (N, C) array, got shape {tuple(logits.shape)}.")
     return logits
 
 
@@ -42,7 +71,7 @@ def msp(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
         (N,) scores in (1/C, 1].
     """
     z = _check_logits(logits) / _check_temperature(temperature)
-    return np.exp(z.max(axis=1) - _logsumexp(z, axis=1))
+    return _exp(_rowmax(z) - _lse(z))
 
 
 def energy(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -60,7 +89,7 @@ def energy(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
         (N,) scores; higher = lower energy = more in-distribution.
     """
     t = _check_temperature(temperature)
-    return t * _logsumexp(_check_logits(logits) / t, axis=1)
+    return t * _lse(_check_logits(logits) / t)
 
 
 def max_logit(logits: np.ndarray) -> np.ndarray:
@@ -76,13 +105,13 @@ def max_logit(logits: np.ndarray) -> np.ndarray:
     Returns:
         (N,) scores.
     """
-    return _check_logits(logits).max(axis=1)
+    return _rowmax(_check_logits(logits))
 
 
 def log_softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """(N, C) log-probabilities of ``softmax(z / T)``, computed stably."""
     z = _check_logits(logits) / _check_temperature(temperature)
-    return z - _logsumexp(z, axis=1, keepdims=True)
+    return z - _lse(z, keepdims=True)
 
 
 def neg_entropy(logits: np.ndarray) -> np.ndarray:
@@ -97,7 +126,7 @@ def neg_entropy(logits: np.ndarray) -> np.ndarray:
         (N,) scores in :math:`[-\log C, 0]`.
     """
     logp = log_softmax(logits)
-    return np.sum(np.exp(logp) * logp, axis=1)
+    return _rowsum(_exp(logp) * logp)
 
 
 def gen(logits: np.ndarray, gamma: float = 0.1, top_m: int | None = None) -> np.ndarray:
@@ -117,7 +146,10 @@ def gen(logits: np.ndarray, gamma: float = 0.1, top_m: int | None = None) -> np.
     Returns:
         (N,) scores, higher = more in-distribution.
     """
-    p = np.exp(log_softmax(logits))
+    p = _exp(log_softmax(logits))
     if top_m is not None and top_m < p.shape[1]:
-        p = -np.partition(-p, top_m - 1, axis=1)[:, :top_m]
-    return -np.sum(p**gamma * (1.0 - p) ** gamma, axis=1)
+        if _is_tensor(p):
+            p = p.topk(top_m, dim=1).values
+        else:
+            p = -np.partition(-p, top_m - 1, axis=1)[:, :top_m]
+    return -_rowsum(p**gamma * (1.0 - p) ** gamma)

@@ -162,7 +162,9 @@ def check_scorer(name: str, params: dict[str, Any] | None = None) -> None:
     a missing required field raises :class:`~oodlens.MissingOutputsError` naming it;
     outputs with another number of classes are refused; ID scores beat OOD scores
     (higher = more in-distribution); saved and loaded (:func:`oodlens.save_scorer`), the
-    scorer gives the same scores bit for bit (unless it declares ``saveable = False``).
+    scorer gives the same scores bit for bit (unless it declares ``saveable = False``); a
+    scorer that declares a differentiable score (:meth:`~oodlens.Scorer.torch_score`)
+    matches ``score`` to 1e-5 and has finite gradients; one that does not refuses it.
     """
     params = dict(params or {})
     scorer = create_scorer(name, **params)
@@ -233,6 +235,40 @@ def check_scorer(name: str, params: dict[str, Any] | None = None) -> None:
     separation = auroc(scores, score(scorer, ood))
     assert separation > 0.6, f"ID should score higher than OOD (AUROC {separation:.3f})"
     _check_round_trip(scorer, test, score, scores)
+    _check_torch_score(scorer, test, scores)
+
+
+def _check_torch_score(scorer: Any, test: Outputs, scores: np.ndarray) -> None:
+    """A scorer that declares a differentiable score gives :meth:`~oodlens.Scorer.score`'s
+    values (float64, rtol 1e-5 plus 1e-9 absolute for scores that are exactly 0), and
+    finite gradients that reach its inputs; one that does not refuses, naming itself."""
+    import torch
+
+    def tensor(array: Any) -> Any:
+        if array is None:
+            return None
+        return torch.tensor(np.asarray(array, dtype=np.float64), requires_grad=True)
+
+    logits, features = tensor(test.logits), tensor(test.features)
+    head = None if test.head_weight is None else (tensor(test.head_weight), tensor(test.head_bias))
+    if not scorer.differentiable:
+        try:
+            scorer.torch_score(logits, features, head)
+        except TypeError as exc:
+            assert scorer.name in str(exc), "the refusal must name the scorer"
+        else:
+            raise AssertionError("a scorer without a torch form must refuse torch_score()")
+        return
+    value = scorer.torch_score(logits, features, head)
+    assert isinstance(value, torch.Tensor) and value.shape == (test.n_samples,)
+    np.testing.assert_allclose(
+        value.detach().numpy(), scores, rtol=1e-5, atol=1e-9, err_msg="torch_score != score"
+    )
+    value.sum().backward()
+    grads = [t.grad for t in (logits, features) if t is not None and t.grad is not None]
+    assert grads, "torch_score must be differentiable with respect to its inputs"
+    assert all(torch.isfinite(g).all() for g in grads), "gradients must be finite"
+    assert any(g.abs().sum() > 0 for g in grads), "gradients must reach the inputs"
 
 
 def _check_round_trip(scorer: Any, test: Outputs, score: Any, scores: np.ndarray) -> None:

@@ -216,6 +216,59 @@ class Scorer:
             )
         return scores
 
+    @property
+    def differentiable(self) -> bool:
+        """Whether :meth:`torch_score` is defined: the scorer declares a torch form of its
+        score (``_torch_score``) and needs no passes of its own through the network."""
+        return (
+            type(self)._torch_score is not Scorer._torch_score
+            and "model" not in self.requirements()
+        )
+
+    def torch_score(
+        self,
+        logits: Any,
+        features: Any = None,
+        head: tuple[Any, Any] | None = None,
+    ) -> Any:
+        """The score as a differentiable torch tensor: (N,) float64, equal to :meth:`score`
+        on the same outputs (the contract suite checks it to 1e-5), with gradients flowing
+        back to ``logits`` and ``features`` (what the score explainers need).
+
+        Args:
+            logits: (N, C) tensor.
+            features: (N, D) penultimate features, for scorers that read them.
+            head: ``(weight (C, D), bias (C,))`` tensors of the classifier head, for scorers
+                that read it at score time.
+
+        Raises:
+            NotFittedError: the scorer is not fitted.
+            TypeError: it has no differentiable form (e.g. a model-aware scorer, which makes
+                its own gradient passes), naming it.
+            MissingOutputsError: a required input is missing.
+        """
+        self._check_fitted()
+        if not self.differentiable:
+            raise TypeError(
+                f"Scorer {self.name!r} has no differentiable form of its score"
+                + (
+                    " (it is model-aware: it makes its own passes through the network)"
+                    if "model" in self.requirements()
+                    else ""
+                )
+                + "; explain the class instead, or a scorer that declares one."
+            )
+        for requirement, value in (("features", features), ("head", head)):
+            if requirement in self.requirements() and value is None:
+                raise MissingOutputsError(
+                    f"Scorer {self.name!r} requires {requirement!r} for its torch score."
+                )
+        return self._torch_score(logits, features, head)
+
+    def _torch_score(self, logits: Any, features: Any, head: Any) -> Any:
+        """The differentiable score (override to declare one; see :meth:`torch_score`)."""
+        raise NotImplementedError
+
     def get_state(self) -> dict[str, Any]:
         """The parameters and the fitted state, as plain data: ``{"params": ...,
         "fitted": {...}}``, the fitted values numpy arrays, numbers, strings, booleans,

@@ -63,14 +63,24 @@ def exact_kde(train: np.ndarray, points: np.ndarray, cov: np.ndarray) -> np.ndar
         (m,) densities, summed in blocks so memory stays bounded.
     """
     train = np.asarray(train, dtype=np.float64)
-    points = np.asarray(points, dtype=np.float64)
     n, d = train.shape
     chol = cholesky(np.atleast_2d(cov), lower=True)
     zt = solve_triangular(chol, train.T, lower=True).T
-    zp = solve_triangular(chol, points.T, lower=True).T
     norm = n * (2 * math.pi) ** (d / 2) * float(np.prod(np.diag(chol)))
-    out = np.empty(points.shape[0])
     block = max(1, _BLOCK // max(1, n * d))
+    if _is_tensor(points):  # differentiable, where the points live
+        import torch
+
+        chol_t, zt_t = (torch.as_tensor(a, device=points.device) for a in (chol, zt))
+        zp = torch.linalg.solve_triangular(chol_t, points.double().T, upper=False).T
+        parts = [
+            torch.exp(-0.5 * ((zp[s : s + block, None, :] - zt_t[None]) ** 2).sum(2)).sum(1)
+            for s in range(0, zp.shape[0], block)
+        ]
+        return (torch.cat(parts) if parts else zp.new_zeros(0)) / norm
+    points = np.asarray(points, dtype=np.float64)
+    zp = solve_triangular(chol, points.T, lower=True).T
+    out = np.empty(points.shape[0])
     for s in range(0, points.shape[0], block):
         diff = zp[s : s + block, None, :] - zt[None, :, :]
         out[s : s + block] = np.exp(-0.5 * np.einsum("bnd,bnd->bn", diff, diff)).sum(axis=1)
@@ -92,8 +102,11 @@ class Exact1D:
         self.bandwidths = np.asarray(bandwidths, dtype=np.float64)
 
     def evaluate(self, values: np.ndarray, groups: np.ndarray) -> np.ndarray:
-        """Density of each value under its group's KDE: (m,) for (m,) values and groups."""
-        out = np.zeros(values.shape[0])
+        """Density of each value under its group's KDE: (m,) for (m,) values and groups (a
+        tensor of values gives a differentiable tensor)."""
+        groups = np.asarray(groups)
+        out = values.new_zeros(values.shape[0]).double() if _is_tensor(values) else None
+        out = np.zeros(values.shape[0]) if out is None else out
         for g in np.unique(groups):
             sel = groups == g
             h = self.bandwidths[g]
@@ -207,7 +220,15 @@ class Grid1D:
         return self
 
     def evaluate(self, values: np.ndarray, groups: np.ndarray) -> np.ndarray:
-        """Density of each value under its group's KDE (0 beyond the grid)."""
+        """Density of each value under its group's KDE (0 beyond the grid); a tensor of
+        values is evaluated where it lives, differentiably (linear interpolation)."""
+        if _is_tensor(values):
+            import torch
+
+            a = self.device_arrays(values.device)
+            g = torch.as_tensor(np.asarray(groups), device=values.device)
+            per_value = {k: a[k][g] for k in ("start", "delta", "last", "offsets")}
+            return _interpolate(a["grid"], values.double(), **per_value)
         flat, frac, inside = self._locate(np.asarray(values, dtype=np.float64), groups)
         out = self.grid[flat] * (1.0 - frac) + self.grid[flat + 1] * frac
         return np.where(inside, out, 0.0)
@@ -230,16 +251,9 @@ class Grid1D:
         if isinstance(block, np.ndarray):
             groups = np.broadcast_to(np.arange(block.shape[1]), block.shape).ravel()
             return self.evaluate(block.ravel(), groups).reshape(block.shape).mean(axis=1)
-        import torch
-
         a = arrays if arrays is not None else self.device_arrays(block.device)
-        p = (block - a["start"]) / a["delta"]
-        inside = (p >= 0) & (p <= a["last"])
-        i0 = torch.minimum(p.floor().clamp(min=0), a["last"] - 1).long()
-        frac = p - i0
-        flat = a["offsets"] + i0
-        dens = a["grid"][flat] * (1.0 - frac) + a["grid"][flat + 1] * frac
-        return torch.where(inside, dens, 0.0).mean(1)
+        per_column = {k: a[k] for k in ("start", "delta", "last", "offsets")}
+        return _interpolate(a["grid"], block, **per_column).mean(1)
 
 
 class ExactND:
@@ -303,7 +317,11 @@ class GridND:
         self.grid = np.maximum(grid / norm, 0.0)
 
     def evaluate(self, points: np.ndarray) -> np.ndarray:
-        """(m,) densities at (m, d) points (0 beyond the grid)."""
+        """(m,) densities at (m, d) points (0 beyond the grid); a tensor of points is
+        evaluated where it lives, differentiably (multilinear interpolation, as
+        ``map_coordinates(order=1)``)."""
+        if _is_tensor(points):
+            return self._evaluate_tensor(points)
         z = solve_triangular(self.chol, np.asarray(points, dtype=np.float64).T, lower=True)
         p = (z - self.lo[:, None]) / self.delta
         inside = np.all((p >= 0) & (p <= np.asarray(self.shape)[:, None] - 1), axis=0)
@@ -311,6 +329,43 @@ class GridND:
 
         out = map_coordinates(self.grid, p, order=1, mode="nearest")
         return np.where(inside, out, 0.0)
+
+    def _evaluate_tensor(self, points: Any) -> Any:
+        import torch
+
+        dev = points.device
+        chol, lo, grid = (torch.as_tensor(a, device=dev) for a in (self.chol, self.lo, self.grid))
+        z = torch.linalg.solve_triangular(chol, points.double().T, upper=False)
+        p = (z - lo[:, None]) / self.delta  # (d, m) grid coordinates
+        top = torch.as_tensor(self.shape, device=dev)[:, None] - 1
+        inside = ((p >= 0) & (p <= top)).all(0)
+        i0 = torch.minimum(p.detach().floor().clamp(min=0), (top - 1).clamp(min=0)).long()
+        frac = p - i0
+        out = points.new_zeros(points.shape[0]).double()
+        for corner in np.ndindex(*(2,) * len(self.shape)):
+            c = torch.as_tensor(corner, device=dev)[:, None]
+            weight = torch.where(c == 1, frac, 1.0 - frac).prod(0)
+            index = tuple(torch.minimum(i0 + c, top))
+            out = out + grid[index] * weight
+        return torch.where(inside, out, 0.0)
+
+
+def _is_tensor(x: Any) -> bool:
+    return not isinstance(x, np.ndarray) and hasattr(x, "detach")
+
+
+def _interpolate(grid: Any, values: Any, start: Any, delta: Any, last: Any, offsets: Any) -> Any:
+    """Linear interpolation of the flat ``grid`` of 1-D KDEs at ``values`` (tensors; each
+    value's group given by ``start``, ``delta``, ``last`` and ``offsets``, broadcast to
+    it); 0 beyond a group's grid. Differentiable in ``values`` (through the fractions)."""
+    import torch
+
+    p = (values - start) / delta
+    inside = (p >= 0) & (p <= last)
+    i0 = torch.minimum(p.detach().floor().clamp(min=0), last - 1).long()
+    frac = p - i0
+    flat = offsets + i0
+    return torch.where(inside, grid[flat] * (1.0 - frac) + grid[flat + 1] * frac, 0.0)
 
 
 _KINDS: dict[str, type] = {

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..arrays import iter_row_chunks, rows_per_chunk
-from ..compute import current_device, device_blocks, row_blocks, to_numpy
+from ..compute import current_device, device_blocks, row_blocks, tensors_like, to_numpy
 from ..outputs import Outputs
 from ..params import Boolean, Interval, Options
 from . import kde as _kde
@@ -433,6 +433,35 @@ class LogitKDE(Scorer):
         for j in np.unique(pred[keep]):
             sel = pred == j
             out[sel] = self.kde_[j].evaluate(feats[sel])
+        return out
+
+    def _torch_score(self, logits: Any, features: Any, head: Any) -> Any:
+        """The density in torch from the fitted state: the same KDEs, evaluated with
+        tensors (linear interpolation on the grids, direct sums for ``method="exact"``),
+        differentiable in the logits; the predicted class and the top-k order are those of
+        the forward pass."""
+        import torch
+
+        z = logits.double()
+        n, c = z.shape
+        if self.mode == "marginal":
+            groups = np.broadcast_to(np.arange(c), (n, c)).ravel()
+            return self.kde_.evaluate(z.reshape(-1), groups).reshape(n, c).mean(1)
+        feats = z.topk(self.top_k, dim=1).values
+        pred = z.argmax(1).cpu().numpy()
+        keep = torch.as_tensor(~np.isin(pred, self.skipped_classes_), device=z.device)
+        if self.top_k == 1:
+            top = feats[:, 0]
+            if self.one_sided:
+                (modes,) = tensors_like(z, self.modes_)
+                top = torch.minimum(top, modes[torch.as_tensor(pred, device=z.device)])
+            return torch.where(keep, self.kde_.evaluate(top, pred), 0.0)
+        out = z.new_zeros(n)
+        for j in np.unique(pred):
+            if j in self.skipped_classes_:
+                continue
+            sel = torch.as_tensor(pred == j, device=z.device)
+            out = out.masked_scatter(sel, self.kde_[j].evaluate(feats[sel]))
         return out
 
     def density(self, values: np.ndarray, index: int) -> np.ndarray:

@@ -4,11 +4,13 @@ temperature-scaled MSP); the maths lives in :mod:`oodlens.functional`."""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import numpy as np
 
 from .. import functional as F
 from ..arrays import check_fit_labels, iter_row_chunks, rows_per_chunk
+from ..compute import tensors_like
 from ..outputs import Outputs
 from ..params import Interval
 from .base import Scorer
@@ -43,6 +45,9 @@ class MSP(Scorer):
     def _score(self, outputs: Outputs) -> np.ndarray:
         return F.msp(outputs.logits, self.temperature)
 
+    def _torch_score(self, logits: Any, features: Any, head: Any) -> Any:
+        return F.msp(logits, self.temperature)
+
 
 class Energy(Scorer):
     r"""Negative free energy (Liu et al., NeurIPS 2020).
@@ -63,6 +68,9 @@ class Energy(Scorer):
     def _score(self, outputs: Outputs) -> np.ndarray:
         return F.energy(outputs.logits, self.temperature)
 
+    def _torch_score(self, logits: Any, features: Any, head: Any) -> Any:
+        return F.energy(logits, self.temperature)
+
 
 class MaxLogit(Scorer):
     r"""Maximum logit (Hendrycks et al., ICML 2022).
@@ -78,6 +86,9 @@ class MaxLogit(Scorer):
 
     def _score(self, outputs: Outputs) -> np.ndarray:
         return F.max_logit(outputs.logits)
+
+    def _torch_score(self, logits: Any, features: Any, head: Any) -> Any:
+        return F.max_logit(logits)
 
 
 class Entropy(Scorer):
@@ -97,6 +108,9 @@ class Entropy(Scorer):
 
     def _score(self, outputs: Outputs) -> np.ndarray:
         return F.neg_entropy(outputs.logits)
+
+    def _torch_score(self, logits: Any, features: Any, head: Any) -> Any:
+        return F.neg_entropy(logits)
 
 
 class GEN(Scorer):
@@ -128,6 +142,9 @@ class GEN(Scorer):
 
     def _score(self, outputs: Outputs) -> np.ndarray:
         return F.gen(outputs.logits, self.gamma, self.top_m)
+
+    def _torch_score(self, logits: Any, features: Any, head: Any) -> Any:
+        return F.gen(logits, self.gamma, self.top_m)
 
 
 class KLMatching(Scorer):
@@ -164,15 +181,27 @@ class KLMatching(Scorer):
         self.typical_ = sums[seen] / counts[seen, None]
         self.classes_ = np.flatnonzero(seen)
 
+    def _log_typical(self) -> np.ndarray:
+        return np.log(np.maximum(self.typical_, np.finfo(np.float64).tiny))
+
+    @staticmethod
+    def _kl_score(logits: Any, log_typical: Any) -> Any:
+        """``-min_k KL(p || d_k)`` of a block (numpy, or tensors: differentiable)."""
+        logp = F.log_softmax(logits)
+        p = logp.exp() if hasattr(logp, "detach") else np.exp(logp)
+        kl = (p * logp).sum(1)[:, None] - p @ log_typical.T
+        return -(kl.amin(1) if hasattr(kl, "detach") else kl.min(axis=1))
+
     def _score(self, outputs: Outputs) -> np.ndarray:
-        logd = np.log(np.maximum(self.typical_, np.finfo(np.float64).tiny))
+        logd = self._log_typical()
         out = np.empty(outputs.n_samples)
         for start, block in iter_row_chunks(outputs.logits, rows_per_chunk(outputs.n_classes)):
-            logp = F.log_softmax(block)
-            p = np.exp(logp)
-            kl = np.sum(p * logp, axis=1, keepdims=True) - p @ logd.T
-            out[start : start + len(block)] = -kl.min(axis=1)
+            out[start : start + len(block)] = self._kl_score(block, logd)
         return out
+
+    def _torch_score(self, logits: Any, features: Any, head: Any) -> Any:
+        (logd,) = tensors_like(logits, self._log_typical())
+        return self._kl_score(logits.double(), logd)
 
 
 class TemperatureMSP(Scorer):
@@ -220,3 +249,6 @@ class TemperatureMSP(Scorer):
 
     def _score(self, outputs: Outputs) -> np.ndarray:
         return F.msp(outputs.logits, self.temperature_)
+
+    def _torch_score(self, logits: Any, features: Any, head: Any) -> Any:
+        return F.msp(logits, self.temperature_)

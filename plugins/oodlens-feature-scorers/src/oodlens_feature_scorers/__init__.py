@@ -32,6 +32,7 @@ from oodlens.compute import (
     fitted_arrays,
     row_blocks,
     row_logsumexp,
+    tensors_like,
     to_numpy,
 )
 from oodlens.params import Boolean, Interval, Options
@@ -108,18 +109,31 @@ class _GaussianPass:
         return cls(counts_, shift_, sums_, outer_, int(counts.sum()))
 
 
+def _block_min_distance(f: Any, mu: Any, p: Any, quad_mu: Any) -> Any:
+    """``min_c (f - mu_c)^T P (f - mu_c)`` of a row block (numpy, or tensors: differentiable),
+    as ``f^T P f - 2 f^T P mu + mu^T P mu`` for all classes at once (not yet clipped at 0)."""
+    fp = f @ p
+    return _row_min((fp * f).sum(1)[:, None] - 2.0 * fp @ mu.T + quad_mu[None, :])
+
+
+def _quad(means: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    return np.einsum("cd,cd->c", means @ precision, means)
+
+
 def _min_distance(features: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
     """``min_c (f - mu_c)^T P (f - mu_c)`` for every row, clipped at 0, in row blocks."""
-    # (f-mu)^T P (f-mu) = f^T P f - 2 f^T P mu + mu^T P mu, for all classes at once
-    quad_mu = np.einsum("cd,cd->c", means @ precision, means)
     rows = rows_per_chunk(features.shape[1] + len(means), BLOCK_VALUES)
     out = np.empty(features.shape[0])
-    mu, p, qm = fitted_arrays(means, precision, quad_mu)
+    mu, p, qm = fitted_arrays(means, precision, _quad(means, precision))
     for start, f in _blocks(features, rows):
-        fp = f @ p
-        dist = (fp * f).sum(1)[:, None] - 2.0 * fp @ mu.T + qm[None, :]
-        out[start : start + len(f)] = np.maximum(to_numpy(_row_min(dist)), 0.0)
+        out[start : start + len(f)] = np.maximum(to_numpy(_block_min_distance(f, mu, p, qm)), 0)
     return out
+
+
+def _torch_min_distance(f: Any, means: np.ndarray, precision: np.ndarray) -> Any:
+    """:func:`_min_distance` of a (N, D) float64 tensor, differentiable."""
+    mu, p, qm = tensors_like(f, means, precision, _quad(means, precision))
+    return _block_min_distance(f, mu, p, qm).clamp(min=0.0)
 
 
 def _row_min(x: Any) -> Any:
@@ -189,6 +203,9 @@ class Mahalanobis(oodlens.Scorer):
 
     def _score(self, outputs: oodlens.Outputs) -> np.ndarray:
         return -_min_distance(outputs.features, self.means_, self.precision_)
+
+    def _torch_score(self, logits: Any, features: Any, head: Any) -> Any:
+        return -_torch_min_distance(features.double(), self.means_, self.precision_)
 
 
 def _ridged_inverse(cov: Any, ridge: float) -> np.ndarray:
@@ -265,18 +282,34 @@ class _NeighbourBank:
         bank.features, bank.scale = state["rows"], state["scale"]
         return bank
 
-    def _device_blocks(self, device: str) -> Iterator[Any]:
-        """The bank rows on ``device`` as float32: in one block when they fit the device's
-        memory budget (read from the copy :mod:`oodlens.compute` keeps for every scorer of
-        the run), else block by block."""
+    def _device_blocks(self, device: str, dtype: Any = None) -> Iterator[Any]:
+        """The bank rows on ``device`` as ``dtype`` (default float32): in one block when
+        they fit the device's memory budget (read from the copy :mod:`oodlens.compute`
+        keeps for every scorer of the run), else block by block."""
         import torch
 
+        dtype = torch.float32 if dtype is None else dtype
         n, d = self.features.shape
         fits = n * d * 4 <= device_memory_budget(device)
         rows = n if fits else rows_per_chunk(d, BLOCK_VALUES)
         scale = None if self.scale is None else torch.as_tensor(self.scale, device=device)
-        for s, f in device_blocks(self.features, rows, device, torch.float32):
-            yield f if scale is None else f * scale[s : s + len(f), None].float()
+        for s, f in device_blocks(self.features, rows, device, dtype):
+            yield f if scale is None else f * scale[s : s + len(f), None].to(dtype)
+
+    def tensor_top_k(self, queries: Any, k: int) -> Any:
+        """(Q, k) largest inner products of the normalised query tensor with the bank rows,
+        on its device and in its precision (float32 search on a compute device; float64
+        for a differentiable score, whose gradients reach the queries through the selected
+        products: the neighbours are those of the forward pass)."""
+        import torch
+
+        q = queries / queries.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        top = q.new_empty((len(q), 0))
+        for bank in self._device_blocks(str(q.device), q.dtype):
+            top = torch.cat([top, q @ bank.T], dim=1)
+            if top.shape[1] > k:
+                top = top.topk(k, dim=1, sorted=False).values
+        return top
 
     def top_k(self, queries: np.ndarray, k: int) -> np.ndarray:
         """(Q, k) largest inner products of the normalised queries with the bank rows."""
@@ -290,12 +323,7 @@ class _NeighbourBank:
 
             query_rows = rows_per_chunk(max(d, min(n, 1 << 16)), 1 << 26)
             for start, q in device_blocks(queries, query_rows, device, torch.float32):
-                q = q / q.norm(dim=1, keepdim=True).clamp_min(1e-12)
-                top = q.new_empty((len(q), 0))
-                for bank in self._device_blocks(device):
-                    top = torch.cat([top, q @ bank.T], dim=1)
-                    if top.shape[1] > k:
-                        top = top.topk(k, dim=1, sorted=False).values
+                top = self.tensor_top_k(q, k)
                 out[start : start + len(q)] = top.double().cpu().numpy()
             return out
         for start, block in iter_row_chunks(queries, query_rows):
@@ -403,6 +431,12 @@ class KNN(oodlens.Scorer):
         kth = self.bank_.top_k(outputs.features, k).min(axis=1)
         return -np.sqrt(np.maximum(2.0 - 2.0 * kth, 0.0))
 
+    def _torch_score(self, logits: Any, features: Any, head: Any) -> Any:
+        """The exact search in torch (also when faiss scores), the k-th neighbour fixed at
+        the forward pass; differentiable in the features."""
+        kth = self.bank_.tensor_top_k(features.double(), int(self.k)).amin(1)
+        return -(2.0 - 2.0 * kth).clamp(min=0.0).sqrt()
+
 
 class ViM(oodlens.Scorer):
     r"""Virtual-logit matching (Wang et al., CVPR 2022).
@@ -500,9 +534,17 @@ class ViM(oodlens.Scorer):
             self.origin_, self.residual_basis_, self.weight_, self.bias_
         )
         for start, f in _blocks(outputs.features, rows):
-            vlogit = _row_norm((f - origin) @ basis) * self.alpha_
-            out[start : start + len(f)] = to_numpy(row_logsumexp(f @ w.T + b) - vlogit)
+            out[start : start + len(f)] = to_numpy(self._block(f, origin, basis, w, b))
         return out
+
+    def _block(self, f: Any, origin: Any, basis: Any, w: Any, b: Any) -> Any:
+        """The score of a row block (numpy, or tensors: differentiable)."""
+        return row_logsumexp(f @ w.T + b) - _row_norm((f - origin) @ basis) * self.alpha_
+
+    def _torch_score(self, logits: Any, features: Any, head: Any) -> Any:
+        f = features.double()
+        arrays = tensors_like(f, self.origin_, self.residual_basis_, self.weight_, self.bias_)
+        return self._block(f, *arrays)
 
 
 def _percentile(features: np.ndarray, q: float) -> float:
@@ -567,9 +609,16 @@ class ReAct(oodlens.Scorer):
         rows = rows_per_chunk(outputs.features.shape[1] + len(w), BLOCK_VALUES)
         out = np.empty(outputs.n_samples)
         for start, f in _blocks(outputs.features, rows):
-            clipped = f.clip(max=self.threshold_)
-            out[start : start + len(f)] = to_numpy(row_logsumexp(clipped @ w.T + b))
+            out[start : start + len(f)] = to_numpy(self._block(f, w, b))
         return out
+
+    def _block(self, f: Any, w: Any, b: Any) -> Any:
+        """The energy of the clipped features of a row block (numpy, or tensors)."""
+        return row_logsumexp(f.clip(max=self.threshold_) @ w.T + b)
+
+    def _torch_score(self, logits: Any, features: Any, head: Any) -> Any:
+        weight, bias = head
+        return self._block(features.double(), weight.double(), bias.double())
 
 
 class RMD(Mahalanobis):
@@ -605,6 +654,11 @@ class RMD(Mahalanobis):
             outputs.features, self.background_mean_[None, :], self.background_precision_
         )
         return class_part + d0  # -(min_k d_k - d_0)
+
+    def _torch_score(self, logits: Any, features: Any, head: Any) -> Any:
+        f = features.double()
+        d0 = _torch_min_distance(f, self.background_mean_[None, :], self.background_precision_)
+        return super()._torch_score(logits, f, head) + d0
 
 
 class SHE(oodlens.Scorer):
@@ -665,6 +719,11 @@ class SHE(oodlens.Scorer):
             out[start : start + len(f)] = to_numpy((f * patterns[_index(pred, f)]).sum(1))
         return out
 
+    def _torch_score(self, logits: Any, features: Any, head: Any) -> Any:
+        f = features.double()
+        (patterns,) = tensors_like(f, self.patterns_)
+        return (f * patterns[logits.argmax(1)]).sum(1)
+
 
 class NNGuide(oodlens.Scorer):
     r"""Nearest-neighbour guidance (Park, Jung, Teoh, ICCV 2023).
@@ -723,6 +782,10 @@ class NNGuide(oodlens.Scorer):
         top = self.bank_.top_k(outputs.features, int(self.k))
         z = np.asarray(outputs.logits, dtype=np.float64)
         return logsumexp(z, axis=1) * top.mean(axis=1)
+
+    def _torch_score(self, logits: Any, features: Any, head: Any) -> Any:
+        top = self.bank_.tensor_top_k(features.double(), int(self.k))
+        return logits.double().logsumexp(1) * top.mean(1)
 
 
 @oodlens.hookimpl

@@ -25,7 +25,7 @@ from scipy.special import logsumexp
 
 import oodlens
 from oodlens.arrays import rows_per_chunk
-from oodlens.compute import fitted_arrays, row_blocks, row_logsumexp, to_numpy
+from oodlens.compute import fitted_arrays, row_blocks, row_logsumexp, tensors_like, to_numpy
 from oodlens.params import Interval, Options
 from oodlens.scorers import ModelInputs
 
@@ -334,6 +334,15 @@ class _Shaping(oodlens.Scorer):
             out[start : start + len(f)] = to_numpy(row_logsumexp(shaped @ w.T + b))
         return out
 
+    def _torch_shape(self, a: Any) -> Any:
+        """The shaping of a float64 tensor, differentiable where it is (piecewise)."""
+        return self._shape(a)
+
+    def _torch_score(self, logits: Any, features: Any, head: Any) -> Any:
+        weight, bias = head
+        shaped = self._torch_shape(features.double())
+        return row_logsumexp(shaped @ weight.double().T + bias.double())
+
 
 class ASH(_Shaping):
     r"""Activation shaping (Djurisic, Bozanic, Ashok & Liu, ICLR 2023), then energy.
@@ -381,6 +390,19 @@ class ASH(_Shaping):
             # GPU run gives the CPU's numbers
             return ash_shape(to_numpy(a), self.percentile, "b")
         return ash_shape(a, self.percentile, self.variant)
+
+    def _torch_shape(self, a: Any) -> Any:
+        if self.variant != "b":
+            return ash_shape(a, self.percentile, self.variant)
+        # the kept positions as the host picks them (see _shape), the filled value s1/k
+        # differentiable
+        import torch
+
+        k = _kept(a.shape[1], self.percentile)
+        kept = np.argpartition(-to_numpy(a), k - 1, axis=1)[:, :k]
+        index = torch.as_tensor(kept, device=a.device)
+        fill = (a.sum(1, keepdim=True) / k).expand(-1, k)
+        return a.new_zeros(a.shape).scatter(1, index, fill)
 
 
 class SCALE(_Shaping):
@@ -455,6 +477,10 @@ class DICE(oodlens.Scorer):
         for start, f in _blocks(outputs.features):
             out[start : start + len(f)] = to_numpy(row_logsumexp(f @ w.T + b))
         return out
+
+    def _torch_score(self, logits: Any, features: Any, head: Any) -> Any:
+        (w,) = tensors_like(features, self.masked_weight_)
+        return row_logsumexp(features.double() @ w.T + head[1].double())
 
 
 @oodlens.hookimpl
