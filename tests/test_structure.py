@@ -40,6 +40,7 @@ LAYERS: dict[str, int] = {
             "scorers",
             "explainers",
             "explainers.gradcam",
+            "explainers.integrated",
             "openood_models",
             "conformal",
         ],

@@ -42,11 +42,16 @@ def _cmd_scorers(args: argparse.Namespace) -> int:
     entries.sort(key=lambda e: (e.distribution != "oodlens", e.distribution, e.name))
     rows = []
     for e in entries:
-        needs = sorted(registry.create_scorer(e.name).requirements())
-        rows.append((e.name, e.distribution, ", ".join(needs), e.description))
-    print(_table(("name", "distribution", "needs", "description"), rows))
+        scorer = registry.create_scorer(e.name)
+        needs = ", ".join(sorted(scorer.requirements()))
+        explainable = "yes" if scorer.differentiable else "no"
+        rows.append((e.name, e.distribution, needs, explainable, e.description))
+    print(_table(("name", "distribution", "needs", "explainable", "description"), rows))
     groups = {e.distribution for e in entries}
-    print(f"\n{len(entries)} scorers from {len(groups)} distribution(s); 'model' = model-aware.")
+    print(
+        f"\n{len(entries)} scorers from {len(groups)} distribution(s); 'model' = model-aware; "
+        "'explainable' = a differentiable score (oodlens explain --target score)."
+    )
     return 0
 
 

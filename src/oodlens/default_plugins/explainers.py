@@ -1,4 +1,5 @@
-"""Built-in plugin: Grad-CAM (imports torch and captum only when explainers are listed)."""
+"""Built-in plugin: Grad-CAM and Integrated Gradients (imports torch and captum only when
+explainers are listed)."""
 
 from __future__ import annotations
 
@@ -11,5 +12,7 @@ from ..hookspecs import hookimpl
 @hookimpl
 def register_explainers(register: Callable[..., Any]) -> None:
     from ..explainers.gradcam import GradCAM
+    from ..explainers.integrated import IntegratedGradients
 
     register(GradCAM)
+    register(IntegratedGradients)

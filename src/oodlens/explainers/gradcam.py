@@ -6,15 +6,21 @@ import difflib
 import logging
 from collections.abc import Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..network import forward_all, get_head
 from ..params import Interval, Options
 from .base import Explainer
 
-__all__ = ["GradCAM", "resolve_target_layer", "minmax_normalize"]
+__all__ = ["GradCAM", "ScoreTarget", "SIGNS", "resolve_target_layer", "minmax_normalize"]
+
+#: Which way of a score a map shows: "foreign" (what lowers it: evidence of being unfamiliar)
+#: or "familiar" (what raises it).
+SIGNS = ("foreign", "familiar")
 
 Target = int | Sequence[int] | torch.Tensor | str | None
 
@@ -140,6 +146,13 @@ class GradCAM(Explainer):
     class tokens dropped, grid from the patch size and the input size, so non-square inputs
     work).
 
+    Score targets: with ``score=`` a fitted scorer that has a differentiable score
+    (:attr:`oodlens.Scorer.differentiable`), the map explains that scorer's score instead of
+    a class: :math:`y` is :math:`-s(x)` with ``sign="foreign"`` (default: the map shows what
+    *lowers* the score, the evidence that the image is unfamiliar) or :math:`s(x)` with
+    ``sign="familiar"``. The score is computed from the same forward pass (logits,
+    penultimate features and the head of the network).
+
     Args:
         model: a classifier returning (N, C) logits.
         layer: target layer (module or dotted name); ``None`` picks it automatically (see
@@ -149,6 +162,8 @@ class GradCAM(Explainer):
         normalize: min-max normalise each map to [0, 1] (default True).
         device: where to run; the model is moved there.
         batch_size: images per backward pass.
+        score: a fitted scorer whose score to explain (default ``None``: the class).
+        sign: ``"foreign"`` (default) or ``"familiar"``: which way of the score the map shows.
 
     Example:
         >>> import timm, torch
@@ -163,6 +178,7 @@ class GradCAM(Explainer):
     parameter_constraints = {
         "upsample": [Options(("bilinear", "nearest", "bicubic"))],
         "batch_size": [Interval(int, 1, None)],
+        "sign": [Options(SIGNS)],
     }
 
     def __init__(
@@ -174,8 +190,11 @@ class GradCAM(Explainer):
         normalize: bool = True,
         device: str | torch.device = "cpu",
         batch_size: int = 32,
+        score: Any = None,
+        sign: str = "foreign",
     ) -> None:
-        self.check_params({"upsample": upsample, "batch_size": batch_size})
+        self.check_params({"upsample": upsample, "batch_size": batch_size, "sign": sign})
+        self.target_score = ScoreTarget(model, score, sign) if score is not None else None
         self.model = model.to(device)
         self.layer_name, self.layer = resolve_target_layer(model, layer)
         self.relu = relu
@@ -185,6 +204,8 @@ class GradCAM(Explainer):
         self.batch_size = batch_size
         #: after :meth:`explain`: (N, C) logits of the explained images
         self.last_logits: torch.Tensor | None = None
+        #: after :meth:`explain` with ``score=``: (N,) scores of the explained images
+        self.last_scores: torch.Tensor | None = None
 
     @contextmanager
     def _prepared(self, image_hw: tuple[int, int]):
@@ -221,7 +242,8 @@ class GradCAM(Explainer):
             images: (N, C, H, W) preprocessed images.
             target: ``"predicted"`` or ``None`` (the predicted class, found in the same
                 forward pass), an int (one class for all), or a sequence / (N,) tensor of
-                class indices.
+                class indices; with ``score=`` the score is explained and ``target`` must
+                stay ``"predicted"``.
 
         Returns:
             (N, H, W) float tensor on the CPU, values in [0, 1] (when ``normalize``).
@@ -234,7 +256,9 @@ class GradCAM(Explainer):
             )
         n, _, h, w = images.shape
         targets = self._targets(target, n)
-        maps, logits_all = [], []
+        if self.target_score is not None and targets is not None:
+            raise ValueError("With score= the score is explained: leave target='predicted'.")
+        maps, logits_all, scores_all = [], [], []
         with torch.enable_grad(), self._prepared((h, w)) as layer:
             for s in range(0, n, self.batch_size):
                 x = images[s : s + self.batch_size].to(self.device)
@@ -255,13 +279,21 @@ class GradCAM(Explainer):
                 ]
                 maps.append(cam.detach().float().cpu())
                 logits_all.append(self._logits.float().cpu())
+                if self.target_score is not None:
+                    scores_all.append(self.target_score.last_scores)
         cams = torch.cat(maps)
         self.last_logits = torch.cat(logits_all)
+        self.last_scores = torch.cat(scores_all) if scores_all else None
         return minmax_normalize(cams) if self.normalize else cams
 
     def _forward(self, inp: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
         """The model's logit of the target class, (N, 1); the predicted class when ``t`` is
-        None, so one forward pass serves both the prediction and the gradient."""
+        None, so one forward pass serves both the prediction and the gradient. With a score
+        target, the signed score (N, 1) of the same forward pass."""
+        if self.target_score is not None:
+            out = self.target_score(inp)
+            self._logits = self.target_score.last_logits
+            return out[:, None]
         out = self.model(inp)
         self._logits = out.detach()
         idx = out.argmax(dim=1, keepdim=True) if t is None else t.view(-1, 1)
@@ -282,6 +314,47 @@ class GradCAM(Explainer):
                 f"target has {t.numel()} entries for {n} images; give one class per image."
             )
         return t
+
+
+class ScoreTarget(nn.Module):
+    """A fitted scorer's score as a function of the input images: one forward pass of the
+    network gives the logits, the penultimate features and the head, and the scorer's
+    :meth:`~oodlens.Scorer.torch_score` turns them into (N,) scores, negated with
+    ``sign="foreign"`` (so that attributions point at what makes an image unfamiliar). What
+    captum's attribution methods are given as ``forward_func``.
+
+    Raises:
+        TypeError: the scorer has no differentiable score (named, with the scorers that
+            have one in its message).
+    """
+
+    def __init__(self, model: nn.Module, scorer: Any, sign: str = "foreign") -> None:
+        super().__init__()
+        if sign not in SIGNS:
+            raise ValueError(f"sign={sign!r} is not valid; use one of {', '.join(SIGNS)}.")
+        if not getattr(scorer, "differentiable", False):
+            raise TypeError(
+                f"Scorer {getattr(scorer, 'name', scorer)!r} has no differentiable score, so its "
+                "score cannot be explained by gradients (it needs passes of its own through the "
+                "network, or declares no torch form); explain the class (target 'class'), or "
+                "choose a scorer that has one (the 'explainable' column of oodlens scorers)."
+            )
+        self.model, self.scorer, self.sign = model, scorer, sign
+        self.last_logits: torch.Tensor | None = None
+        self.last_scores: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits, feats = forward_all(self.model, x)
+        head = get_head(self.model)
+        weights = None if head is None else (head.weight, _bias(head))
+        score = self.scorer.torch_score(logits, feats, weights)
+        self.last_logits = logits.detach()
+        self.last_scores = score.detach().float().cpu()
+        return -score if self.sign == "foreign" else score
+
+
+def _bias(head: nn.Linear) -> torch.Tensor:
+    return head.bias if head.bias is not None else head.weight.new_zeros(head.out_features)
 
 
 def minmax_normalize(cams: torch.Tensor) -> torch.Tensor:
