@@ -54,7 +54,8 @@ def test_attention_groups_follow_the_operating_threshold(attention_result):
     assert n["id_wrong_accepted"] == int((wrong & (s >= t)).sum())
     assert n["id_wrong_rejected"] == int((wrong & (s < t)).sum())
     assert n["id_correct"] == 40 and n["ood:noise"] == 40
-    for m in ("area", "mass"):
+    # logit-KDE's score is differentiable: the areas of its score maps are measured too
+    for m in ("area", "mass", "score_area", "score_mass"):
         ok = att[f"{m}_median"].notna()
         assert att.loc[ok, f"{m}_median"].between(0, 1).all()
         assert (att.loc[ok, f"{m}_q25"] <= att.loc[ok, f"{m}_median"]).all()

@@ -140,3 +140,84 @@ def test_class_targets_are_unchanged_and_a_scorer_without_a_torch_form_is_named(
     with pytest.raises(oodlens.InvalidParameterError, match="sign='up'"):
         oodlens.create_explainer("gradcam", model, score=energy, sign="up")
     assert "integrated_gradients" in oodlens.list_explainers()
+
+
+# --- the command line -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def digits_files(tmp_path_factory):
+    """A tiny checkpoint on digits 0-2 and a few test digits as PNG files."""
+    from PIL import Image as PILImage
+
+    from oodlens.train import TrainConfig, train_model
+
+    root = tmp_path_factory.mktemp("explain")
+    ckpt = root / "net.safetensors"
+    cfg = TrainConfig(data="digits:0-2", img_size=16, epochs=1, batch_size=128, hflip=False)
+    train_model(cfg, ckpt, progress=False)
+    source = oodlens.load_dataset("digits:0-2@test")
+    files = []
+    for i in range(3):
+        path = root / f"d{i}.png"
+        source.loader(i).save(path)
+        files.append(path)
+    noise = root / "noise.png"
+    PILImage.fromarray(np.random.default_rng(0).integers(0, 255, (16, 16, 3), np.uint8)).save(noise)
+    return ckpt, [*files, noise], root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("explainer", ["gradcam", "integrated_gradients"])
+def test_explain_target_score_writes_maps_and_a_figure(digits_files, tmp_path, capsys, explainer):
+    from oodlens import cli
+
+    ckpt, files, _ = digits_files
+    maps = tmp_path / "maps.npz"
+    argv = [
+        "explain", *files, "--model", "resnet18", "--checkpoint", ckpt, "--img-size", "16",
+        "--scorers", "energy", "knn:k=5", "--target", "score", "--explainer", explainer,
+        "--layer", "layer2", "--steps", "8", "--save-maps", maps, "--out", tmp_path / "e.png",
+        "--cache-dir", tmp_path / "c", "-q",
+    ]  # fmt: skip
+    assert cli.main([str(a) for a in argv]) == 0
+    out = capsys.readouterr().out
+    assert "score maps of energy" in out and "score maps of knn:k=5" in out
+    data = np.load(maps)
+    assert list(data["ids"]) == [str(f) for f in files]
+    assert data["class_maps"].shape == (4, 16, 16) and data["class_maps"].dtype == np.float32
+    assert list(data["scorers"]) == ["energy", "knn:k=5"]
+    assert data["score_maps"].shape == (2, 4, 16, 16)
+    assert (tmp_path / "e.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_explain_names_a_scorer_without_a_differentiable_score(digits_files, tmp_path, capsys):
+    from oodlens import cli
+
+    ckpt, files, _ = digits_files
+    argv = [
+        "explain", files[0], "--model", "resnet18", "--checkpoint", ckpt, "--img-size", "16",
+        "--scorers", "gradnorm", "--target", "score", "--out", tmp_path / "e.png",
+        "--cache-dir", tmp_path / "c", "-q",
+    ]  # fmt: skip
+    assert cli.main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert "'gradnorm' has no differentiable score" in err and "explainable" in err
+    assert not (tmp_path / "e.png").exists()
+
+
+@pytest.mark.slow
+def test_explain_with_a_saved_detector(digits_files, tmp_path, capsys):
+    from oodlens import cli
+
+    ckpt, files, _ = digits_files
+    det = tmp_path / "kde.oodlens"
+    fit = ["fit", "--model", "resnet18", "--checkpoint", ckpt, "--id", "digits:0-2",
+           "--img-size", "16", "--scorer", "logit_kde", "--alpha", "0.2", "--out", det,
+           "--cache-dir", tmp_path / "c", "-q"]  # fmt: skip
+    assert cli.main([str(a) for a in fit]) == 0
+    argv = ["explain", *files, "--detector", det, "--target", "score", "--layer", "layer2",
+            "--out", tmp_path / "e.png", "-q"]  # fmt: skip
+    assert cli.main([str(a) for a in argv]) == 0
+    out = capsys.readouterr().out
+    assert "p(logit_kde)=" in out and ("(accepted)" in out or "(REJECTED)" in out)
+    assert "score maps of logit_kde" in out

@@ -305,7 +305,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .cache import Cache
-    from .diagnose import explain_images
+    from .diagnose import explain_images, save_maps
     from .files import check_new_or_owned_file, owns_file, record_written
     from .plots import FIGURE_FORMATS, plot_explanations
 
@@ -317,9 +317,12 @@ def _cmd_explain(args: argparse.Namespace) -> int:
             f"{', '.join('.' + f for f in FIGURE_FORMATS)} (none: .png)."
         )
     out = out if suffix else out.with_name(out.name + ".png")
-    check_new_or_owned_file(
-        out, "--out", owned=args.overwrite or owns_file(out), flag="--overwrite"
-    )
+    written = [out] + ([Path(args.save_maps)] if args.save_maps else [])
+    for path in written:  # before any work: never replace a file oodlens did not write
+        owned = args.overwrite or owns_file(path)
+        check_new_or_owned_file(path, "explain output", owned=owned, flag="--overwrite")
+    if args.save_maps and Path(args.save_maps).suffix != ".npz":
+        raise ValueError(f"--save-maps {args.save_maps!r}: give a .npz file name.")
     exp = explain_images(
         args.images,
         args.model,
@@ -332,9 +335,17 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         calib=args.calib,
         options=_extract_options(args),
+        target=args.target,
+        explainer=args.explainer,
+        sign=args.sign,
+        n_steps=args.steps,
+        detector=args.detector,
     )
     path = plot_explanations(exp, out, columns=args.columns)
     record_written(path)
+    if args.save_maps:
+        save_maps(exp, args.save_maps)
+        record_written(args.save_maps)
     for k, sid in enumerate(exp.ids):
         vals = "  ".join(
             f"{n}={v[k]:.4g}"
@@ -351,7 +362,9 @@ def _cmd_explain(args: argparse.Namespace) -> int:
             f"{sid}: {exp.class_names[exp.predictions[k]]} p={exp.softmax[k]:.3f}  {vals}  "
             f"area@0.5={exp.area[k]:.2f}"
         )
-    print(f"wrote {path}")
+    for name, areas in exp.score_areas.items():
+        print(f"score maps of {name}: area@0.5 " + ", ".join(f"{a:.2f}" for a in areas))
+    print(f"wrote {path}" + (f" and {args.save_maps}" if args.save_maps else ""))
     return 0
 
 
@@ -727,8 +740,11 @@ def _detector_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _explain_arguments(p: argparse.ArgumentParser) -> None:
+    from .diagnose import EXPLAINERS
+    from .explainers.gradcam import SIGNS
+
     p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--model", required=True, help="timm model name")
+    p.add_argument("--model", help="timm model name (not needed with --detector)")
     p.add_argument("--checkpoint", help="checkpoint (safetensors or state dict)")
     p.add_argument("--pretrained", action="store_true", help="timm pretrained weights (internet)")
     p.add_argument(
@@ -745,6 +761,32 @@ def _explain_arguments(p: argparse.ArgumentParser) -> None:
         help="held-out ID images (a spec the scorers were not fitted on): show each image's "
         "conformal p-value per scorer",
     )
+    p.add_argument(
+        "--detector",
+        help="a saved detector (oodlens fit): its network, scorer, p-values and verdicts",
+    )
+    p.add_argument(
+        "--target",
+        choices=("class", "score"),
+        default="class",
+        help="what the maps explain: the predicted class (default), or also each scorer's "
+        "score (a map per scorer beside the class map)",
+    )
+    p.add_argument(
+        "--explainer",
+        choices=EXPLAINERS,
+        default="gradcam",
+        help="gradcam (a layer's map, upsampled; default) or integrated_gradients (pixels)",
+    )
+    p.add_argument(
+        "--sign",
+        choices=SIGNS,
+        default="foreign",
+        help="score maps show what lowers the score (foreign, default) or raises it",
+    )
+    p.add_argument(
+        "--steps", type=int, default=32, help="integration steps of integrated_gradients"
+    )
     p.add_argument("--layer", help="Grad-CAM target layer (default: automatic)")
     p.add_argument("--img-size", type=int)
     p.add_argument("--device", default="cpu")
@@ -752,6 +794,12 @@ def _explain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", help="cache folder for the training outputs")
     p.add_argument("--columns", type=int, default=6)
     p.add_argument("--out", default="explain.png", help="figure to write (.png, .pdf, .svg, ...)")
+    p.add_argument(
+        "--save-maps",
+        metavar="FILE.npz",
+        help="also write the maps (raw, float, (N, H, W) at the model's input size) and the "
+        "image ids, for others to evaluate",
+    )
     p.add_argument(
         "--overwrite",
         action="store_true",

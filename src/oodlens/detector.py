@@ -200,7 +200,7 @@ class Detector:
         state = {
             "scorer": scorer_state(self.scorer, self.spec),
             "backbone": dataclasses.asdict(self.backbone),
-            "preprocessing": self._transform()[1],
+            "preprocessing": self.preprocessing()[1],
             "checkpoint": {
                 "sha256": self.checkpoint_sha256,
                 "xxh3_128": self.checkpoint_digest,
@@ -266,10 +266,10 @@ class Detector:
             provenance=dict(state["provenance"]),
         )
         recorded_prep = _plain(state["preprocessing"])
-        if recorded_prep != _plain(det._transform()[1]):
+        if recorded_prep != _plain(det.preprocessing()[1]):
             raise ValueError(
                 f"{where} was fitted with the preprocessing {recorded_prep}, but this timm "
-                f"builds {_plain(det._transform()[1])} for {backbone.model!r}: its scores and "
+                f"builds {_plain(det.preprocessing()[1])} for {backbone.model!r}: its scores and "
                 "calibration would not hold. Use the timm version it was made with "
                 f"({det.provenance.get('versions', {}).get('timm')}), or fit it again."
             )
@@ -356,7 +356,7 @@ class Detector:
     def _predict(self, source: DatasetSource, options: ExtractOptions, progress: bool) -> Verdicts:
         options = options.replace(img_size=self.backbone.img_size)
         model = self.network(options.device)
-        transform, data_cfg = self._transform()
+        transform, data_cfg = self.preprocessing()
         if resolve_preprocess(options.preprocess, resolve_device(options.device)) == "device":
             transform = BatchPreprocess(transform)
         input_size = tuple(data_cfg["input_size"])
@@ -402,7 +402,7 @@ class Detector:
             forced=self.forced,
         )
 
-    def _transform(self) -> tuple[Any, dict[str, Any]]:
+    def preprocessing(self) -> tuple[Any, dict[str, Any]]:
         """The network's eval transform and data config (as ``bench`` builds them)."""
         return build_transform(self.backbone.model, self.backbone.img_size)
 

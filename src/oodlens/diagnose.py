@@ -7,6 +7,7 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,15 +25,24 @@ from .cache import Cache, file_sha256
 from .conformal import ConformalRejector
 from .datasets import DatasetSource, files_source, split_spec
 from .errors import moved_names
-from .explainers import Explanation, attention_area_mass
-from .explainers.gradcam import GradCAM, minmax_normalize
+from .explainers import Explanation, attention_area_mass, minmax_normalize
+from .explainers.gradcam import GradCAM
+from .explainers.integrated import IntegratedGradients
 from .extract import cached_extract, default_num_workers, extract_outputs
 from .metrics import threshold_at_acceptance
 from .options import ExtractOptions
 from .outputs import Outputs
 from .registry import ScorerSpec, load_dataset, parse_scorer_spec
 
-__all__ = ["explain_source", "explain_images", "attention_analysis", "AttentionResult"]
+__all__ = [
+    "EXPLAINERS",
+    "make_explainer",
+    "explain_source",
+    "explain_images",
+    "attention_analysis",
+    "AttentionResult",
+    "save_maps",
+]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +53,39 @@ __getattr__ = moved_names(
 
 def _display(source: DatasetSource, index: Sequence[int], size: tuple[int, int]) -> np.ndarray:
     return np.stack([np.asarray(source.loader(i).resize((size[1], size[0]))) for i in index])
+
+
+#: The explainers ``oodlens explain`` can use, for class and score maps.
+EXPLAINERS = ("gradcam", "integrated_gradients")
+
+
+def make_explainer(
+    kind: str,
+    model: torch.nn.Module,
+    score: Any = None,
+    layer: str | None = None,
+    device: str | torch.device = "cpu",
+    batch_size: int = 32,
+    sign: str = "foreign",
+    n_steps: int = 32,
+) -> Any:
+    """A :class:`GradCAM` (on ``layer``) or :class:`IntegratedGradients` (``n_steps``) of a
+    class or, with ``score``, of a fitted scorer's score, giving raw (unscaled) maps."""
+    if kind not in EXPLAINERS:
+        raise ValueError(f"explainer={kind!r} is not valid; use one of {', '.join(EXPLAINERS)}.")
+    if kind == "gradcam":
+        return GradCAM(
+            model,
+            layer=layer,
+            normalize=False,
+            device=device,
+            batch_size=batch_size,
+            score=score,
+            sign=sign,
+        )
+    return IntegratedGradients(
+        model, score=score, sign=sign, n_steps=n_steps, device=device, batch_size=batch_size
+    )
 
 
 def explain_source(
@@ -57,19 +100,29 @@ def explain_source(
     device: str | torch.device = "cpu",
     batch_size: int = 32,
     rejectors: dict[str, ConformalRejector] | None = None,
+    score_targets: Sequence[str] = (),
+    explainer: str = "gradcam",
+    sign: str = "foreign",
+    n_steps: int = 32,
 ) -> Explanation:
-    """Grad-CAM for ``source`` (or the rows ``index`` of it), plus fitted scorers' scores
+    """Class maps for ``source`` (or the rows ``index`` of it), plus fitted scorers' scores
     and, for calibrated ``rejectors``, each image's conformal p-value (as ``"p(name)"``).
 
     ``outputs`` are the extracted outputs of the same rows, for the scorers; when omitted and
     scorers are given, they are extracted here (logits, features and head).
+    ``score_targets``: names of ``scorers`` whose score is explained too (raw maps in
+    ``Explanation.score_maps``; ``sign`` as for :class:`GradCAM`). ``explainer``:
+    ``"gradcam"`` (on ``layer``) or ``"integrated_gradients"`` (``n_steps``), for both.
     """
     index = list(range(len(source))) if index is None else list(index)
     x = torch.stack([transform(source.loader(i)) for i in index])
-    explainer = GradCAM(model, layer=layer, normalize=False, device=device, batch_size=batch_size)
-    raw = explainer.explain(x)
-    cams = minmax_normalize(raw).numpy()
-    logits = explainer.last_logits.numpy()
+    common = {"layer": layer, "device": device, "batch_size": batch_size, "n_steps": n_steps}
+    for name in score_targets:  # before any work: a scorer without a torch form is named
+        make_explainer(explainer, model, score=(scorers or {})[name], sign=sign, **common)
+    maker = make_explainer(explainer, model, **common)
+    raw = maker.explain(x)
+    cams = minmax_normalize(raw.clamp(min=0)).numpy()
+    logits = maker.last_logits.numpy()
     probs = torch.softmax(torch.from_numpy(logits).double(), dim=1).numpy()
     if outputs is None and (scorers or rejectors):
         outputs = extract_outputs(
@@ -83,21 +136,28 @@ def explain_source(
     scores = {name: s.score(outputs) for name, s in (scorers or {}).items()}
     for name, rejector in (rejectors or {}).items():
         scores[f"p({name})"] = rejector.p_values(outputs)
+    score_maps = {
+        name: make_explainer(explainer, model, score=(scorers or {})[name], sign=sign, **common)
+        .explain(x)
+        .numpy()
+        for name in score_targets
+    }
     return Explanation(
         ids=[source.ids[i] for i in index],
         images=_display(source, index, cams.shape[1:]),
         cams=cams,
-        raw_cams=raw.numpy(),
+        raw_cams=raw.clamp(min=0).numpy(),
         predictions=probs.argmax(1),
         softmax=probs.max(1),
         class_names=tuple(class_names),
         scores=scores,
+        score_maps=score_maps,
     )
 
 
 def explain_images(
     images: Sequence[str | os.PathLike[str]],
-    model: str,
+    model: str | None = None,
     checkpoint: str | None = None,
     pretrained: bool = False,
     scorers: Sequence[str | ScorerSpec] = (),
@@ -108,8 +168,14 @@ def explain_images(
     calib: str | None = None,
     acceptance: float = 0.95,
     options: ExtractOptions | None = None,
+    target: str = "class",
+    explainer: str = "gradcam",
+    sign: str = "foreign",
+    n_steps: int = 32,
+    detector: str | os.PathLike[str] | None = None,
 ) -> Explanation:
-    """The ``oodlens explain`` workflow: Grad-CAM and scorer values for image files.
+    """The ``oodlens explain`` workflow: class maps (and, with ``target="score"``, maps of
+    each scorer's score) and scorer values for image files.
 
     With ``calib`` (a spec of held-out ID images the scorers were not fitted on), each
     scorer also gives each image's split-conformal p-value (see :mod:`oodlens.conformal`)
@@ -121,18 +187,19 @@ def explain_images(
     Scorers (specs, e.g. ``"logit_kde:mode=class_conditional"``) are parsed first (so a bad
     spec fails before any work), then fitted on the model's outputs on its ID training data
     ``train`` (default: the data recorded in an oodlens checkpoint), extracted through the
-    same cache as the harness.
+    same cache as the harness. With ``detector`` (a saved :class:`~oodlens.Detector`), its
+    network, fitted scorer and calibration are used instead (p-values and verdicts at its
+    alpha), and ``model``/``scorers`` are not needed.
+
+    ``explainer``: ``"gradcam"`` (on ``layer``) or ``"integrated_gradients"``
+    (``n_steps``); ``sign``: ``"foreign"`` (the score map shows what lowers the score) or
+    ``"familiar"``.
     """
+    if target not in ("class", "score"):
+        raise ValueError(f"target={target!r} is not valid; use 'class' or 'score'.")
     options = options or ExtractOptions()
-    specs = [parse_scorer_spec(spec) for spec in scorers]
-    for spec in specs:
-        spec.create()  # a search grid is an error here
     source = files_source(images)
     dev = resolve_device(options.device)
-    net, mcfg = create_backbone(
-        model, checkpoint=checkpoint, img_size=options.img_size, pretrained=pretrained
-    )
-    transform, data_cfg = build_transform(net, mcfg.img_size)
     options = options.replace(
         device=str(dev),
         preprocess=resolve_preprocess(options.preprocess, dev),
@@ -140,6 +207,20 @@ def explain_images(
             options.num_workers if options.num_workers is not None else default_num_workers()
         ),
     )
+    maps = {"layer": layer, "explainer": explainer, "sign": sign, "n_steps": n_steps}
+    if detector is not None:
+        return _explain_with_detector(source, detector, checkpoint, options, target, maps)
+    if model is None:
+        raise ValueError("explain needs --model (or --detector, which records its network).")
+    specs = [parse_scorer_spec(spec) for spec in scorers]
+    for spec in specs:
+        spec.create()  # a search grid is an error here
+    if target == "score" and not specs:
+        raise ValueError("--target score explains a scorer's score: name it with --scorers.")
+    net, mcfg = create_backbone(
+        model, checkpoint=checkpoint, img_size=options.img_size, pretrained=pretrained
+    )
+    transform, data_cfg = build_transform(net, mcfg.img_size)
     if options.preprocess == "device":
         transform = BatchPreprocess(transform)
     names = mcfg.class_names or tuple(str(i) for i in range(mcfg.num_classes))
@@ -172,8 +253,17 @@ def explain_images(
         if calib is not None:
             calib_out = outputs_of(calib)
             rejectors = {k: ConformalRejector(s).calibrate(calib_out) for k, s in fitted.items()}
+    targets = list(fitted) if target == "score" else []
     exp = explain_source(
-        net, source, transform, names, scorers=fitted, layer=layer, device=dev, rejectors=rejectors
+        net,
+        source,
+        transform,
+        names,
+        scorers=fitted,
+        device=dev,
+        rejectors=rejectors,
+        score_targets=targets,
+        **maps,
     )
     # the verdict at the operating threshold chosen on the held-out calib images (95% of
     # them accepted), never on the images being explained
@@ -182,6 +272,56 @@ def explain_images(
         for k, r in rejectors.items()
     }
     return exp
+
+
+def _explain_with_detector(
+    source: DatasetSource,
+    path: str | os.PathLike[str],
+    checkpoint: str | None,
+    options: ExtractOptions,
+    target: str,
+    maps: dict[str, Any],
+) -> Explanation:
+    """``explain`` with a saved detector: its network, scorer, p-values and verdicts."""
+    from .detector import Detector
+
+    det = Detector.load(path, checkpoint=checkpoint, device=options.device)
+    transform, _ = det.preprocessing()
+    names = det.backbone.class_names or tuple(str(i) for i in range(det.backbone.num_classes))
+    exp = explain_source(
+        det.network(options.device),
+        source,
+        transform,
+        names,
+        scorers={det.spec: det.scorer},
+        device=options.device,
+        score_targets=[det.spec] if target == "score" else [],
+        **maps,
+    )
+    p, rejected = det.decide(exp.scores[det.spec])
+    exp.scores[f"p({det.spec})"] = p
+    exp.verdicts = {det.spec: ~rejected}
+    return exp
+
+
+def save_maps(exp: Explanation, path: str | os.PathLike[str]) -> Path:
+    """Write an explanation's maps as one ``.npz`` (atomically): ``ids`` (N,), ``class_maps``
+    (N, H, W), and with score maps ``scorers`` (K,) and ``score_maps`` (K, N, H, W); raw
+    float32 maps at the model's input resolution, before any scaling (score maps positive
+    where the image looks foreign, with the default sign)."""
+    from .files import atomic_path
+
+    arrays = {
+        "ids": np.asarray(exp.ids, dtype=str),
+        "class_maps": np.asarray(exp.raw_cams, dtype=np.float32),
+    }
+    if exp.score_maps:
+        arrays["scorers"] = np.asarray(list(exp.score_maps), dtype=str)
+        arrays["score_maps"] = np.stack(list(exp.score_maps.values())).astype(np.float32)
+    path = Path(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+    return path
 
 
 def _summary(values: np.ndarray) -> dict[str, float]:
@@ -213,6 +353,7 @@ def attention_analysis(
     seed: int = 0,
     device: str | torch.device = "cpu",
     layer: str | None = None,
+    scorer: Any = None,
 ) -> AttentionResult:
     """Attention areas of ID-correct, ID-wrong-accepted, ID-wrong-rejected and OOD images.
 
@@ -220,7 +361,10 @@ def attention_analysis(
     ``max_per_set`` images per set are explained (a seeded random sample; every ID error is
     kept). Returns one row per group with n, median, q25 and q75 of ``area@0.5`` (min-max
     normalised maps, share of pixels >= 0.5) and ``mass@0.5`` (share of pixels holding half
-    the CAM mass), plus Mann-Whitney U tests (two-sided) of errors vs correct.
+    the CAM mass), plus Mann-Whitney U tests (two-sided) of errors vs correct. With
+    ``scorer`` (the fitted scorer those scores come from, when it has a differentiable
+    score) the same of its score maps too (``score_area``, ``score_mass``: what makes the
+    image look foreign), so the origin's attention question can be asked of the score.
     """
     from scipy.stats import mannwhitneyu
 
@@ -243,15 +387,30 @@ def attention_analysis(
             continue
         pick = rng.choice(len(scores), min(len(scores), max_per_set), replace=False)
         groups[f"ood:{name}"] = (name, np.sort(pick))
+    explained = scorer is not None and scorer.differentiable
+    measures = ("area", "mass", "score_area", "score_mass") if explained else ("area", "mass")
     areas: dict[str, dict[str, np.ndarray]] = {}
     for group, (key, idx) in groups.items():
         if len(idx) == 0:
-            areas[group] = {"area": np.array([]), "mass": np.array([])}
+            areas[group] = {m: np.array([]) for m in measures}
             continue
         exp = explain_source(
-            model, sources[key], transform, class_names, idx, layer=layer, device=device
+            model,
+            sources[key],
+            transform,
+            class_names,
+            idx,
+            layer=layer,
+            device=device,
+            scorers={"score": scorer} if explained else None,
+            outputs=outputs[key].subset(idx) if explained else None,
+            score_targets=["score"] if explained else [],
         )
         areas[group] = {"area": exp.area, "mass": attention_area_mass(exp.raw_cams, 0.5)}
+        if explained:
+            positive = np.maximum(exp.score_maps["score"], 0.0)
+            areas[group]["score_area"] = exp.score_areas["score"]
+            areas[group]["score_mass"] = attention_area_mass(positive, 0.5)
     rows = []
     for group, vals in areas.items():
         row = {"group": group}

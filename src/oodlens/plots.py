@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .explainers.attention import minmax_normalize
 from .explainers.base import Explanation
 from .files import atomic_path
 from .metrics import risk_coverage_curve
@@ -217,36 +218,50 @@ def plot_logit_kde(
 def plot_explanations(
     exp: Explanation, path: str | os.PathLike[str], columns: int = 6, title: str | None = None
 ) -> Path:
-    """A grid: each image above its Grad-CAM overlay, titled with the predicted class, the
-    softmax score, every scorer's score and the attention area (like the origin's figures)."""
+    """A grid: each image above its class map (Grad-CAM or Integrated Gradients overlay),
+    titled with the predicted class, the softmax score, every scorer's score and verdict and
+    the attention area (like the origin's figures); when the score was explained, one more
+    overlay per scorer below, its score map (what makes the image look foreign), side by
+    side with the class map in the same column."""
     from matplotlib import colormaps
 
     n = len(exp.ids)
     cols = max(1, min(columns, n))
     rows = math.ceil(n / cols)
-    fig = _figure((2.6 * cols, 5.6 * rows))
-    axes = np.atleast_2d(fig.subplots(2 * rows, cols, squeeze=False))
+    per = 2 + len(exp.score_maps)  # image, class map, score maps
+    fig = _figure((2.6 * cols, 2.8 * per * rows))
+    axes = np.atleast_2d(fig.subplots(per * rows, cols, squeeze=False))
     heat = colormaps["jet"]
     area = exp.area
+    score_maps = {k: minmax_normalize(np.maximum(v, 0.0)) for k, v in exp.score_maps.items()}
+    score_areas = exp.score_areas
     for k in range(rows * cols):
         r, c = divmod(k, cols)
-        top, bottom = axes[2 * r, c], axes[2 * r + 1, c]
-        top.axis("off")
-        bottom.axis("off")
+        panels = [axes[per * r + j, c] for j in range(per)]
+        for ax in panels:
+            ax.axis("off")
         if k >= n:
             continue
         img = exp.images[k].astype(np.float64) / 255.0
-        overlay = 0.55 * img + 0.45 * heat(exp.cams[k])[..., :3]
-        top.imshow(img)
-        top.set_title(_plain(Path(exp.ids[k]).name[:24]), fontsize=7)
-        bottom.imshow(np.clip(overlay, 0, 1))
-        lines = [f"{exp.class_names[exp.predictions[k]]}  p={exp.softmax[k]:.3f}"]
-        for name, vals in exp.scores.items():
-            verdict = exp.verdicts.get(name)
-            mark = "" if verdict is None else (" accepted" if verdict[k] else " REJECTED")
-            lines.append(f"{name}={vals[k]:.4g}{mark}")
-        lines.append(f"area@0.5={area[k]:.2f}")
-        bottom.set_title(_plain("\n".join(lines)), fontsize=7)
+        panels[0].imshow(img)
+        panels[0].set_title(_plain(Path(exp.ids[k]).name[:24]), fontsize=7)
+        overlays = [("class", exp.cams[k], area[k])] + [
+            (name, m[k], score_areas[name][k]) for name, m in score_maps.items()
+        ]
+        for ax, (name, cam, a) in zip(panels[1:], overlays, strict=True):
+            ax.imshow(np.clip(0.55 * img + 0.45 * heat(cam)[..., :3], 0, 1))
+            if name == "class":
+                lines = [f"{exp.class_names[exp.predictions[k]]}  p={exp.softmax[k]:.3f}"]
+                for score_name, vals in exp.scores.items():
+                    verdict = exp.verdicts.get(score_name)
+                    mark = "" if verdict is None else (" accepted" if verdict[k] else " REJECTED")
+                    lines.append(f"{score_name}={vals[k]:.4g}{mark}")
+            else:
+                verdict = exp.verdicts.get(name)
+                mark = "" if verdict is None else (" accepted" if verdict[k] else " REJECTED")
+                lines = [f"map of {name}{mark}"]
+            lines.append(f"area@0.5={a:.2f}")
+            ax.set_title(_plain("\n".join(lines)), fontsize=7)
     if title:
         fig.suptitle(_plain(title))
     return save_figure(fig, path, dpi=100)

@@ -815,6 +815,7 @@ def _attention(plan: _Plan, model, transform, sources, run: RunScores, mcfg):
         max_per_set=cfg.attention_samples,
         device=plan.device,
         layer=cfg.attention_layer,
+        scorer=run.fitted[name][0],
     )
     res.tests = {"scorer": name, "threshold": threshold, **res.tests}
     return res

@@ -13,7 +13,7 @@ import importlib
 from typing import Any
 
 from ..errors import moved_names
-from .attention import attention_area, attention_area_mass
+from .attention import attention_area, attention_area_mass, minmax_normalize
 from .base import Explainer, Explanation
 
 __all__ = [
@@ -32,7 +32,6 @@ _LAZY = {
     "GradCAM": ".gradcam",
     "ScoreTarget": ".gradcam",
     "resolve_target_layer": ".gradcam",
-    "minmax_normalize": ".gradcam",
     "IntegratedGradients": ".integrated",
 }
 _moved = moved_names(__name__, {"list_explainers": "oodlens", "create_explainer": "oodlens"})

@@ -7,7 +7,24 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["attention_area", "attention_area_mass"]
+__all__ = ["attention_area", "attention_area_mass", "minmax_normalize"]
+
+
+def minmax_normalize(cams: Any) -> Any:
+    """Per-map min-max scaling to [0, 1] of (N, H, W) maps, a tensor (returned as one, where
+    it lives) or an array; a constant map (span below 1e-6 of its magnitude, e.g. all zeros
+    or a 1x1 layer upsampled) becomes all zeros."""
+    tensor = hasattr(cams, "detach")
+    flat = cams.flatten(1) if tensor else np.asarray(cams).reshape(len(cams), -1)
+    lo = flat.min(1, keepdim=True).values if tensor else flat.min(axis=1, keepdims=True)
+    hi = flat.max(1, keepdim=True).values if tensor else flat.max(axis=1, keepdims=True)
+    span = hi - lo
+    magnitude = hi.abs().maximum(lo.abs()) if tensor else np.maximum(np.abs(hi), np.abs(lo))
+    ok = span > 1e-6 * magnitude
+    safe = span.where(ok, span.new_ones(())) if tensor else np.where(ok, span, 1.0)
+    scaled = (flat - lo) / safe
+    out = scaled.where(ok, scaled.new_zeros(())) if tensor else np.where(ok, scaled, 0.0)
+    return out.view_as(cams) if tensor else out.reshape(np.shape(cams))
 
 
 def _as_maps(cams: Any) -> np.ndarray:

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..params import Constraint, validate_params
-from .attention import attention_area
+from .attention import attention_area, minmax_normalize
 
 __all__ = ["Explainer", "Explanation"]
 
@@ -58,8 +58,20 @@ class Explanation:
     #: scorer name -> (N,) bool, accepted at the operating threshold chosen on held-out ID
     #: data (shown beside the score, so a reader need not know what a score of 0.07 means)
     verdicts: dict[str, np.ndarray] = field(default_factory=dict)
+    #: scorer name -> (N, H, W) map of that scorer's score (raw: before any scaling; by
+    #: default positive where the image looks foreign), when the score was explained
+    score_maps: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def area(self) -> np.ndarray:
         """(N,) attention area at threshold 0.5."""
         return attention_area(self.cams, 0.5)
+
+    @property
+    def score_areas(self) -> dict[str, np.ndarray]:
+        """Scorer name -> (N,) attention area at 0.5 of its score map (its positive part,
+        min-max normalised): the origin's attention measure, asked of the score."""
+        return {
+            name: attention_area(minmax_normalize(np.maximum(m, 0.0)), 0.5)
+            for name, m in self.score_maps.items()
+        }

@@ -14,9 +14,10 @@ from torch import nn
 
 from ..network import forward_all, get_head
 from ..params import Interval, Options
+from .attention import minmax_normalize
 from .base import Explainer
 
-__all__ = ["GradCAM", "ScoreTarget", "SIGNS", "resolve_target_layer", "minmax_normalize"]
+__all__ = ["GradCAM", "ScoreTarget", "SIGNS", "resolve_target_layer"]
 
 #: Which way of a score a map shows: "foreign" (what lowers it: evidence of being unfamiliar)
 #: or "familiar" (what raises it).
@@ -355,15 +356,3 @@ class ScoreTarget(nn.Module):
 
 def _bias(head: nn.Linear) -> torch.Tensor:
     return head.bias if head.bias is not None else head.weight.new_zeros(head.out_features)
-
-
-def minmax_normalize(cams: torch.Tensor) -> torch.Tensor:
-    """Per-map min-max scaling to [0, 1]; a constant map (span below 1e-6 of its magnitude,
-    e.g. all zeros or a 1x1 layer upsampled) becomes all zeros."""
-    flat = cams.flatten(1)
-    lo = flat.min(dim=1, keepdim=True).values
-    hi = flat.max(dim=1, keepdim=True).values
-    span = hi - lo
-    ok = span > 1e-6 * torch.maximum(hi.abs(), lo.abs())
-    safe = torch.where(ok, span, torch.ones_like(span))
-    return torch.where(ok, (flat - lo) / safe, torch.zeros_like(flat)).view_as(cams)

@@ -8,8 +8,9 @@ import torch
 from torch import nn
 
 from ..params import Interval, Options
+from .attention import minmax_normalize
 from .base import Explainer
-from .gradcam import SIGNS, ScoreTarget, Target, minmax_normalize
+from .gradcam import SIGNS, ScoreTarget, Target
 
 __all__ = ["IntegratedGradients"]
 
