@@ -48,6 +48,7 @@ bench: setup
 bench-real: setup
 	$(PY) benchmarks/run_real.py
 	$(PY) benchmarks/detector_cifar10.py
+	$(PY) benchmarks/score_explanations.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info

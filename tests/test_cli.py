@@ -19,10 +19,13 @@ def test_scorers_lists_builtins_with_columns():
     r = run("scorers")
     assert r.returncode == 0, r.stderr
     header = r.stdout.splitlines()[0].split()
-    assert header == ["name", "distribution", "needs", "description"]
+    assert header == ["name", "distribution", "needs", "explainable", "description"]
     rows = {line.split()[0]: line for line in r.stdout.splitlines()[2:] if line.strip()}
     for name in ("msp", "energy", "max_logit"):
         assert "oodlens" in rows[name] and "logits" in rows[name]
+        assert " yes " in rows[name]
+    for name in ("odin", "gradnorm"):  # they take their own gradient passes
+        assert " no " in rows[name]
     # grouped by distribution, oodlens's own first
     dists = [
         line.split()[1]
