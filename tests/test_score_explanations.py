@@ -14,7 +14,11 @@ import oodlens
 from oodlens.explainers import GradCAM, IntegratedGradients, ScoreTarget
 from oodlens.network import forward_all
 
-torch.manual_seed(0)
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Every test draws its networks and images from the same seed, whatever ran before."""
+    torch.manual_seed(0)
 
 
 class RegionNet(nn.Module):
@@ -85,7 +89,7 @@ def test_score_grad_cam_equals_captum_on_a_module_computing_the_score(name):
 def test_the_score_map_s_mass_lies_where_the_features_look(explainer, name):
     model = RegionNet().eval()
     scorer = _fitted(model, name, 16, **({"k": 5} if name == "knn" else {}))
-    x = torch.rand(4, 3, 16, 16)
+    x = torch.rand(8, 3, 16, 16)
     if explainer == "gradcam":
         maps = GradCAM(model, layer="stage", score=scorer, normalize=False).explain(x)
     else:
@@ -95,8 +99,11 @@ def test_the_score_map_s_mass_lies_where_the_features_look(explainer, name):
     edge = 9 if explainer == "ig" else 8
     inside = maps[:, :edge, :edge].sum((1, 2))
     total = maps.sum((1, 2))
-    assert (total > 0).all()
-    assert (inside / total).min() > 0.999
+    # a Grad-CAM map may be all zero (the ReLU of a negative weighted sum): where there is
+    # mass, it lies in the region
+    shown = total > 0
+    assert int(shown.sum()) >= 2
+    assert (inside[shown] / total[shown]).min() > 0.999
 
 
 def test_integrated_gradients_is_complete_and_its_sign_flips():
