@@ -43,12 +43,15 @@ bench: setup
 	$(PY) benchmarks/neighbour_speed.py
 	$(PY) benchmarks/import_speed.py
 	$(PY) benchmarks/detect_speed.py
+	$(PY) benchmarks/thread_contention.py
+	$(PY) benchmarks/sync_docs.py
 
 # real-data benchmarks on ../shared/data (skipped with a message when it is absent)
 bench-real: setup
 	$(PY) benchmarks/run_real.py
 	$(PY) benchmarks/detector_cifar10.py
 	$(PY) benchmarks/score_explanations.py
+	$(PY) benchmarks/sync_docs.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info

@@ -51,6 +51,10 @@ def main() -> int:
         res = run_benchmark(cfg, progress=False)
         wall = time.perf_counter() - t0
     extract = res.timings["extract"]
+    counts = {k: out.n_samples for k, out in res.runs[0].outputs.items()}
+    n_train = counts["id_train"]
+    n_test = sum(v for k, v in counts.items() if k.startswith("id_") and k != "id_train")
+    n_ood = sum(counts[o.name] for o in cfg.ood)
     rows = []
     for spec, s in res.info["scorer_seconds"].items():
         total = s["fit"] + s["score"]
@@ -61,10 +65,11 @@ def main() -> int:
         f"`python benchmarks/method_cost.py`: {platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} threads, device {args.device}, torch {torch.__version__}, "
         f"oodlens {oodlens.__version__}. One run from an empty cache: extraction of all "
-        f"67,800 images (50,000 ID train, 10,000 ID test incl. val/calib, 7,800 OOD) at 64 px "
-        f"took **{extract:.1f} s**; the whole run {wall:.0f} s. Fit = on the 50,000 training "
-        "outputs; score = ID test, calib and the 4 OOD sets. Model-aware scorers (odin) run "
-        "their own passes over the images, so their cost includes the network.",
+        f"{n_train + n_test + n_ood:,} images ({n_train:,} ID train, {n_test:,} ID test incl. "
+        f"val/calib, {n_ood:,} OOD) at 64 px took **{extract:.1f} s**; the whole run "
+        f"{wall:.0f} s. Fit = on the {n_train:,} training outputs; score = ID test, calib and "
+        f"the {len(cfg.ood)} OOD sets. Model-aware scorers (odin) run their own passes over "
+        "the images, so their cost includes the network.",
         "",
         "| scorer | fit s | score s | (fit + score) / extraction |",
         "| --- | ---: | ---: | ---: |",

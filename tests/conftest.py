@@ -1,8 +1,19 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from oodlens.testing import synthetic_outputs
+
+
+@pytest.fixture(scope="session", autouse=True)
+def runs_dir(tmp_path_factory):
+    """Runs without --out are saved under runs/ of the working folder: in the tests, under
+    a temporary folder (the variable reaches the CLI's subprocesses too)."""
+    path = tmp_path_factory.mktemp("runs")
+    os.environ["OODLENS_RUNS_DIR"] = str(path)
+    return path
 
 
 @pytest.fixture

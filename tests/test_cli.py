@@ -40,7 +40,7 @@ def test_scorers_pattern():
     assert [line.split()[0] for line in r.stdout.splitlines()[2:] if line.strip()][:1] == [
         "max_logit"
     ]
-    assert "1 scorers from 1 distribution" in r.stdout
+    assert "1 scorer from 1 distribution" in r.stdout
 
 
 def test_plugins_lists_builtin():
@@ -93,9 +93,11 @@ def test_bench_default_demo_prints_table(cache_dir, tmp_path):
     )
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[0].startswith("OOD detection, metrics in % under the oodlens convention")
-    assert lines[1] == "ID test, per model:"
-    assert lines[3].startswith("| backbone | scorer | id_accuracy | aurc | eaurc")
+    assert lines[0] == f"results will be saved in {out}/"  # first and last
+    assert lines[-1] == f"results saved in {out}/ (results.json, tables, plots)"
+    assert lines[1].startswith("OOD detection, metrics in % under the oodlens convention")
+    assert lines[2] == "ID test, per model:"
+    assert lines[4].startswith("| backbone | scorer | id_accuracy | aurc | eaurc")
     per_set = r.stdout.split("OOD detection, per set:")[1].splitlines()
     assert per_set[2].startswith("| backbone | scorer | ood | auroc | fpr95")
     body = [line for line in per_set if line.startswith("| resnet18")]
@@ -181,3 +183,44 @@ def test_datasets_command():
     r = run("datasets")
     assert r.returncode == 0
     assert all(k in r.stdout for k in ("digits", "noise", "torchvision", "PATH"))
+
+
+def _commands(parser, path=("oodlens",)):
+    """Every (sub)command's parser, by its path."""
+    import argparse
+
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _commands(sub, (*path, name))
+
+
+def test_every_command_has_an_example_and_every_option_a_help_with_its_default():
+    import argparse
+
+    from oodlens.cli import build_parser
+
+    commands = dict(_commands(build_parser()))
+    assert len(commands) >= 13
+    for path, parser in commands.items():
+        assert parser.epilog and parser.epilog.startswith("examples:\n  oodlens"), path
+        assert "examples:" in parser.format_help(), path
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction | argparse._VersionAction):
+                continue
+            if isinstance(action, argparse._SubParsersAction) or not action.option_strings:
+                continue  # commands and positional arguments: required, no default
+            where = f"{' '.join(path)} {action.option_strings[-1]}"
+            assert action.help and action.help.strip(), f"{where} has no help"
+            if action.nargs != 0 and not action.required:
+                assert "default" in action.help, f"{where}: its help does not give the default"
+
+
+def test_version(capsys):
+    from oodlens import __version__, cli
+
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"oodlens {__version__}"

@@ -137,7 +137,7 @@ def test_fit_then_detect_on_the_command_line(tmp_path, capsys, digits, checkpoin
     frame = pd.read_csv(verdicts)
     n = len(list((digits / "test").rglob("*.png")))
     assert rc == 0 and len(frame) == n
-    assert f"{n} image(s), {int(frame.rejected.sum())} rejected" in stdout
+    assert f"{n} images, {int(frame.rejected.sum())} rejected" in stdout
     det = Detector.load(out)
     p = conformal_p_values(det.calib_scores, frame.score.to_numpy())
     np.testing.assert_allclose(frame.p_value, p)
@@ -145,7 +145,7 @@ def test_fit_then_detect_on_the_command_line(tmp_path, capsys, digits, checkpoin
     rc, stdout, err = run_cli(capsys, "detect", out, digits / "test" / "0", "--jsonl", "-q")
     lines = [json.loads(line) for line in stdout.splitlines()]
     assert rc == 0 and {"id", "score", "p_value", "rejected"} <= set(lines[0])
-    assert "image(s)" in err  # the summary goes to stderr beside --jsonl
+    assert " images, " in err  # the summary goes to stderr beside --jsonl
     again = tmp_path / "again.oodlens"
     rc, _, _ = run_cli(capsys, *argv[:-5], "--out", again, "--cache-dir", tmp_path / "c", "-q")
     assert (
@@ -306,7 +306,7 @@ def test_a_scorer_that_cannot_be_saved_says_so(tmp_path, capsys, digits, checkpo
                 "--save-detectors", tmp_path / "d", "-q"]  # fmt: skip
         rc, out, _ = run_cli(capsys, *argv)
         assert rc == 0 and "no detector saved for opaque_test" in out
-        assert "saved 1 detector(s)" in out
+        assert "saved 1 detector in" in out
         assert [p.name for p in (tmp_path / "d").iterdir()] == ["resnet18-msp.oodlens"]
         argv = ["fit", "--model", "resnet18", "--checkpoint", checkpoint, "--id", digits,
                 "--img-size", "16", "--scorer", "opaque_test", "--out", tmp_path / "o.oodlens",

@@ -66,3 +66,31 @@ def test_check_scorer_catches_a_broken_scorer():
             check_scorer("backwards_test")
     finally:
         oodlens.unregister_plugin(name)
+
+
+@pytest.fixture
+def faulty_plugin():
+    """The fixture plugin of two scorers that break the contract (tests/fixtures)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent / "fixtures" / "plugin_faulty" / "oodlens_faulty_scorers.py"
+    spec = importlib.util.spec_from_file_location("oodlens_faulty_scorers", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    name = oodlens.register_plugin(module, name="faulty-plugin")
+    yield module
+    oodlens.unregister_plugin(name)
+
+
+def test_check_scorer_names_a_field_read_without_declaring_it(faulty_plugin):
+    with pytest.raises(AssertionError, match="It reads 'features': add 'features'"):
+        check_scorer("faulty_undeclared_features")
+
+
+def test_check_scorer_refuses_an_init_that_changes_a_parameter(faulty_plugin):
+    with pytest.raises(AssertionError, match="must store 'temperature' unchanged: the default"):
+        check_scorer("faulty_clips_parameter")
+    # given explicitly, the change is caught too
+    with pytest.raises(AssertionError, match="must store 'temperature' verbatim"):
+        check_scorer("faulty_clips_parameter", {"temperature": 0.25})

@@ -20,6 +20,7 @@ LAYERS: dict[str, int] = {
             "errors",
             "files",
             "params",
+            "progress",
             "hookspecs",
             "functional",
             "metrics",

@@ -39,6 +39,7 @@ __all__ = [
     "precision_autocast",
     "resolve_preprocess",
     "resolve_device",
+    "check_img_size",
 ]
 
 __getattr__ = moved_names(
@@ -213,6 +214,22 @@ def read_model_config(path: str | os.PathLike[str]) -> ModelConfig | None:
     if not is_safetensors(path):
         return None
     return _model_config(_safetensors_config(path), path)
+
+
+def check_img_size(
+    img_size: int | None, stored: ModelConfig | None, checkpoint: Any, override: bool = False
+) -> None:
+    """Refuse an input size that contradicts the one a checkpoint records (``img_size``
+    None: the model's timm default), unless ``override``: the network would see images at
+    a size it was not trained at, and give a worse table with no error."""
+    if override or stored is None or stored.img_size is None or img_size == stored.img_size:
+        return
+    given = "the model's default size" if img_size is None else f"{img_size} px"
+    raise ValueError(
+        f"--img-size asks for {given} but checkpoint {str(checkpoint)!r} was trained at "
+        f"{stored.img_size} px: leave --img-size out (the checkpoint's size is the default) "
+        f"or add --override-checkpoint to run at {given} anyway."
+    )
 
 
 def load_checkpoint(

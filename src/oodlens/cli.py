@@ -13,7 +13,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import registry
-from .bench.config import BenchmarkConfig, load_config, parse_ood_spec
+from .bench.config import (
+    BenchmarkConfig,
+    checkpoint_defaults,
+    load_config,
+    parse_ood_spec,
+    read_config,
+)
 from .bench.report import to_markdown
 from .bench.result import DEFAULT_FORMATS, REPORT_FORMATS
 from .distributed import barrier, init_from_env, rank_and_world, shutdown
@@ -23,6 +29,11 @@ from .options import FEATURE_DTYPES, PRECISIONS, PREPROCESS_MODES, ExtractOption
 from .train import TrainConfig
 
 __all__ = ["main", "build_parser"]
+
+
+def _count(n: int, noun: str, plural: str | None = None) -> str:
+    """``"1 scorer"``, ``"2 scorers"``."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -49,7 +60,8 @@ def _cmd_scorers(args: argparse.Namespace) -> int:
     print(_table(("name", "distribution", "needs", "explainable", "description"), rows))
     groups = {e.distribution for e in entries}
     print(
-        f"\n{len(entries)} scorers from {len(groups)} distribution(s); 'model' = model-aware; "
+        f"\n{_count(len(entries), 'scorer')} from {_count(len(groups), 'distribution')}; "
+        "'model' = model-aware; "
         "'explainable' = a differentiable score (oodlens explain --target score)."
     )
     return 0
@@ -101,7 +113,8 @@ def _cmd_cache_verify(args: argparse.Namespace) -> int:
     entries = cache.directory / "outputs"
     n = sum(1 for p in entries.iterdir() if not p.name.startswith(".")) if entries.is_dir() else 0
     print(
-        f"{cache.directory}: {n + (len(damaged) if args.repair else 0)} outputs entr(ies) "
+        f"{cache.directory}: "
+        f"{_count(n + (len(damaged) if args.repair else 0), 'outputs entry', 'outputs entries')} "
         f"checked, {len(damaged)} damaged"
         + (
             "; removed: the next run extracts them again."
@@ -135,7 +148,8 @@ def _extract_options(args: argparse.Namespace) -> ExtractOptions:
 def _bench_config(args: argparse.Namespace) -> BenchmarkConfig:
     """The :class:`BenchmarkConfig` of ``bench`` or ``fit``: a protocol, a config file or
     the defaults, with every option given on the command line over it (``fit`` has only
-    the data options: the others are absent from its namespace)."""
+    the data options: the others are absent from its namespace), and what the checkpoints
+    record (model, input size, ID data) for the fields neither sets (printed)."""
 
     def given(name: str) -> Any:
         return getattr(args, name, None)
@@ -143,6 +157,7 @@ def _bench_config(args: argparse.Namespace) -> BenchmarkConfig:
     if args.protocol and args.config:
         raise ValueError("Give --protocol or --config, not both.")
     ood = given("ood")
+    explicit: set[str] = set()  # fields the user set (a checkpoint does not override them)
     if args.protocol:
         cfg = BenchmarkConfig.from_protocol(
             args.protocol,
@@ -152,8 +167,10 @@ def _bench_config(args: argparse.Namespace) -> BenchmarkConfig:
             ood=tuple(parse_ood_spec(o) for o in ood or ()),
         )
         ood = None  # merged by name into the protocol's sets
+        explicit.add("id")
     elif args.config:
         cfg = load_config(args.config, data_root=args.data_root, models_root=args.models_root)
+        explicit.update(read_config(args.config, args.data_root, args.models_root))
     else:
         cfg = BenchmarkConfig()
     changes: dict[str, Any] = {}
@@ -203,7 +220,19 @@ def _bench_config(args: argparse.Namespace) -> BenchmarkConfig:
             changes[field_name] = value
     if given("epochs") is not None:
         changes["train"] = {**dict(cfg.train), "epochs": given("epochs")}
-    return dataclasses.replace(cfg, **changes)
+    if given("override_checkpoint"):
+        changes["override_checkpoint"] = True
+    cfg, taken = checkpoint_defaults(dataclasses.replace(cfg, **changes), explicit | set(changes))
+    if taken:
+        print(
+            "from the checkpoint: "
+            + ", ".join(f"{k.rstrip('s')} {_text(v)}" for k, v in taken.items())
+        )
+    return cfg
+
+
+def _text(value: Any) -> str:
+    return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
 def _check_cache_outside(cfg: BenchmarkConfig, out: str) -> None:
@@ -233,9 +262,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     bad = sorted(set(formats) - set(REPORT_FORMATS))
     if bad:
         raise ValueError(f"--format {bad} is not valid; use {', '.join(REPORT_FORMATS)}.")
-    if args.out:
-        check_report_dir(args.out)
-        _check_cache_outside(cfg, args.out)
+    if not args.out:
+        args.out = _new_run_dir(cfg, args)
+    print(f"results will be saved in {args.out}/")
+    check_report_dir(args.out)
+    _check_cache_outside(cfg, args.out)
     if init_from_env():  # under torchrun: sharded extraction, rank 0 reports
         try:
             result = run_benchmark(cfg, progress=not args.quiet and rank_and_world()[0] == 0)
@@ -254,6 +285,32 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         )
     result = run_benchmark(cfg, progress=not args.quiet)
     return _report(result, args, formats)
+
+
+def _new_run_dir(cfg: BenchmarkConfig, args: argparse.Namespace) -> str:
+    """``runs/<date-time>-<name>``: where a run without ``--out`` is saved (the name: the
+    protocol, the config file, else the models and the ID set); ``$OODLENS_RUNS_DIR``
+    replaces ``runs``."""
+    import os
+    import re
+    import time
+    from pathlib import Path
+
+    if cfg.protocol:
+        name = cfg.protocol
+    elif args.config:
+        name = Path(args.config).stem
+    else:
+        body = cfg.id.split("@", 1)[0].rstrip("/")
+        name = "-".join([*dict.fromkeys(cfg.models), Path(body).name or body])
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    slug = re.sub(r"[^A-Za-z0-9._+-]+", "_", name).strip("_") or "run"
+    base = str(Path(os.environ.get("OODLENS_RUNS_DIR", "runs")) / f"{stamp}-{slug}")
+    path, n = base, 1
+    while Path(path).exists():  # two runs started in the same second
+        n += 1
+        path = f"{base}-{n}"
+    return path
 
 
 def _report(result: Any, args: argparse.Namespace, formats: list[str]) -> int:
@@ -278,26 +335,26 @@ def _report(result: Any, args: argparse.Namespace, formats: list[str]) -> int:
         f"{result.info['cache_misses']} extracted), fit {t['fit']:.2f}s, score {t['score']:.2f}s. "
         "Values in %; best per column in bold; higher score = more in-distribution."
     )
-    for message in result.info.get("warnings", []):
+    for message in dict.fromkeys(result.info.get("warnings", [])):
         print(f"warning: {message}")
     detectors = result.info.get("detectors", [])
     if detectors:
         print(
-            f"saved {len(detectors)} detector(s) in {result.config.save_detectors}/ "
+            f"saved {_count(len(detectors), 'detector')} in {result.config.save_detectors}/ "
             "(use them with oodlens detect)"
         )
     if result.failures:
         print(
-            f"\n{len(result.failures)} scorer run(s) failed; the other scorers' results are kept:"
+            f"\n{_count(len(result.failures), 'scorer run')} failed; the other scorers' results "
+            "are kept:"
         )
         for f in result.failures:
             print(
                 f"  {f.scorer} (distribution {f.distribution}, {f.backbone} seed {f.seed}) "
                 f"failed at {f.stage}: {f.error}"
             )
-    if args.out:
-        out = result.save(args.out, formats=formats, plots=not args.no_plots)
-        print(f"wrote {out}/ (results.json, tables, plots)")
+    out = result.save(args.out, formats=formats, plots=not args.no_plots)
+    print(f"results saved in {out}/ (results.json, tables, plots)")
     return 1 if result.failures else 0
 
 
@@ -340,6 +397,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         sign=args.sign,
         n_steps=args.steps,
         detector=args.detector,
+        override_checkpoint=args.override_checkpoint,
     )
     path = plot_explanations(exp, out, columns=args.columns)
     record_written(path)
@@ -447,7 +505,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
         record_written(out)
     decide = f"alpha {det.alpha:g}" if det.alpha is not None else f"threshold {det.threshold:g}"
     summary = (
-        f"{n} image(s), {rejected} rejected ({rejected / max(n, 1):.1%}) by {det.spec} at "
+        f"{_count(n, 'image')}, {rejected} rejected ({rejected / max(n, 1):.1%}) by {det.spec} at "
         f"{decide}"
         + (f"; wrote {out}" if out else "")
         + (" (checkpoint forced: see the weights_sha256 column)" if det.forced else "")
@@ -497,11 +555,14 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 def _train_arguments(p: argparse.ArgumentParser) -> None:
     """``oodlens train`` options, their defaults taken from :class:`TrainConfig`."""
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    p.add_argument("--model", default=defaults["model"], help="timm model name")
+    p.add_argument(
+        "--model", default=defaults["model"], help=f"timm model name (default {defaults['model']})"
+    )
     p.add_argument(
         "--data",
         default=defaults["data"],
-        help="ID dataset spec; its @train split is used, @test is evaluated",
+        help="ID dataset spec; its @train split is used, @test is evaluated (default "
+        f"{defaults['data']})",
     )
     p.add_argument(
         "--out", required=True, help="checkpoint file to write (safetensors, whatever the suffix)"
@@ -519,16 +580,18 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
             flag, type=kind, default=defaults[name], help=f"{text} (default {defaults[name]})"
         )
     p.add_argument(
-        "--pretrained", action="store_true", help="start from timm pretrained weights (internet)"
+        "--pretrained",
+        action="store_true",
+        help="start from timm pretrained weights (internet; default: from scratch)",
     )
     p.add_argument(
         "--no-hflip",
         dest="hflip",
         action="store_false",
         default=defaults["hflip"],
-        help="no horizontal flips (e.g. for digits)",
+        help="no horizontal flips (e.g. for digits; default: random flips)",
     )
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default cpu)")
     p.add_argument(
         "--num-workers",
         type=int,
@@ -542,12 +605,15 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
         help="autocast precision of training (fp16 with gradient scaling; default fp32)",
     )
     p.add_argument(
-        "--channels-last", action="store_true", help="train in channels-last memory format"
+        "--channels-last",
+        action="store_true",
+        help="train in channels-last memory format (default: contiguous)",
     )
 
 
-def _loading_arguments(p: argparse.ArgumentParser) -> None:
-    """Data loading and precision options shared by bench and explain."""
+def _loading_arguments(p: argparse.ArgumentParser, recorded: str = "the cache key") -> None:
+    """Data loading and precision options shared by bench, fit, explain and detect;
+    ``recorded``: where the command records the precision."""
     p.add_argument(
         "--num-workers",
         type=int,
@@ -556,36 +622,46 @@ def _loading_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--precision",
         choices=PRECISIONS,
-        help="extraction precision (autocast; recorded in the cache key and results.json)",
+        help=f"forward-pass precision (autocast; recorded in {recorded}; default fp32)",
     )
     p.add_argument(
-        "--channels-last", action="store_true", help="extract in channels-last memory format"
+        "--channels-last",
+        action="store_true",
+        help="run in channels-last memory format (default: contiguous)",
     )
     p.add_argument(
         "--preprocess",
         choices=PREPROCESS_MODES,
         help="resize per image with PIL on the workers, or in batches on the device "
         "(normalised in batches on the device either way; default auto: device on CUDA, "
-        "else pil; recorded in the cache key)",
+        "else pil)",
     )
 
 
 def _data_arguments(p: argparse.ArgumentParser) -> None:
     """Where the data, the network and the cache come from: the options ``bench`` and
     ``fit`` share."""
-    p.add_argument("--config", help="YAML or TOML benchmark config (options below override it)")
+    p.add_argument(
+        "--config",
+        help="YAML or TOML benchmark config (options below override it; default: none, the "
+        "digits demo's settings)",
+    )
     p.add_argument(
         "--protocol",
         help="a benchmark preset: OpenOOD v1.5's cifar10, cifar100, imagenet200, imagenet1k "
-        "(sets found under --data-root; --ood adds sets or replaces those of the same name)",
+        "(sets found under --data-root; --ood adds sets or replaces those of the same name; "
+        "default: none)",
     )
     p.add_argument(
-        "--strict", action="store_true", help="with --protocol: a missing set is an error"
+        "--strict",
+        action="store_true",
+        help="with --protocol: a missing set is an error (default: skipped and listed)",
     )
     p.add_argument(
         "--download",
         action="store_true",
-        help="with --protocol: fetch sets not under --data-root from torchvision (internet)",
+        help="with --protocol: fetch sets not under --data-root from torchvision (internet; "
+        "default: off)",
     )
     p.add_argument(
         "--data-root",
@@ -600,7 +676,8 @@ def _data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         action="append",
-        help="timm model name (repeatable: one per --checkpoint, or one for them all)",
+        help="timm model name (repeatable: one per --checkpoint, or one for them all; default: "
+        "the model an oodlens checkpoint records, else resnet18)",
     )
     p.add_argument(
         "--checkpoint",
@@ -608,23 +685,40 @@ def _data_arguments(p: argparse.ArgumentParser) -> None:
         metavar="[NAME=]PATH",
         help="checkpoint (safetensors or state dict; repeatable); NAME labels its rows, and "
         "several checkpoints under one NAME are seeds of one network (mean ± std); unnamed "
-        "checkpoints of one model are separate rows",
+        "checkpoints of one model are separate rows (default: none: a network is trained here, "
+        "or --pretrained)",
     )
-    p.add_argument("--id", help="ID dataset spec, e.g. digits:0-4 or a folder (@train/@test split)")
-    p.add_argument("--seeds", nargs="+", type=int, help="training seeds (models trained here)")
-    p.add_argument("--epochs", type=int, help="training epochs (models trained here)")
+    _override_argument(p)
     p.add_argument(
-        "--pretrained", action="store_true", help="use timm pretrained weights (needs the internet)"
+        "--id",
+        help="ID dataset spec, e.g. digits:0-4 or a folder with train/ and test/ (default: the "
+        "data an oodlens checkpoint was trained on; without a checkpoint, the digits demo)",
     )
-    p.add_argument("--device", help="cpu, cuda, mps or auto")
-    _loading_arguments(p)
+    p.add_argument(
+        "--seeds", nargs="+", type=int, help="training seeds (models trained here; default 0)"
+    )
+    p.add_argument("--epochs", type=int, help="training epochs (models trained here; default 10)")
+    p.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="use timm pretrained weights (needs the internet; default: off)",
+    )
+    p.add_argument("--device", help="cpu, cuda, mps or auto (default cpu)")
+    _loading_arguments(p, "the cache key and results.json")
     p.add_argument(
         "--features-dtype",
         choices=FEATURE_DTYPES,
-        help="storage of the cached features (float16: half the disk and memory)",
+        help="storage of the cached features (float16: half the disk and memory; default float32)",
     )
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--img-size", type=int)
+    p.add_argument(
+        "--batch-size", type=int, help="images per forward pass of the extraction (default 256)"
+    )
+    p.add_argument(
+        "--img-size",
+        type=int,
+        help="input size (default: the size an oodlens checkpoint records, else the protocol's, "
+        "else 32)",
+    )
     p.add_argument(
         "--val-fraction",
         type=float,
@@ -639,12 +733,24 @@ def _data_arguments(p: argparse.ArgumentParser) -> None:
         "--cache-dir", help="cache folder (default $OODLENS_CACHE_DIR or ~/.cache/oodlens)"
     )
     p.add_argument(
-        "--no-cache", action="store_true", help="extract (and train) again; store nothing"
+        "--no-cache",
+        action="store_true",
+        help="extract (and train) again; store nothing (default: use the cache)",
     )
     p.add_argument(
         "--skip-corrupt",
         action="store_true",
-        help="skip unreadable images (listed in results.json)",
+        help="skip unreadable images (listed in results.json; default: an unreadable image is "
+        "an error)",
+    )
+
+
+def _override_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--override-checkpoint",
+        action="store_true",
+        help="run at --img-size even where the checkpoint records another input size (by "
+        "default that is an error)",
     )
 
 
@@ -654,7 +760,8 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
         "--ood",
         action="append",
         metavar="[GROUP:]NAME=SPEC",
-        help="OOD set (repeatable); GROUP near/far/covariate/other, e.g. far=path/to/folder",
+        help="OOD set (repeatable); GROUP near/far/covariate/other, e.g. far=path/to/folder "
+        "(default: the demo's digits 5-9 as near and Gaussian noise as far)",
     )
     p.add_argument(
         "--scorers",
@@ -662,9 +769,15 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
         metavar="SCORER",
         help="scorers, e.g. msp 'logit_kde:mode=class_conditional'; 'all' = every installed "
         "output-based scorer, 'all+model' adds the model-aware ones (odin, ... : own passes "
-        "over the images) (default: all+model plus logit_kde:mode=class_conditional)",
+        "over the images, slow on large sets) (default: all plus "
+        "logit_kde:mode=class_conditional)",
     )
-    p.add_argument("--threshold", type=float, help="extra fixed operating threshold (e.g. 0.04)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        help="extra fixed operating threshold, e.g. 0.04 (default: none; the operating "
+        "threshold accepts 95%% of the calib split)",
+    )
     p.add_argument(
         "--convention",
         choices=CONVENTIONS,
@@ -674,14 +787,15 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
         "--ood-val",
         action="append",
         metavar="[GROUP:]NAME=SPEC",
-        help="OOD validation set for --tune (repeatable); never one of the test sets",
+        help="OOD validation set for --tune (repeatable); never one of the test sets "
+        "(default: none)",
     )
     p.add_argument(
         "--alpha",
         type=float,
         nargs="+",
         help="conformal levels (e.g. 0.05 0.01): realised ID false-rejection rate and OOD power "
-        "of split-conformal p-values calibrated on the calib split",
+        "of split-conformal p-values calibrated on the calib split (default: none)",
     )
     p.add_argument(
         "--ci",
@@ -690,17 +804,20 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
         const=1000,
         metavar="N",
         help="bootstrap 95%% intervals of auroc, fpr95, aupr_in/out per scorer and OOD set "
-        "(N resamples of ID and OOD rows, seeded; default 1000); tables print mean ± half-width",
+        "(N resamples of ID and OOD rows, seeded; default 1000; without --ci no intervals); "
+        "tables print mean ± half-width",
     )
     p.add_argument(
         "--fdr",
         type=float,
-        help="Benjamini-Hochberg level on batches of ID test + each OOD set: realised FDR, power",
+        help="Benjamini-Hochberg level on batches of ID test + each OOD set: realised FDR, "
+        "power (default: none)",
     )
     p.add_argument(
         "--tune",
         action="store_true",
-        help="search each scorer's grid (declared, or k=1|10|50 in its spec) on ID val + OOD val",
+        help="search each scorer's grid (declared, or k=1|10|50 in its spec) on ID val + OOD "
+        "val (default: the spec's values)",
     )
     p.add_argument(
         "--format",
@@ -711,13 +828,17 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
         + ". The terminal shows the Markdown tables, or OpenOOD's layout when openood is given",
     )
     p.add_argument(
-        "--out", help="write tables, plots and results.json to this folder (new, empty or a report)"
+        "--out",
+        help="write tables, plots and results.json to this folder (new, empty or a report; "
+        "default: a new folder runs/<date-time>-<name>, or under $OODLENS_RUNS_DIR)",
     )
-    p.add_argument("--no-plots", action="store_true", help="skip the figures in --out")
+    p.add_argument(
+        "--no-plots", action="store_true", help="skip the figures in --out (default: drawn)"
+    )
     p.add_argument(
         "--attention",
         action="store_true",
-        help="measure Grad-CAM attention areas per group (ID correct/wrong, OOD)",
+        help="measure Grad-CAM attention areas per group (ID correct/wrong, OOD; default: off)",
     )
     p.add_argument("--attention-layer", help="Grad-CAM layer for --attention (default: automatic)")
     p.add_argument(
@@ -725,7 +846,7 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="save one detector per scorer and network into DIR (files named by backbone, seed "
         "and spec), from the run's own fitted scorers, deciding at the first --alpha (else "
-        "0.05) or at --threshold; use them with oodlens detect",
+        "0.05) or at --threshold; use them with oodlens detect (default: none saved)",
     )
     _detector_arguments(p)
 
@@ -735,7 +856,7 @@ def _detector_arguments(p: argparse.ArgumentParser) -> None:
         "--embed-weights",
         action="store_true",
         help="store the network's weights in the detector file (always done for a network the "
-        "run trained itself); else only the checkpoint's sha256 and path",
+        "run trained itself; default: only the checkpoint's sha256 and path)",
     )
 
 
@@ -744,14 +865,24 @@ def _explain_arguments(p: argparse.ArgumentParser) -> None:
     from .explainers.gradcam import SIGNS
 
     p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--model", help="timm model name (not needed with --detector)")
-    p.add_argument("--checkpoint", help="checkpoint (safetensors or state dict)")
-    p.add_argument("--pretrained", action="store_true", help="timm pretrained weights (internet)")
+    p.add_argument(
+        "--model",
+        help="timm model name (default: the model an oodlens checkpoint or --detector records)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        help="checkpoint, safetensors or state dict (default: none: --pretrained or --detector)",
+    )
+    p.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="timm pretrained weights (internet; default: off)",
+    )
     p.add_argument(
         "--scorers",
         nargs="*",
         default=["msp", "logit_kde"],
-        help="scores to show (fitted on --train)",
+        help="scores to show, fitted on --train (default: msp logit_kde; none: no scores)",
     )
     p.add_argument(
         "--train", help="ID training spec to fit the scorers (default: from the checkpoint)"
@@ -759,11 +890,12 @@ def _explain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--calib",
         help="held-out ID images (a spec the scorers were not fitted on): show each image's "
-        "conformal p-value per scorer",
+        "conformal p-value per scorer (default: none)",
     )
     p.add_argument(
         "--detector",
-        help="a saved detector (oodlens fit): its network, scorer, p-values and verdicts",
+        help="a saved detector (oodlens fit): its network, scorer, p-values and verdicts "
+        "(default: none)",
     )
     p.add_argument(
         "--target",
@@ -785,61 +917,164 @@ def _explain_arguments(p: argparse.ArgumentParser) -> None:
         help="score maps show what lowers the score (foreign, default) or raises it",
     )
     p.add_argument(
-        "--steps", type=int, default=32, help="integration steps of integrated_gradients"
+        "--steps",
+        type=int,
+        default=32,
+        help="integration steps of integrated_gradients (default 32)",
     )
     p.add_argument("--layer", help="Grad-CAM target layer (default: automatic)")
-    p.add_argument("--img-size", type=int)
-    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--img-size",
+        type=int,
+        help="input size (default: the checkpoint's recorded size, else the model's default)",
+    )
+    _override_argument(p)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default cpu)")
     _loading_arguments(p)
-    p.add_argument("--cache-dir", help="cache folder for the training outputs")
-    p.add_argument("--columns", type=int, default=6)
-    p.add_argument("--out", default="explain.png", help="figure to write (.png, .pdf, .svg, ...)")
+    p.add_argument(
+        "--cache-dir",
+        help="cache folder for the training outputs (default $OODLENS_CACHE_DIR or "
+        "~/.cache/oodlens)",
+    )
+    p.add_argument(
+        "--columns", type=int, default=6, help="images per row of the figure (default 6)"
+    )
+    p.add_argument(
+        "--out",
+        default="explain.png",
+        help="figure to write, .png, .pdf, .svg, ... (default explain.png)",
+    )
     p.add_argument(
         "--save-maps",
         metavar="FILE.npz",
         help="also write the maps (raw, float, (N, H, W) at the model's input size) and the "
-        "image ids, for others to evaluate",
+        "image ids, for others to evaluate (default: none)",
     )
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace --out even if oodlens did not write it (by default such a file is kept)",
+        help="replace --out even if oodlens did not write it (default: such a file is kept)",
+    )
+
+
+#: Examples shown under each command's ``--help`` (the README's and docs' commands).
+EXAMPLES: dict[str, str] = {
+    "oodlens": """\
+  oodlens bench                      the digits demo (trains a small network on the CPU)
+  oodlens bench --help               a command's options, with examples
+  oodlens --threads 2 bench ...      limit torch's CPU threads""",
+    "scorers": """\
+  oodlens scorers
+  oodlens scorers '*kde*'""",
+    "plugins": """\
+  oodlens plugins
+  oodlens plugins -v                 with the traceback of a plugin that failed to load""",
+    "datasets": """\
+  oodlens datasets""",
+    "protocols": """\
+  oodlens protocols""",
+    "cache": """\
+  oodlens cache verify
+  oodlens cache verify --repair --cache-dir /scratch/oodlens-cache""",
+    "verify": """\
+  oodlens cache verify
+  oodlens cache verify --repair --cache-dir /scratch/oodlens-cache""",
+    "bench": """\
+  oodlens bench                      the digits demo, saved under runs/
+  oodlens bench --checkpoint model.safetensors --ood far=path/to/ood_images --out runs/mine
+  oodlens bench --protocol cifar10 --data-root ../shared/data \\
+      --checkpoint ../shared/models/cifar10_resnet18_64px.safetensors --scorers msp energy knn
+  oodlens bench --config benchmarks/configs/cifar10.yaml --data-root ../shared/data \\
+      --scorers all+model --alpha 0.05 --ci""",
+    "explain": """\
+  oodlens explain photos/ --checkpoint model.safetensors --out why.png
+  oodlens explain photos/ --checkpoint model.safetensors --scorers knn --target score \\
+      --save-maps maps.npz
+  oodlens explain photo.jpg --detector knn.oodlens""",
+    "fit": """\
+  oodlens fit --checkpoint model.safetensors --scorer knn --alpha 0.05 --out knn.oodlens""",
+    "detect": """\
+  oodlens detect knn.oodlens new_images/ --out verdicts.csv
+  oodlens detect knn.oodlens photo.jpg --jsonl""",
+    "compare": """\
+  oodlens compare runs/demo --scorers logit_kde energy""",
+    "merge": """\
+  oodlens merge runs/resnet18 runs/vit_small --out runs/merged""",
+    "train": """\
+  oodlens train --out digits.safetensors --no-hflip
+  oodlens train --data path/to/folder --img-size 64 --epochs 30 --out model.safetensors""",
+}
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the examples' line breaks; wraps the rest."""
+
+
+def _command(sub: Any, name: str, parents: list[argparse.ArgumentParser], **kwargs: Any):
+    return sub.add_parser(
+        name,
+        parents=parents,
+        formatter_class=_HelpFormatter,
+        epilog="examples:\n" + EXAMPLES[name],
+        **kwargs,
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``oodlens`` command."""
+    from importlib.metadata import version
+
     parser = argparse.ArgumentParser(
-        prog="oodlens", description="OOD detection and explanation for image classifiers."
+        prog="oodlens",
+        description="OOD detection and explanation for image classifiers.",
+        formatter_class=_HelpFormatter,
+        epilog="examples:\n" + EXAMPLES["oodlens"],
     )
+    parser.add_argument("--version", action="version", version=f"oodlens {version('oodlens')}")
     # the same flags before or after the command; after it, they only override when given
     common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
     for p in (parser, common):
-        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
         p.add_argument(
-            "-v", "--verbose", action="store_true", help="full tracebacks and plugin details"
+            "-q",
+            "--quiet",
+            action="store_true",
+            help="no progress bars or progress lines (default: shown)",
+        )
+        p.add_argument(
+            "-v",
+            "--verbose",
+            action="store_true",
+            help="full tracebacks and plugin details (default: one line per error)",
+        )
+        p.add_argument(
+            "--threads",
+            type=int,
+            metavar="N",
+            help="torch's CPU threads (default: torch's, one per core, or $OMP_NUM_THREADS); "
+            "give each of several processes on one machine its share of the cores",
         )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    p = sub.add_parser("scorers", help="list the installed scorers", parents=[common])
-    p.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. '*kde*'")
-    p.set_defaults(func=_cmd_scorers)
-    p = sub.add_parser("plugins", help="list installed plugins and load failures", parents=[common])
-    p.set_defaults(func=_cmd_plugins)
-    p = sub.add_parser("datasets", help="list dataset kinds usable as specs", parents=[common])
-    p.set_defaults(func=_cmd_datasets)
-    p = sub.add_parser(
-        "protocols", help="list benchmark protocols usable with --protocol", parents=[common]
+    p = _command(sub, "scorers", [common], help="list the installed scorers")
+    p.add_argument(
+        "pattern", nargs="?", default=None, help="shell-style filter, e.g. '*kde*' (default: all)"
     )
+    p.set_defaults(func=_cmd_scorers)
+    p = _command(sub, "plugins", [common], help="list installed plugins and load failures")
+    p.set_defaults(func=_cmd_plugins)
+    p = _command(sub, "datasets", [common], help="list dataset kinds usable as specs")
+    p.set_defaults(func=_cmd_datasets)
+    p = _command(sub, "protocols", [common], help="list benchmark protocols usable with --protocol")
     p.set_defaults(func=_cmd_protocols)
-    p = sub.add_parser("cache", help="check the outputs cache", parents=[common])
+    p = _command(sub, "cache", [common], help="check the outputs cache")
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    p = actions.add_parser(
+    p = _command(
+        actions,
         "verify",
+        [common],
         help="verify the checksums of every cached outputs entry",
         description="Read every cached outputs entry and compare each file with the size and "
         "checksum recorded when it was written. Exit status 1 when an entry is damaged (0 "
         "with --repair, which removes it: the next run extracts it again).",
-        parents=[common],
     )
     p.add_argument(
         "--cache-dir", help="cache folder (default $OODLENS_CACHE_DIR or ~/.cache/oodlens)"
@@ -847,33 +1082,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--repair",
         action="store_true",
-        help="remove damaged entries (and temporaries of killed runs)",
+        help="remove damaged entries and temporaries of killed runs (default: only report)",
     )
     p.set_defaults(func=_cmd_cache_verify)
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "bench",
+        [common],
         help="run a benchmark (no arguments: the embedded digits demo)",
         description="Fit every scorer on ID train outputs, score ID test and OOD sets, print the "
-        "table. Exit status 1 when a scorer failed (its failure is printed; the others' results "
-        "are kept and written).",
-        parents=[common],
+        "table and save the report (--out, else a new folder under runs/). What an oodlens "
+        "checkpoint records (model, input size, ID data) is the default. Exit status 1 when a "
+        "scorer failed (its failure is printed; the others' results are kept and written).",
     )
     _bench_arguments(p)
     p.set_defaults(func=_cmd_bench)
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "explain",
-        help="Grad-CAM overlays with predictions and scores, as a figure",
-        parents=[common],
+        [common],
+        help="Grad-CAM or Integrated Gradients maps of the class or of a scorer's score",
+        description="Maps of what the network looked at (--target class) or of what made an "
+        "image look foreign to a scorer (--target score), with the prediction, the scores and "
+        "(with --calib or --detector) the verdicts, as one figure.",
     )
     _explain_arguments(p)
     p.set_defaults(func=_cmd_explain)
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "fit",
+        [common],
         help="fit one scorer on one network and calibrate it: a detector file for oodlens detect",
         description="Fit a scorer on the ID training outputs of a network and calibrate it on the "
         "held-out calib split, exactly as oodlens bench does (same splits, training and cache), "
         "and save the result as one detector file.",
-        parents=[common],
     )
     _data_arguments(p)
     p.add_argument("--scorer", required=True, help="the scorer spec, e.g. knn or knn:k=10")
@@ -886,72 +1128,88 @@ def build_parser() -> argparse.ArgumentParser:
         "in-distribution images are rejected on average (default 0.05)",
     )
     p.add_argument(
-        "--threshold", type=float, help="reject below this fixed score instead of by alpha"
+        "--threshold",
+        type=float,
+        help="reject below this fixed score instead of by alpha (default: none, by alpha)",
     )
     p.add_argument("--out", required=True, help="the detector file to write, e.g. knn.oodlens")
     _detector_arguments(p)
     p.add_argument(
         "--half",
         action="store_true",
-        help="store the scorer's large state (KNN's bank) as float16: half the size",
+        help="store the scorer's large state (KNN's bank) as float16: half the size (default: "
+        "float32)",
     )
     p.add_argument(
-        "--overwrite", action="store_true", help="replace --out even if oodlens did not write it"
+        "--overwrite",
+        action="store_true",
+        help="replace --out even if oodlens did not write it (default: such a file is kept)",
     )
     p.set_defaults(func=_cmd_fit)
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "detect",
+        [common],
         help="verdicts for new images from a detector file (accept / reject, with p-values)",
         description="Score images with a saved detector: per image the predicted class, its "
         "probability, the score, the conformal p-value and the verdict. Prints one summary "
         "line; exit status 0.",
-        parents=[common],
     )
     p.add_argument("detector", help="a detector file written by oodlens fit or --save-detectors")
     p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--out", help="CSV file of the verdicts (one row per image)")
-    p.add_argument("--jsonl", action="store_true", help="print one JSON line per image")
+    p.add_argument(
+        "--out", help="CSV file of the verdicts, one row per image (default: none, a summary)"
+    )
+    p.add_argument(
+        "--jsonl", action="store_true", help="print one JSON line per image (default: off)"
+    )
     p.add_argument(
         "--checkpoint", help="the network's weights (default: the path the detector records)"
     )
     p.add_argument(
         "--force",
         action="store_true",
-        help="accept a checkpoint whose sha256 differs from the recorded one (recorded in "
-        "every verdict)",
+        help="accept a checkpoint whose sha256 differs from the recorded one, recorded in "
+        "every verdict (default: refused)",
     )
     p.add_argument("--device", help="cpu, cuda, mps or auto (default cpu)")
     p.add_argument("--batch-size", type=int, help="images per forward pass (default 256)")
-    _loading_arguments(p)
-    p.add_argument(
-        "--overwrite", action="store_true", help="replace --out even if oodlens did not write it"
-    )
-    p.set_defaults(func=_cmd_detect)
-    p = sub.add_parser(
-        "compare",
-        help="paired test of two scorers' AUROC on the same rows of a report folder",
-        parents=[common],
-    )
-    p.add_argument("run", help="a report folder written by oodlens bench --out")
-    p.add_argument("--scorers", nargs=2, required=True, metavar=("A", "B"))
-    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
-    p.set_defaults(func=_cmd_compare)
-    p = sub.add_parser(
-        "merge",
-        help="join report folders (e.g. of several backbones) into one table",
-        parents=[common],
-    )
-    p.add_argument("runs", nargs="+", help="report folders written by oodlens bench --out")
-    p.add_argument("--out", help="folder for merged.md and merged.csv")
+    _loading_arguments(p, "the verdicts")
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace merged.md/merged.csv even if oodlens did not write them",
+        help="replace --out even if oodlens did not write it (default: such a file is kept)",
+    )
+    p.set_defaults(func=_cmd_detect)
+    p = _command(
+        sub,
+        "compare",
+        [common],
+        help="paired test of two scorers' AUROC on the same rows of a report folder",
+    )
+    p.add_argument("run", help="a report folder written by oodlens bench")
+    p.add_argument(
+        "--scorers", nargs=2, required=True, metavar=("A", "B"), help="the two scorers, A and B"
+    )
+    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    p.set_defaults(func=_cmd_compare)
+    p = _command(
+        sub,
+        "merge",
+        [common],
+        help="join report folders (e.g. of several backbones) into one table",
+    )
+    p.add_argument("runs", nargs="+", help="report folders written by oodlens bench")
+    p.add_argument(
+        "--out", help="folder for merged.md and merged.csv (default: none, printed only)"
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace merged.md/merged.csv even if oodlens did not write them (default: kept)",
     )
     p.set_defaults(func=_cmd_merge)
-    p = sub.add_parser(
-        "train", help="train or fine-tune a timm model on a dataset spec", parents=[common]
-    )
+    p = _command(sub, "train", [common], help="train or fine-tune a timm model on a dataset spec")
     _train_arguments(p)
     p.set_defaults(func=_cmd_train)
     return parser
@@ -974,6 +1232,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="oodlens: %(levelname)s: %(message)s")
+    if getattr(args, "threads", None) is not None:
+        if args.threads < 1:
+            print(f"oodlens: error: --threads {args.threads}: give 1 or more.", file=sys.stderr)
+            return 2
+        import torch
+
+        torch.set_num_threads(args.threads)
     with warnings.catch_warnings():
         warnings.simplefilter("always", registry.PluginLoadWarning)
         warnings.showwarning = _show_warning(args.verbose)

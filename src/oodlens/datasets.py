@@ -37,6 +37,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .errors import moved_names
+from .progress import progress_bar
 
 __all__ = [
     "DatasetSource",
@@ -251,10 +252,11 @@ def holdout_split(
     return parts[0], parts[1], parts[2]
 
 
-def content_hashes(source: DatasetSource, threads: int = 0) -> list[str]:
+def content_hashes(source: DatasetSource, threads: int = 0, progress: bool = False) -> list[str]:
     """SHA-1 of each image's decoded pixels (size and RGB bytes): equal hashes are exactly
     the same image, whatever the file format or name. Corrupt images hash as ``""``.
-    ``threads`` > 0 decodes in that many threads (PIL's decoders and SHA-1 release the GIL)."""
+    ``threads`` > 0 decodes in that many threads (PIL's decoders and SHA-1 release the GIL);
+    ``progress`` shows how far it is (see :mod:`oodlens.progress`)."""
 
     def one(i: int) -> str:
         try:
@@ -265,12 +267,23 @@ def content_hashes(source: DatasetSource, threads: int = 0) -> list[str]:
         h.update(img.tobytes())
         return h.hexdigest()
 
-    if threads <= 0:
-        return [one(i) for i in range(len(source))]
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(threads) as pool:
-        return list(pool.map(one, range(len(source)), chunksize=64))
+    desc = f"hash {source.spec} (duplicate check)"
+    out: list[str] = []
+    with (
+        progress_bar(total=len(source), desc=desc, unit="img", enabled=progress) as bar,
+        ThreadPoolExecutor(max(threads, 1)) as pool,
+    ):
+        hashes = (
+            map(one, range(len(source)))
+            if threads <= 0
+            else pool.map(one, range(len(source)), chunksize=64)
+        )
+        for value in hashes:
+            out.append(value)
+            bar.update(1)
+    return out
 
 
 def _parse_classes(arg: str, valid: Sequence[int], spec: str) -> list[int]:

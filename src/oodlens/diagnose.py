@@ -17,7 +17,9 @@ import torch
 from .backbones import (
     BatchPreprocess,
     build_transform,
+    check_img_size,
     create_backbone,
+    read_model_config,
     resolve_device,
     resolve_preprocess,
 )
@@ -32,6 +34,7 @@ from .extract import cached_extract, default_num_workers, extract_outputs
 from .metrics import threshold_at_acceptance
 from .options import ExtractOptions
 from .outputs import Outputs
+from .progress import progress_bar
 from .registry import ScorerSpec, load_dataset, parse_scorer_spec
 
 __all__ = [
@@ -173,6 +176,7 @@ def explain_images(
     sign: str = "foreign",
     n_steps: int = 32,
     detector: str | os.PathLike[str] | None = None,
+    override_checkpoint: bool = False,
 ) -> Explanation:
     """The ``oodlens explain`` workflow: class maps (and, with ``target="score"``, maps of
     each scorer's score) and scorer values for image files.
@@ -194,6 +198,10 @@ def explain_images(
     ``explainer``: ``"gradcam"`` (on ``layer``) or ``"integrated_gradients"``
     (``n_steps``); ``sign``: ``"foreign"`` (the score map shows what lowers the score) or
     ``"familiar"``.
+
+    What an oodlens checkpoint records is the default: its model (``model`` may be left
+    out), its input size (an ``options.img_size`` that contradicts it is an error unless
+    ``override_checkpoint``) and its training data (``train``).
     """
     if target not in ("class", "score"):
         raise ValueError(f"target={target!r} is not valid; use 'class' or 'score'.")
@@ -210,8 +218,16 @@ def explain_images(
     maps = {"layer": layer, "explainer": explainer, "sign": sign, "n_steps": n_steps}
     if detector is not None:
         return _explain_with_detector(source, detector, checkpoint, options, target, maps)
+    stored = read_model_config(checkpoint) if checkpoint is not None else None
+    if model is None and stored is not None:
+        model = stored.model
     if model is None:
-        raise ValueError("explain needs --model (or --detector, which records its network).")
+        raise ValueError(
+            "explain needs --model (or an oodlens checkpoint or --detector, which record "
+            "their network)."
+        )
+    if options.img_size is not None:  # None: the checkpoint's size
+        check_img_size(options.img_size, stored, checkpoint, override_checkpoint)
     specs = [parse_scorer_spec(spec) for spec in scorers]
     for spec in specs:
         spec.create()  # a search grid is an error here
@@ -354,6 +370,7 @@ def attention_analysis(
     device: str | torch.device = "cpu",
     layer: str | None = None,
     scorer: Any = None,
+    progress: bool = False,
 ) -> AttentionResult:
     """Attention areas of ID-correct, ID-wrong-accepted, ID-wrong-rejected and OOD images.
 
@@ -365,6 +382,7 @@ def attention_analysis(
     ``scorer`` (the fitted scorer those scores come from, when it has a differentiable
     score) the same of its score maps too (``score_area``, ``score_mass``: what makes the
     image look foreign), so the origin's attention question can be asked of the score.
+    ``progress`` shows how many images are explained (see :mod:`oodlens.progress`).
     """
     from scipy.stats import mannwhitneyu
 
@@ -390,6 +408,12 @@ def attention_analysis(
     explained = scorer is not None and scorer.differentiable
     measures = ("area", "mass", "score_area", "score_mass") if explained else ("area", "mass")
     areas: dict[str, dict[str, np.ndarray]] = {}
+    bar = progress_bar(
+        total=sum(len(idx) for _, idx in groups.values()),
+        desc="attention maps",
+        unit="img",
+        enabled=progress,
+    )
     for group, (key, idx) in groups.items():
         if len(idx) == 0:
             areas[group] = {m: np.array([]) for m in measures}
@@ -411,6 +435,8 @@ def attention_analysis(
             positive = np.maximum(exp.score_maps["score"], 0.0)
             areas[group]["score_area"] = exp.score_areas["score"]
             areas[group]["score_mass"] = attention_area_mass(positive, 0.5)
+        bar.update(len(idx))
+    bar.close()
     rows = []
     for group, vals in areas.items():
         row = {"group": group}

@@ -33,6 +33,7 @@ from .distributed import all_gather, barrier, rank_and_world
 from .files import atomic_dir
 from .options import ExtractOptions
 from .outputs import Outputs, OutputsWriter
+from .progress import progress_bar
 from .scorers.base import ModelInputs
 
 __all__ = [
@@ -278,8 +279,6 @@ def _extract_parts(
     (one part only): the batches ``b % world == rank``, each stored as one block. Unreadable
     images then raise (``_check_corrupt``) or are reported; on any error every part's
     writer is closed."""
-    from tqdm.auto import tqdm
-
     batch_size, num_workers = options.batch_size, _workers(options)
     precision, channels_last = options.precision, options.channels_last
     device = resolve_device(options.device)
@@ -335,12 +334,11 @@ def _extract_parts(
                 parts[k].writer.empty_block()  # every image of this batch was unreadable
 
     position = 0
+    desc = parts[0].source.spec if len(parts) == 1 else f"{len(parts)} datasets"
+    bar = progress_bar(total=len(dataset), desc=f"extract {desc}", unit="img", enabled=progress)
     try:
         with torch.inference_mode(), autocast:
-            desc = parts[0].source.spec if len(parts) == 1 else f"{len(parts)} datasets"
-            for chunks in tqdm(
-                plan, desc=f"extract {desc}", disable=None if progress else True, leave=False
-            ):
+            for chunks in plan:
                 # exactly as many chunks as planned (never StopIteration, which stops the
                 # workers there): they stop when the iterator is released, after the last
                 # batches are stored
@@ -349,6 +347,7 @@ def _extract_parts(
                 y = torch.cat([g[1] for g in got])
                 lo, hi = position, position + len(ok)
                 position = hi
+                bar.update(hi - lo)
                 paths = [p for g in got for p in g[3]]
                 errors = [e for g in got for e in g[4]]
                 for i in (~ok).nonzero().flatten().tolist():
@@ -381,6 +380,7 @@ def _extract_parts(
             p.close()
         raise
     finally:
+        bar.close()
         # the workers stop now (also on error), even if this frame outlives the call
         del chunks_in
         model.train(was_training)
@@ -453,6 +453,8 @@ def model_inputs(
     options: ExtractOptions,
     std: tuple[float, ...],
     n_samples: int,
+    who: str = "",
+    progress: bool = False,
 ) -> ModelInputs:
     """What a model-aware scorer needs beside the outputs of ``source``: the network (moved
     to ``options.device``, in eval mode) and a fresh pass over the preprocessed images, in
@@ -461,6 +463,8 @@ def model_inputs(
     Args:
         std: the per-channel standard deviation of the normalisation (for input-space steps).
         n_samples: the number of rows of the outputs (readable images).
+        who: the scorer making the passes (named in their progress).
+        progress: show each pass's progress (see :mod:`oodlens.progress`).
     """
     device = resolve_device(options.device)
 
@@ -470,10 +474,13 @@ def model_inputs(
             batch_size=options.batch_size,
             num_workers=_workers(options),
         )
-        for x, y, ok, _, _ in loader:
-            keep = ok.bool()
-            if keep.any():
-                yield x[keep], y[keep]
+        desc = f"{who + ': ' if who else ''}pass over {source.spec}"
+        with progress_bar(total=len(source), desc=desc, unit="img", enabled=progress) as bar:
+            for x, y, ok, _, _ in loader:
+                bar.update(len(ok))
+                keep = ok.bool()
+                if keep.any():
+                    yield x[keep], y[keep]
 
     return ModelInputs(model.eval().to(device), batches, device, tuple(std), n_samples)
 

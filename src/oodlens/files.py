@@ -83,6 +83,21 @@ def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
     return removed
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _as_created(path: Path, folder: bool = False) -> Path:
+    """Give a temporary file or folder (which ``tempfile`` creates private: 0600, 0700)
+    the mode an ordinary ``open`` or ``mkdir`` would (0644, 0755 under the usual umask
+    022), so that what it becomes is readable by whoever may read the folder it is in."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
+    return path
+
+
 def _temporary_name(path: Path) -> str:
     """The prefix of a temporary name beside ``path``: its name and owner."""
     return f".{path.name}.{_owner_tag()}."
@@ -99,7 +114,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=_temporary_name(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
-    tmp = Path(name)
+    tmp = _as_created(Path(name))
     try:
         yield tmp
         os.replace(tmp, path)
@@ -130,6 +145,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=_temporary_name(path), suffix=".tmp", dir=path.parent))
+    _as_created(tmp, folder=True)
     try:
         yield tmp
         _swap_in(tmp, path)
@@ -258,6 +274,7 @@ def report_dir(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=_temporary_name(path), suffix=".tmp", dir=path.parent))
+    _as_created(tmp, folder=True)
     try:
         yield tmp
         written = [n for n in _relative_files(tmp) if n != MANIFEST]

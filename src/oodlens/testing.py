@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import tempfile
 from typing import Any
@@ -156,12 +157,14 @@ def _expect_missing(call: Any, requirement: str, what: str) -> None:
 def check_scorer(name: str, params: dict[str, Any] | None = None) -> None:
     """Run the scorer contract on the registered scorer ``name``; raises AssertionError.
 
-    Checks: ``__init__`` stores parameters verbatim and sets no fitted state; scoring before
+    Checks: ``__init__`` stores parameters verbatim (the given ones, and the signature's
+    defaults unchanged) and sets no fitted state; scoring before
     ``fit`` raises :class:`~oodlens.NotFittedError`; ``fit`` returns ``self``; ``score``
     returns finite (N,) float64; scores do not depend on batch order or batch composition;
     a missing required field raises :class:`~oodlens.MissingOutputsError` naming it;
     outputs with another number of classes are refused; ID scores beat OOD scores
-    (higher = more in-distribution); saved and loaded (:func:`oodlens.save_scorer`), the
+    (higher = more in-distribution); on outputs holding only the fields it declares it
+    works and gives the same scores (an undeclared read is named); saved and loaded (:func:`oodlens.save_scorer`), the
     scorer gives the same scores bit for bit (unless it declares ``saveable = False``); a
     scorer that declares a differentiable score (:meth:`~oodlens.Scorer.torch_score`)
     matches ``score`` to 1e-5 and has finite gradients; one that does not refuses it.
@@ -185,6 +188,7 @@ def check_scorer(name: str, params: dict[str, Any] | None = None) -> None:
     assert not unknown, f"parameter_constraints name parameters __init__ lacks: {sorted(unknown)}"
     for key, value in params.items():
         assert getattr(scorer, key) is value, f"__init__ must store {key!r} verbatim"
+    _check_stores_defaults(name)
     fitted = [k for k in vars(scorer) if k.endswith("_") and not k.startswith("__")]
     assert not fitted, f"__init__ must not set fitted state, found {fitted}"
 
@@ -234,8 +238,97 @@ def check_scorer(name: str, params: dict[str, Any] | None = None) -> None:
 
     separation = auroc(scores, score(scorer, ood))
     assert separation > 0.6, f"ID should score higher than OOD (AUROC {separation:.3f})"
+    _check_reads_only_what_it_declares(name, params, train, val, test, model, scores, tol)
     _check_round_trip(scorer, test, score, scores)
     _check_torch_score(scorer, test, scores)
+
+
+def _check_stores_defaults(name: str) -> None:
+    """Created with no parameters, the scorer holds each ``__init__`` default as it is in
+    the signature (the same object, or an equal one of the same type): an ``__init__``
+    that converts or clips a parameter breaks ``get_params``/``set_params`` and the specs
+    (as scikit-learn's common checks require)."""
+    scorer = create_scorer(name)
+    signature = inspect.signature(type(scorer).__init__)
+    for key, param in signature.parameters.items():
+        if key == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        assert hasattr(scorer, key), f"__init__ must store its parameter {key!r} as self.{key}"
+        stored, default = getattr(scorer, key), param.default
+        same = stored is default or (type(stored) is type(default) and stored == default)
+        assert same, (
+            f"__init__ must store {key!r} unchanged: the default is {default!r} but it stored "
+            f"{stored!r}; do conversions and checks in fit (parameter_constraints), not in "
+            "__init__"
+        )
+
+
+#: The fields of each requirement a scorer declares.
+_FIELDS = {"features": ("features",), "head": ("head_weight", "head_bias"), "labels": ("labels",)}
+
+
+def _only(outputs: Outputs | None, fields: set[str]) -> Outputs | None:
+    """``outputs`` with only the logits and ``fields`` (the others None)."""
+    if outputs is None:
+        return None
+    kept = {f: getattr(outputs, f) for f in fields}
+    return Outputs(logits=outputs.logits, **kept)
+
+
+def _check_reads_only_what_it_declares(
+    name: str,
+    params: dict[str, Any],
+    train: Outputs,
+    val: Outputs,
+    test: Outputs,
+    model: Any,
+    scores: np.ndarray,
+    tol: dict[str, float],
+) -> None:
+    """Fitted and scored on outputs holding only the fields its requirements declare, the
+    scorer works and gives the same scores; a field it reads without declaring it is
+    named (the harness gives every field, a user's own outputs may not)."""
+    requires = create_scorer(name, **params).requirements()
+    declared = {f for req in requires for f in _FIELDS.get(req, ())}
+    undeclared = [f for fields in _FIELDS.values() for f in fields if f not in declared]
+
+    def run(fields: set[str]) -> np.ndarray:
+        fresh = create_scorer(name, **params)
+        fresh.fit(
+            _only(train, fields),
+            val=_only(val, fields) if "val" in requires else None,
+            model=model(train),
+        )
+        return fresh.score(_only(test, fields), model=model(test))
+
+    try:
+        got = run(declared)
+    except Exception as exc:
+        culprit = next(
+            (f for f in undeclared if _works(lambda f=f: run(declared | {f}))),
+            "an undeclared field",
+        )
+        requirement = next((r for r, fs in _FIELDS.items() if culprit in fs), culprit)
+        raise AssertionError(
+            f"{name} fails on outputs holding only what it declares ({sorted(requires)}): "
+            f"{type(exc).__name__}: {exc}. It reads {culprit!r}: add {requirement!r} to its "
+            "requires (or requirements())."
+        ) from exc
+    np.testing.assert_allclose(
+        got,
+        scores,
+        **tol,
+        err_msg=f"{name}'s scores change when the undeclared fields {undeclared} are absent: it "
+        "reads them; declare them in its requires",
+    )
+
+
+def _works(call: Any) -> bool:
+    try:
+        call()
+    except Exception:
+        return False
+    return True
 
 
 def _check_torch_score(scorer: Any, test: Outputs, scores: np.ndarray) -> None:

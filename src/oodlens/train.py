@@ -22,6 +22,7 @@ from .errors import InvalidParameterError
 from .files import check_new_or_owned_file
 from .options import PRECISIONS
 from .params import Boolean, InstanceOf, Interval, ListOf, Options, Text, validate_fields
+from .progress import progress_bar, progress_note
 from .registry import load_dataset
 
 if TYPE_CHECKING:
@@ -171,7 +172,6 @@ def train_model(
     """
     import torch
     from torch import nn
-    from tqdm.auto import tqdm
 
     from .backbones import (
         ModelConfig,
@@ -219,15 +219,13 @@ def train_model(
     )
     loss_fn = nn.CrossEntropyLoss()
     t0 = time.perf_counter()
-    bar = tqdm(
-        total=steps,
-        desc=f"train {cfg.model} on {cfg.data}",
-        disable=None if progress else True,
-        leave=False,
+    bar = progress_bar(
+        total=steps, desc=f"train {cfg.model} on {cfg.data}", unit="step", enabled=progress
     )
     correct = seen = 0
-    for _ in range(cfg.epochs):
+    for epoch in range(cfg.epochs):
         correct = seen = 0
+        total_loss = 0.0
         for x, y in loader:
             x = x.to(dev, non_blocking=True, memory_format=fmt)
             y = y.to(dev, non_blocking=True)
@@ -241,8 +239,15 @@ def train_model(
             sched.step()
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
+            total_loss += float(loss.item()) * len(y)
+            bar.set_postfix_str(f"loss {loss.item():.3f}", refresh=False)
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+        progress_note(
+            f"train {cfg.model} epoch {epoch + 1}/{cfg.epochs}: loss "
+            f"{total_loss / max(1, seen):.4f}, accuracy {correct / max(1, seen):.4f} "
+            f"(augmented training images, {time.perf_counter() - t0:.0f}s)",
+            progress,
+        )
     bar.close()
     # the persistent workers stop now, not whenever the loader is collected: a frame kept
     # alive after return (a first `import timm` below it leaves its callers' frames in a

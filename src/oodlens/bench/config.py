@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -23,7 +23,7 @@ from ..metrics import CONVENTIONS
 from ..options import ExtractOptions
 from ..params import Boolean, InstanceOf, Interval, ListOf, Options, Text, validate_fields
 from ..protocol import GROUPS, RESERVED_SET_NAMES, ProtocolSet
-from ..registry import ScorerSpec, get_protocol, list_scorers, parse_scorer_spec
+from ..registry import ScorerSpec, get_protocol, list_datasets, list_scorers, parse_scorer_spec
 from ..train import TrainConfig
 
 __all__ = [
@@ -33,6 +33,8 @@ __all__ = [
     "OODSet",
     "BenchmarkConfig",
     "load_config",
+    "read_config",
+    "checkpoint_defaults",
     "expand_scorers",
     "parse_ood_spec",
     "parse_checkpoint",
@@ -165,8 +167,9 @@ class BenchmarkConfig:
     #: TrainConfig overrides for models trained here
     train: Mapping[str, Any] = field(default_factory=lambda: {"epochs": 10, "hflip": False})
     #: "name" or "name:key=value,..."; "all" (or an empty list) = every installed output-based
-    #: scorer; "all+model" adds the model-aware ones (own passes over the images)
-    scorers: tuple[str, ...] = ("all+model", "logit_kde:mode=class_conditional")
+    #: scorer; "all+model" adds the model-aware ones (own passes over the images: on a large
+    #: set they take longer than everything else, so they run only on request)
+    scorers: tuple[str, ...] = ("all", "logit_kde:mode=class_conditional")
     img_size: int | None = 32  #: input size (None: the model's default)
     device: str = "cpu"  #: "cpu", "cuda", "mps" or "auto"
     batch_size: int = 256  #: extraction batch size
@@ -215,6 +218,10 @@ class BenchmarkConfig:
     #: embed the weights in saved detectors even for a given checkpoint (they are always
     #: embedded for a network the run trained itself)
     embed_weights: bool = False
+    #: run at ``img_size`` even where a checkpoint records another input size (by default
+    #: that contradiction is an error: the network would see images at a size it was not
+    #: trained at)
+    override_checkpoint: bool = False
 
     parameter_constraints: ClassVar[dict[str, list[Any]]] = {
         "id": [Text()],
@@ -247,6 +254,7 @@ class BenchmarkConfig:
         "attention_layer": [Text(), None],
         "save_detectors": [Text(path=True), None],
         "embed_weights": [Boolean()],
+        "override_checkpoint": [Boolean()],
     }
 
     def __post_init__(self) -> None:
@@ -417,6 +425,20 @@ def load_config(
     The options may sit at the top level or under a ``benchmark:`` key. Syntax errors and bad
     values are reported with the file name (and line, for syntax errors).
     """
+    data = read_config(path, data_root, models_root)
+    try:
+        return BenchmarkConfig(**data)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"Config {str(path)!r}: {exc}") from None
+
+
+def read_config(
+    path: str | os.PathLike[str],
+    data_root: str | os.PathLike[str] | None = None,
+    models_root: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """The options a config file sets (see :func:`load_config`), by name, placeholders
+    substituted; their values are checked when a :class:`BenchmarkConfig` is built."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Config file {str(path)!r} does not exist.")
@@ -456,11 +478,80 @@ def load_config(
         raise ValueError(
             f"Config {str(path)!r}: unknown option(s) {sorted(unknown)}; valid: {sorted(valid)}."
         )
-    data = _substitute(data, _placeholder_values(path, data, data_root, models_root))
-    try:
-        return BenchmarkConfig(**data)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"Config {str(path)!r}: {exc}") from None
+    return _substitute(data, _placeholder_values(path, data, data_root, models_root))
+
+
+def _trained_on(stored: Any) -> str | None:
+    """The ID dataset spec an oodlens checkpoint records (``oodlens train --data``)."""
+    train = stored.extra.get("train") if stored is not None else None
+    data = train.get("data") if isinstance(train, Mapping) else None
+    return data if isinstance(data, str) and data.strip() else None
+
+
+def _check_here(spec: str, checkpoint: str) -> None:
+    """Refuse a recorded dataset spec whose folder is not on this machine."""
+    body = spec_split(spec)[0]
+    if body.split(":", 1)[0] in list_datasets():
+        return
+    if not Path(body).expanduser().exists():
+        raise FileNotFoundError(
+            f"Checkpoint {checkpoint!r} was trained on {spec!r}, which is not on this machine: "
+            "pass --id SPEC (where that data is here: a folder with train/ and test/)."
+        )
+
+
+def checkpoint_defaults(
+    cfg: BenchmarkConfig, given: Collection[str] = ()
+) -> tuple[BenchmarkConfig, dict[str, Any]]:
+    """``cfg`` with what its checkpoints record as the default of every field not in
+    ``given`` (the fields the user set: on the command line or in a config file): the
+    model name (``models``), the input size (``img_size``) and the ID dataset (``id``),
+    and the fields so taken.
+
+    A checkpoint that does not record its model or its ID data (one not written by
+    ``oodlens train``) needs them given: the error names the option. A given value that
+    contradicts a checkpoint is refused later, when the run starts (see
+    :attr:`BenchmarkConfig.override_checkpoint`).
+    """
+    if not cfg.checkpoints:
+        return cfg, {}
+    from ..backbones import read_model_config
+
+    paths = [parse_checkpoint(text)[1] for text in cfg.checkpoints]
+    stored = {path: read_model_config(path) for path in dict.fromkeys(paths)}
+    taken: dict[str, Any] = {}
+    if "models" not in given:
+        blank = [p for p in paths if stored[p] is None]
+        if blank:
+            raise ValueError(
+                f"Checkpoint {blank[0]!r} does not record its model (it was not written by "
+                "oodlens train): pass --model NAME (the timm model it holds)."
+            )
+        names = tuple(stored[p].model for p in paths)
+        taken["models"] = names[:1] if len(set(names)) == 1 else names
+    sizes = {p: s.img_size for p, s in stored.items() if s is not None and s.img_size}
+    if "img_size" not in given and sizes:
+        if len(set(sizes.values())) > 1:
+            raise ValueError(
+                f"The checkpoints record different input sizes {sizes}; a run has one input "
+                "size: bench them in separate runs."
+            )
+        taken["img_size"] = next(iter(sizes.values()))
+    if "id" not in given:
+        specs = {p: _trained_on(stored[p]) for p in paths}
+        blank = [p for p, spec in specs.items() if spec is None]
+        if blank:
+            raise ValueError(
+                f"Checkpoint {blank[0]!r} does not record the data it was trained on: pass "
+                "--id SPEC (the ID dataset: a folder with train/ and test/, or e.g. digits:0-4)."
+            )
+        if len(set(specs.values())) > 1:
+            raise ValueError(
+                f"The checkpoints were trained on different data {specs}: pass --id SPEC."
+            )
+        taken["id"] = next(iter(specs.values()))
+        _check_here(taken["id"], paths[0])
+    return dataclasses.replace(cfg, **taken), taken
 
 
 def expand_scorers(specs: Sequence[str | ScorerSpec]) -> list[ScorerSpec]:

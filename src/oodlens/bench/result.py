@@ -231,6 +231,12 @@ class BenchmarkResult:
                 f"Missing {m['group']}-OOD set {m['name']!r} (not found; put it at "
                 f"{m['put_it_at'][0]}): skipped, not in the means."
             )
+        skipped = self.info.get("model_aware_not_run")
+        if skipped:
+            lines.append(
+                f"Not run: the model-aware scorer(s) {', '.join(skipped)} (own passes over the "
+                "images, slow on large sets); add them with --scorers all+model."
+            )
         return lines
 
     def save(

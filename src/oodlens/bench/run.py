@@ -12,6 +12,7 @@ import re
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +29,8 @@ from ..files import file_digest
 from ..metrics import ood_metrics, rejection_report, selective_metrics, threshold_at_acceptance
 from ..options import ExtractOptions
 from ..outputs import Outputs
-from ..registry import ScorerSpec, load_dataset, plugin_report
+from ..progress import progress_bar
+from ..registry import ScorerSpec, list_scorers, load_dataset, parse_scorer_spec, plugin_report
 from ..scorers.base import ModelInputs
 from ..stats import bootstrap_ci
 from .config import BenchmarkConfig, expand_scorers, parse_checkpoint
@@ -92,7 +94,7 @@ def run_benchmark(
     cfg = dataclasses.replace(config or BenchmarkConfig(), **overrides)
     if not cfg.ood:
         raise ValueError("A benchmark needs at least one OOD set: give --ood NAME=SPEC.")
-    plan = _prepare(cfg)
+    plan = _prepare(cfg, progress=progress)
     rows: list[dict[str, Any]] = []
     runs: list[RunScores] = []
     failures: list[ScorerFailure] = []
@@ -127,8 +129,13 @@ def run_benchmark(
                     if k == "id_test" or k in {o.name for o in cfg.ood}
                 },
             )
+            plan.info.setdefault("id_accuracy", {})[f"{run.backbone}/seed{run.seed}"] = {
+                k: float(np.mean(out.correct()))
+                for k, out in outputs.items()
+                if k.startswith("id_")
+            }
             model_inputs = _ModelInputsFactory(
-                plan, get_model, transform, data_cfg, sources, outputs
+                plan, get_model, transform, data_cfg, sources, outputs, progress
             )
             if rank_and_world()[0] > 0:
                 continue  # sharded extraction done: fitting and scoring run once, on rank 0
@@ -138,7 +145,7 @@ def run_benchmark(
                 _save_detectors(plan, backbone, ckpt, mcfg, run)
             if cfg.attention:
                 t0 = time.perf_counter()
-                res = _attention(plan, get_model(), transform, sources, run, mcfg)
+                res = _attention(plan, get_model(), transform, sources, run, mcfg, progress)
                 plan.timings["attention"] = (
                     plan.timings.get("attention", 0.0) + time.perf_counter() - t0
                 )
@@ -238,7 +245,7 @@ def fit_detector(config: BenchmarkConfig, progress: bool = True) -> Detector:
         ValueError: the config names several scorers or several networks.
     """
     cfg = config
-    plan = _prepare(cfg, ood=False)
+    plan = _prepare(cfg, ood=False, progress=progress)
     if len(plan.scorers) != 1 or len(plan.backbones) != 1:
         raise ValueError(
             f"A detector is one scorer on one network: got {len(plan.scorers)} scorer(s) "
@@ -260,7 +267,9 @@ def fit_detector(config: BenchmarkConfig, progress: bool = True) -> Detector:
             plan, get_model, backbone.model, ckpt, transform, input_size, needed, progress
         )
         mi = (
-            _ModelInputsFactory(plan, get_model, transform, data_cfg, needed, out)
+            _ModelInputsFactory(plan, get_model, transform, data_cfg, needed, out, progress).of(
+                spec.text
+            )
             if spec.model_aware
             else None
         )
@@ -273,8 +282,14 @@ def fit_detector(config: BenchmarkConfig, progress: bool = True) -> Detector:
         return _detector(plan, backbone, ckpt, mcfg, spec, scorer, calib)
 
 
-def _prepare(cfg: BenchmarkConfig, ood: bool = True) -> _Plan:
-    from ..backbones import check_model_name, read_model_config, resolve_device, resolve_preprocess
+def _prepare(cfg: BenchmarkConfig, ood: bool = True, progress: bool = False) -> _Plan:
+    from ..backbones import (
+        check_img_size,
+        check_model_name,
+        read_model_config,
+        resolve_device,
+        resolve_preprocess,
+    )
     from ..extract import default_num_workers
 
     _check_ranks_agree(cfg)
@@ -304,6 +319,7 @@ def _prepare(cfg: BenchmarkConfig, ood: bool = True) -> _Plan:
                     f"Checkpoint {b.checkpoint!r} was trained as {stored.model!r}, "
                     f"not {b.model!r}; pass --model {stored.model}."
                 )
+            check_img_size(cfg.img_size, stored, b.checkpoint, cfg.override_checkpoint)
     train = load_dataset(split_spec(cfg.id, "train"))
     test = align_classes(load_dataset(split_spec(cfg.id, "test")), train.classes, "ID test")
     # val and calib come from ID data the network never saw: out of the training split
@@ -320,6 +336,7 @@ def _prepare(cfg: BenchmarkConfig, ood: bool = True) -> _Plan:
         sources.update({o.name: load_dataset(o.spec) for o in cfg.ood})
         sources.update({f"ood_val:{o.name}": load_dataset(o.spec) for o in cfg.ood_val})
     info: dict[str, Any] = {
+        "model_aware_not_run": _model_aware_not_run(cfg.scorers, texts),
         "corrupt": {},
         "train": {},
         "cache_hits": 0,
@@ -340,10 +357,21 @@ def _prepare(cfg: BenchmarkConfig, ood: bool = True) -> _Plan:
         num_workers=cfg.num_workers if cfg.num_workers is not None else default_num_workers(),
     )
     info["num_workers"] = options.num_workers
-    info["duplicates"] = _duplicates(sources, cache, info["warnings"], options.num_workers)
+    info["duplicates"] = _duplicates(
+        sources, cache, info["warnings"], options.num_workers, progress
+    )
     info["preprocess"] = options.preprocess
     info["score_device"] = str(_score_device(device) or "cpu (numpy)")
     return _Plan(cfg, device, cache, specs, backbones, sources, options, info)
+
+
+def _model_aware_not_run(scorers: Sequence[str], texts: Sequence[str]) -> list[str]:
+    """The installed model-aware scorers that ``"all"`` leaves out (``"all+model"`` runs
+    them), whichever distribution they come from; none when ``"all"`` was not asked for."""
+    if scorers and "all" not in scorers:
+        return []
+    aware = [n for n in list_scorers() if parse_scorer_spec(n).model_aware]
+    return [n for n in aware if n not in texts]
 
 
 def _backbones(cfg: BenchmarkConfig) -> list[_Backbone]:
@@ -417,7 +445,11 @@ def _overlaps(sources: dict[str, DatasetSource]) -> list[str]:
 
 
 def _duplicates(
-    sources: dict[str, DatasetSource], cache: Cache, warnings: list[str], threads: int = 0
+    sources: dict[str, DatasetSource],
+    cache: Cache,
+    warnings: list[str],
+    threads: int = 0,
+    progress: bool = False,
 ) -> dict[str, int]:
     """Exact duplicate images (same decoded pixels) between each ID split and every other
     set, and between OOD validation and OOD test sets, by content hash (cached per dataset
@@ -428,7 +460,7 @@ def _duplicates(
         fp = src.fingerprint()
         values = cache.get_json("hashes", fp)
         if values is None:
-            values = content_hashes(src, threads)
+            values = content_hashes(src, threads, progress)
             cache.put_json("hashes", fp, values)
         hashes[key] = set(values) - {""}
     counts: dict[str, int] = {}
@@ -592,9 +624,25 @@ class _ModelInputsFactory:
     """``ModelInputs`` for each dataset of a run (the network and its images), built on first
     use: only model-aware scorers ask for them, in their own passes over the images."""
 
-    def __init__(self, plan, get_model, transform, data_cfg, sources, outputs) -> None:
+    def __init__(
+        self, plan, get_model, transform, data_cfg, sources, outputs, progress=False, who=""
+    ) -> None:
         self.plan, self.get_model, self.transform = plan, get_model, transform
         self.data_cfg, self.sources, self.outputs = data_cfg, sources, outputs
+        self.progress, self.who = progress, who
+
+    def of(self, who: str) -> _ModelInputsFactory:
+        """The same, with the passes' progress naming the scorer ``who``."""
+        return _ModelInputsFactory(
+            self.plan,
+            self.get_model,
+            self.transform,
+            self.data_cfg,
+            self.sources,
+            self.outputs,
+            self.progress,
+            who,
+        )
 
     def __call__(self, key: str) -> ModelInputs:
         from ..extract import model_inputs
@@ -607,6 +655,8 @@ class _ModelInputsFactory:
             self.plan.options,
             tuple(float(v) for v in self.data_cfg["std"]),
             self.outputs[key].n_samples,
+            who=self.who,
+            progress=self.progress,
         )
 
 
@@ -622,9 +672,20 @@ def _score(
     rows: list[dict[str, Any]] = []
     out = run.outputs
     ood_val = {k.split(":", 1)[1]: v for k, v in out.items() if k.startswith("ood_val:")}
-    with compute_device(_score_device(plan.device)):
+    which = run.backbone if run.seed < 0 else f"{run.backbone} seed {run.seed}"
+    with (
+        compute_device(_score_device(plan.device)),
+        progress_bar(
+            total=len(plan.scorers),
+            desc=f"fit and score ({which})",
+            unit="scorer",
+            enabled=model_inputs.progress,
+        ) as bar,
+    ):
         for spec in plan.scorers:
+            bar.set_postfix_str(spec.text, refresh=False)
             rows += _score_one(plan, run, failures, model_inputs, spec, ood_val)
+            bar.update(1)
     return rows
 
 
@@ -640,7 +701,7 @@ def _score_one(
     """Tune, fit and score one scorer spec: its metric rows, or none when it failed."""
     out = run.outputs
     stage = "tune" if plan.cfg.tune else "fit"
-    mi = model_inputs if spec.model_aware else None
+    mi = model_inputs.of(spec.text) if spec.model_aware else None
     t_start = time.perf_counter()
     try:
         params: dict[str, Any] = {}
@@ -711,9 +772,9 @@ def _conformal(
     low = [a for a in cfg.alphas if a < rejector.min_alpha]
     if low:
         msg = (
-            f"{spec.text}: alpha {low} is below 1/(n+1) = {rejector.min_alpha:.4g} with n = "
-            f"{rejector.n_calib} calibration rows, so nothing can be rejected at it; use a "
-            "larger calib split."
+            f"alpha {low} is below 1/(n+1) = {rejector.min_alpha:.4g} with n = "
+            f"{rejector.n_calib} calibration rows, so no scorer can reject anything at it; use "
+            "a larger calib split (--calib-fraction) or a larger alpha."
         )
         if msg not in plan.info["warnings"]:
             plan.info["warnings"].append(msg)
@@ -791,7 +852,7 @@ def _aggregate_rows(per_set: list[dict[str, Any]], base: dict[str, Any]) -> list
     return out
 
 
-def _attention(plan: _Plan, model, transform, sources, run: RunScores, mcfg):
+def _attention(plan: _Plan, model, transform, sources, run: RunScores, mcfg, progress=False):
     from ..diagnose import attention_analysis
 
     cfg = plan.cfg
@@ -816,6 +877,7 @@ def _attention(plan: _Plan, model, transform, sources, run: RunScores, mcfg):
         device=plan.device,
         layer=cfg.attention_layer,
         scorer=run.fitted[name][0],
+        progress=progress,
     )
     res.tests = {"scorer": name, "threshold": threshold, **res.tests}
     return res

@@ -218,7 +218,7 @@ class TemperatureMSP(Scorer):
 
     name = "temperature_msp"
     description = "max softmax at a temperature fitted on ID validation data (Guo et al. 2017)"
-    requires = frozenset({"logits", "val"})
+    requires = frozenset({"logits", "labels", "val"})
 
     def __init__(self) -> None:
         pass
