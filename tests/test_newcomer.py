@@ -209,3 +209,29 @@ def test_the_default_scorers_leave_model_aware_ones_to_all_model(cache_dir, digi
         "Not run: the model-aware scorer(s) odin, probe_model_aware (own passes over the "
         "images, slow on large sets); add them with --scorers all+model."
     ]
+
+
+def test_a_checkpoint_records_its_normalisation_and_another_is_refused(ckpt40, tmp_path, capsys):
+    import safetensors
+    from safetensors.torch import save_file
+
+    from oodlens.backbones import read_model_config
+
+    path, _ = ckpt40
+    stored = read_model_config(path)
+    assert stored.extra["normalization"] == {
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+    }  # timm's default for resnet18 (ImageNet's statistics)
+    with safetensors.safe_open(str(path), "pt") as fh:
+        meta = fh.metadata()
+    config = json.loads(meta["oodlens_config"])
+    config["extra"]["normalization"]["mean"] = [0.5, 0.5, 0.5]
+    other = tmp_path / "other.safetensors"
+    save_file(load_file(path), str(other), metadata={"oodlens_config": json.dumps(config)})
+    argv = ["bench", "--checkpoint", other, "--ood", NOISE, "--scorers", "msp", "-q"]
+    argv += ["--cache-dir", tmp_path / "c", "--out", tmp_path / "r"]
+    assert cli.main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert "was trained with normalisation mean [0.5, 0.5, 0.5]" in err
+    assert "[0.485, 0.456, 0.406]" in err

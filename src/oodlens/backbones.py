@@ -40,6 +40,7 @@ __all__ = [
     "resolve_preprocess",
     "resolve_device",
     "check_img_size",
+    "check_normalization",
 ]
 
 __getattr__ = moved_names(
@@ -230,6 +231,26 @@ def check_img_size(
         f"{stored.img_size} px: leave --img-size out (the checkpoint's size is the default) "
         f"or add --override-checkpoint to run at {given} anyway."
     )
+
+
+def check_normalization(
+    stored: ModelConfig | None, data_cfg: Mapping[str, Any], checkpoint: Any
+) -> None:
+    """Refuse a normalisation other than the one an oodlens checkpoint recorded at training
+    (timm's default for the model: a timm version whose default changed would feed the
+    network differently scaled images, and give a worse table with no error)."""
+    recorded = stored.extra.get("normalization") if stored is not None else None
+    if not isinstance(recorded, Mapping):
+        return
+    for key in ("mean", "std"):
+        want = [float(v) for v in recorded.get(key, ())]
+        have = [float(v) for v in data_cfg[key]]
+        if want and not np.allclose(want, have, rtol=0, atol=1e-6):
+            raise ValueError(
+                f"Checkpoint {str(checkpoint)!r} was trained with normalisation {key} {want}, "
+                f"but this timm's config for {stored.model!r} gives {have}: install the timm "
+                f"version it was trained with (recorded in the checkpoint's header), or retrain."
+            )
 
 
 def load_checkpoint(

@@ -18,6 +18,7 @@ from .backbones import (
     BatchPreprocess,
     build_transform,
     check_img_size,
+    check_normalization,
     create_backbone,
     read_model_config,
     resolve_device,
@@ -237,6 +238,7 @@ def explain_images(
         model, checkpoint=checkpoint, img_size=options.img_size, pretrained=pretrained
     )
     transform, data_cfg = build_transform(net, mcfg.img_size)
+    check_normalization(stored, data_cfg, checkpoint)
     if options.preprocess == "device":
         transform = BatchPreprocess(transform)
     names = mcfg.class_names or tuple(str(i) for i in range(mcfg.num_classes))

@@ -270,7 +270,15 @@ def train_model(
         num_classes=n_classes,
         class_names=train_src.classes,
         img_size=cfg.img_size,
-        extra={"train": {k: v for k, v in cfg.__dict__.items()}, "summary": summary},
+        extra={
+            "train": {k: v for k, v in cfg.__dict__.items()},
+            "summary": summary,
+            # the normalisation the network learnt with (timm's default for the model)
+            "normalization": {
+                "mean": [float(v) for v in data_cfg["mean"]],
+                "std": [float(v) for v in data_cfg["std"]],
+            },
+        },
     )
     path = save_checkpoint(model.cpu(), config, out)
     log.info("trained %s: test accuracy %.4f in %.0fs -> %s", cfg.model, test_acc, seconds, path)

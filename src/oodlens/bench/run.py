@@ -559,7 +559,12 @@ def _trained_checkpoint(
 def _backbone(plan: _Plan, model_name: str, ckpt: str | None):
     """The lazily built network, its config and transform, and the ID sources relabelled by
     the model's class names (when the checkpoint records them)."""
-    from ..backbones import BatchPreprocess, build_transform, read_model_config
+    from ..backbones import (
+        BatchPreprocess,
+        build_transform,
+        check_normalization,
+        read_model_config,
+    )
     from ..extract import LazyBackbone
 
     cfg = plan.cfg
@@ -586,6 +591,7 @@ def _backbone(plan: _Plan, model_name: str, ckpt: str | None):
             )
         )
     transform, data_cfg = build_transform(model_name, mcfg.img_size)
+    check_normalization(mcfg, data_cfg, ckpt)
     if plan.info["preprocess"] == "device":
         transform = BatchPreprocess(transform)
     return get_model, mcfg, transform, data_cfg, sources
