@@ -27,6 +27,7 @@ LAYERS: dict[str, int] = {
             "arrays",
             "distributed",
             "options",
+            "corruptions",
         ],
         0,
     ),
@@ -63,7 +64,16 @@ LAYERS: dict[str, int] = {
         5,
     ),
     **dict.fromkeys(
-        ["diagnose", "detector", "bench.config", "bench.report", "bench.tune", "bench.html"], 6
+        [
+            "diagnose",
+            "detector",
+            "bench.config",
+            "bench.report",
+            "bench.tune",
+            "bench.html",
+            "bench.published",
+        ],
+        6,
     ),
     "bench.result": 7,
     **dict.fromkeys(["bench.run", "bench", "bench.compare"], 8),

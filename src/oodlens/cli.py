@@ -20,13 +20,14 @@ from .bench.config import (
     parse_ood_spec,
     read_config,
 )
+from .bench.published import published_markdown
 from .bench.report import to_markdown
-from .bench.result import DEFAULT_FORMATS, REPORT_FORMATS
+from .bench.result import DEFAULT_FORMATS, FSOOD_CAPTION, REPORT_FORMATS, fsood_markdown
 from .distributed import barrier, init_from_env, rank_and_world, shutdown
 from .errors import PluginError
 from .metrics import CONVENTIONS
 from .options import FEATURE_DTYPES, PRECISIONS, PREPROCESS_MODES, ExtractOptions
-from .train import TrainConfig
+from .train import RECIPES, TrainConfig
 
 __all__ = ["main", "build_parser"]
 
@@ -164,6 +165,7 @@ def _bench_config(args: argparse.Namespace) -> BenchmarkConfig:
             args.data_root,
             download=args.download,
             strict=args.strict,
+            fsood=bool(given("fsood")),
             ood=tuple(parse_ood_spec(o) for o in ood or ()),
         )
         ood = None  # merged by name into the protocol's sets
@@ -215,6 +217,7 @@ def _bench_config(args: argparse.Namespace) -> BenchmarkConfig:
         ("tune", "tune", True),
         ("channels_last", "channels_last", True),
         ("embed_weights", "embed_weights", True),
+        ("fsood", "fsood", True),
     ):
         if given(flag):
             changes[field_name] = value
@@ -222,6 +225,21 @@ def _bench_config(args: argparse.Namespace) -> BenchmarkConfig:
         changes["train"] = {**dict(cfg.train), "epochs": given("epochs")}
     if given("override_checkpoint"):
         changes["override_checkpoint"] = True
+    if given("compare_published") is not None:
+        changes["compare_published"] = given("compare_published")
+        if given("convention") not in (None, "openood"):
+            raise ValueError(
+                "--compare-published compares with OpenOOD's numbers under OpenOOD's metric "
+                f"definitions; drop --convention {given('convention')}."
+            )
+        changes["convention"] = "openood"
+    if given("fsood"):
+        if given("convention") not in (None, "openood"):
+            raise ValueError(
+                "--fsood is OpenOOD's full-spectrum setting, under OpenOOD's metric definitions; "
+                f"drop --convention {given('convention')}."
+            )
+        changes["convention"] = "openood"
     cfg, taken = checkpoint_defaults(dataclasses.replace(cfg, **changes), explicit | set(changes))
     if taken:
         print(
@@ -324,6 +342,20 @@ def _report(result: Any, args: argparse.Namespace, formats: list[str]) -> int:
         print(view(result.summary()))
     for line in result.footnotes():
         print(line)
+    side = result.fsood_summary()
+    if side is not None:
+        print(f"\n{FSOOD_CAPTION}\n")
+        print(fsood_markdown(side))
+    published = result.info.get("published")
+    if published is not None:
+        print(
+            f"\nBeside the published results ({published['protocol']}, {published['network']}), "
+            "AUROC in %:\n"
+        )
+        print(published_markdown(published))
+        if "fsood" in published:
+            print("Full-spectrum (FS-OOD) beside the published:\n")
+            print(published_markdown(published["fsood"]))
     t = result.timings
     aware = {k.split(" ", 1)[1]: v for k, v in t.items() if k.startswith("model-aware ")}
     if aware:
@@ -429,8 +461,10 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from .train import train_model
 
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"recipe"}
+    given = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    # a recipe sets the model, size, epochs, batch, lr and weight decay; options given win
+    cfg = TrainConfig.from_recipe(args.recipe, **given) if args.recipe else TrainConfig(**given)
     from .extract import default_num_workers
 
     workers = args.num_workers if args.num_workers is not None else default_num_workers()
@@ -556,8 +590,14 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     """``oodlens train`` options, their defaults taken from :class:`TrainConfig`."""
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     p.add_argument(
-        "--model", default=defaults["model"], help=f"timm model name (default {defaults['model']})"
+        "--recipe",
+        choices=sorted(RECIPES),
+        help="a published training recipe: "
+        + "; ".join(f"{r.name}: {r.description}" for r in RECIPES.values())
+        + " (default: none, oodlens's AdamW recipe; options given on the command line replace "
+        "the recipe's)",
     )
+    p.add_argument("--model", help=f"timm model name (default {defaults['model']})")
     p.add_argument(
         "--data",
         default=defaults["data"],
@@ -571,14 +611,12 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
         ("img_size", int, "input size"),
         ("epochs", int, "passes over the training split"),
         ("batch_size", int, "images per step"),
-        ("lr", float, "AdamW peak learning rate"),
-        ("weight_decay", float, "AdamW weight decay"),
+        ("lr", float, "peak learning rate (AdamW; SGD with a recipe)"),
+        ("weight_decay", float, "weight decay"),
         ("seed", int, "seed of torch, numpy and the data order"),
     ):
         flag = "--" + name.replace("_", "-")
-        p.add_argument(
-            flag, type=kind, default=defaults[name], help=f"{text} (default {defaults[name]})"
-        )
+        p.add_argument(flag, type=kind, help=f"{text} (default {defaults[name]})")
     p.add_argument(
         "--pretrained",
         action="store_true",
@@ -782,6 +820,24 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
         "--convention",
         choices=CONVENTIONS,
         help="metric definitions: oodlens (default) or openood (OpenOOD v1.5's evaluator)",
+    )
+    p.add_argument(
+        "--compare-published",
+        nargs="?",
+        const="",
+        metavar="NETWORK",
+        help="with --protocol: put the protocol's published results (OpenOOD v1.5's) beside "
+        "ours, with the difference and a flag where it exceeds their std plus our --ci "
+        "interval; implies --convention openood (default: off; NETWORK: the published network, "
+        "by default the protocol's first, e.g. ResNet18, or ResNet50 for imagenet1k)",
+    )
+    p.add_argument(
+        "--fsood",
+        action="store_true",
+        help="full-spectrum OOD (OpenOOD's FS-OOD): also report every OOD metric with the "
+        "covariate-shifted ID sets (group covariate; a protocol's, e.g. generated CIFAR-10-C "
+        "corruptions and CINIC-10 for cifar10) counted as in-distribution, beside the usual "
+        "table; implies --convention openood (default: off)",
     )
     p.add_argument(
         "--ood-val",
@@ -1002,7 +1058,8 @@ EXAMPLES: dict[str, str] = {
   oodlens merge runs/resnet18 runs/vit_small --out runs/merged""",
     "train": """\
   oodlens train --out digits.safetensors --no-hflip
-  oodlens train --data path/to/folder --img-size 64 --epochs 30 --out model.safetensors""",
+  oodlens train --data path/to/folder --img-size 64 --epochs 30 --out model.safetensors
+  oodlens train --recipe openood_cifar --data ../shared/data/cifar10 --device cuda --out r18.safetensors""",
 }
 
 

@@ -6,6 +6,8 @@ Grammar: ``KIND:ARG,key=value,...[@SPLIT]`` or a folder path ``PATH[@SPLIT]``.
   ``digits:0-4`` or ``digits:1,3,5``; labels are re-indexed 0..k-1 in the given order.
 * ``noise:gaussian`` / ``noise:uniform`` -- synthetic far-OOD images, options ``n`` (500),
   ``size`` (32), ``seed`` (0).
+* ``corrupt:BASE,types=a+b,severity=1-5,seed=0`` -- CIFAR-10-C-style corruptions of another
+  set (see :mod:`oodlens.corruptions`), one per image; a covariate-shifted copy of ``BASE``.
 * ``torchvision:NAME`` -- a torchvision dataset (downloaded; needs the internet), option
   ``root``.
 * a folder path -- torchvision ``ImageFolder`` layout (one sub-folder per class), or a flat

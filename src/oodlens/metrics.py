@@ -77,6 +77,7 @@ __all__ = [
     "auroc",
     "average_precision",
     "ood_metrics",
+    "full_spectrum_metrics",
     "risk_coverage_curve",
     "selective_metrics",
     "rejection_report",
@@ -361,6 +362,60 @@ def ood_metrics(
         # the original score at the threshold (ranks stand in for integers beyond 2**53)
         "threshold95": float(raw_id[int(np.argmax(ind == t95))]),
     }
+
+
+def full_spectrum_metrics(
+    id_scores: np.ndarray,
+    covariate_scores: Sequence[np.ndarray],
+    ood_scores: np.ndarray,
+    convention: str = "openood",
+    id_correct: np.ndarray | None = None,
+    covariate_correct: Sequence[np.ndarray] = (),
+) -> dict[str, float]:
+    """Full-spectrum OOD metrics (OpenOOD's FS-OOD, Yang et al. 2022): the covariate-shifted
+    ID sets (same classes, another distribution) count as in-distribution, so the ID side of
+    every OOD metric is ID test together with all of them; the accuracy (``id_accuracy``,
+    when the correctness of each prediction is given) is over the same rows.
+
+    Args:
+        id_scores: (N_id,) scores of the ID test rows (higher = more ID).
+        covariate_scores: the scores of each covariate-shifted ID set.
+        ood_scores: (N_ood,) scores of one OOD set.
+        convention: as :func:`ood_metrics` (default OpenOOD's, whose evaluator defines the
+            setting).
+        id_correct, covariate_correct: whether each row's prediction is right (optional).
+
+    Example:
+        >>> m = full_spectrum_metrics([3.0, 2.0], [np.array([0.5])], [1.0, 0.0])
+        >>> round(m["auroc"], 4)  # ID {3, 2, 0.5} vs OOD {1, 0}: 5 of 6 pairs ordered
+        0.8333
+    """
+    if len(covariate_scores) == 0:
+        raise ValueError(
+            "Full-spectrum metrics need at least one covariate-shifted ID set (a set of the "
+            "ID classes under another distribution, e.g. corrupt:PATH@test)."
+        )
+    ind = np.concatenate(
+        [np.asarray(id_scores, dtype=np.float64).ravel()]
+        + [np.asarray(c, dtype=np.float64).ravel() for c in covariate_scores]
+    )
+    out = ood_metrics(ind, ood_scores, convention=convention)
+    if id_correct is not None:
+        if len(covariate_correct) != len(covariate_scores):
+            raise ValueError(
+                f"covariate_correct has {len(covariate_correct)} arrays for "
+                f"{len(covariate_scores)} covariate-shifted set(s): give one per set."
+            )
+        right = np.concatenate(
+            [np.asarray(id_correct, dtype=bool).ravel()]
+            + [np.asarray(c, dtype=bool).ravel() for c in covariate_correct]
+        )
+        if right.size != ind.size:
+            raise ValueError(
+                f"{right.size} correctness values for {ind.size} ID and covariate rows."
+            )
+        out["id_accuracy"] = float(right.mean())
+    return out
 
 
 def _counts_by_threshold(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -28,9 +28,103 @@ from .registry import load_dataset
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["TrainConfig", "train_model", "train_transform", "check_checkpoint_out"]
+__all__ = [
+    "RECIPES",
+    "Recipe",
+    "TrainConfig",
+    "augment_batch",
+    "check_checkpoint_out",
+    "cosine_annealing",
+    "train_model",
+    "train_transform",
+]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A published training recipe (``oodlens train --recipe NAME``): the values of the
+    source's configuration files, and where each comes from."""
+
+    name: str
+    description: str
+    model: str
+    img_size: int
+    epochs: int
+    batch_size: int
+    lr: float  #: SGD learning rate at step 0
+    weight_decay: float
+    momentum: float
+    nesterov: bool
+    lr_min: float  #: the learning rate the per-step cosine schedule ends at
+    pad: int  #: random crop after zero padding by this many pixels (with a random flip)
+    #: the source: repository, commit and the file each setting is read from
+    source: Mapping[str, str] = field(default_factory=dict)
+
+
+#: The recipes ``oodlens train --recipe`` knows.
+RECIPES: dict[str, Recipe] = {
+    "openood_cifar": Recipe(
+        name="openood_cifar",
+        description="OpenOOD v1.5's CIFAR-10 baseline: openood_resnet18_32x32, 100 epochs of "
+        "SGD (Nesterov, momentum 0.9, weight decay 5e-4) at lr 0.1 with a per-step cosine "
+        "schedule to 1e-6, batch 128, random crop (padding 4) and horizontal flip",
+        model="openood_resnet18_32x32",
+        img_size=32,
+        epochs=100,
+        batch_size=128,
+        lr=0.1,
+        weight_decay=5e-4,
+        momentum=0.9,
+        nesterov=True,
+        lr_min=1e-6,
+        pad=4,
+        source={
+            "repository": "Jingkang50/OpenOOD",
+            "commit": "3c35632",
+            "optimizer, epochs, lr, momentum, weight decay": "configs/pipelines/train/baseline.yml",
+            "SGD with nesterov=True, cosine schedule per step to 1e-6": (
+                "openood/trainers/base_trainer.py, openood/trainers/lr_scheduler.py"
+            ),
+            "batch size 128, image and pre size 32": "configs/datasets/cifar10/cifar10.yml",
+            "network": "configs/networks/resnet18_32x32.yml",
+            "augmentation (Resize, CenterCrop, RandomHorizontalFlip, RandomCrop padding 4), "
+            "CIFAR-10 normalisation": "openood/preprocessors/base_preprocessor.py, "
+            "openood/preprocessors/transform.py",
+        },
+    ),
+}
+
+
+def cosine_annealing(step: int, total_steps: int, lr_max: float, lr_min: float) -> float:
+    """The learning-rate multiplier of OpenOOD's schedule at ``step`` (of ``total_steps``):
+    ``lr_min + (lr_max - lr_min) * (1 + cos(pi * step / total_steps)) / 2``."""
+    return lr_min + (lr_max - lr_min) * 0.5 * (1 + math.cos(step / total_steps * math.pi))
+
+
+def augment_batch(
+    images: torch.Tensor, pad: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A batch of images (B, C, H, W, on any device) randomly flipped left-right (odds 1/2)
+    and cropped back to H x W after zero padding by ``pad`` pixels (torchvision's
+    ``RandomHorizontalFlip`` and ``RandomCrop(padding=pad)``, per image, in one pass on the
+    images' device). The draws come from ``generator`` (on the CPU), so a seed gives the same
+    augmentations on every device. Returns the batch, the flips and the (top, left) offsets.
+    """
+    import torch
+
+    b, _, h, w = images.shape
+    flips = torch.rand(b, generator=generator) < 0.5
+    offsets = torch.randint(0, 2 * pad + 1, (b, 2), generator=generator)
+    dev = images.device
+    x = torch.where(flips.to(dev)[:, None, None, None], images.flip(3), images)
+    x = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    rows = offsets[:, 0, None].to(dev) + torch.arange(h, device=dev)
+    cols = offsets[:, 1, None].to(dev) + torch.arange(w, device=dev)
+    batch = torch.arange(b, device=dev)[:, None, None]
+    x = x.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]
+    return x.permute(0, 3, 1, 2).contiguous(), flips, offsets
 
 
 @dataclass(frozen=True)
@@ -68,6 +162,10 @@ class TrainConfig:
     precision: str = "fp32"
     channels_last: bool = False  #: train in channels-last memory format
     extra: dict[str, Any] = field(default_factory=dict)  #: free-form notes stored in the checkpoint
+    #: "oodlens" (AdamW, the origin's augmentations) or a published recipe of
+    #: :data:`RECIPES` (its optimiser, schedule and augmentation; images held on the device
+    #: and augmented there in batches); build one with :meth:`from_recipe`
+    recipe: str = "oodlens"
 
     parameter_constraints: ClassVar[dict[str, list[Any]]] = {
         "model": [Text()],
@@ -87,7 +185,33 @@ class TrainConfig:
         "precision": [Options(PRECISIONS)],
         "channels_last": [Boolean()],
         "extra": [InstanceOf(Mapping, "a mapping")],
+        "recipe": [Options(("oodlens", *RECIPES))],
     }
+
+    @classmethod
+    def from_recipe(cls, name: str, **overrides: Any) -> TrainConfig:
+        """The config of a published recipe (:data:`RECIPES`): its model, input size,
+        epochs, batch size, learning rate and weight decay; ``overrides`` replace fields
+        (e.g. ``epochs=1`` for a quick check), recorded in the checkpoint as given.
+
+        Example:
+            >>> TrainConfig.from_recipe("openood_cifar", data="data/cifar10").batch_size
+            128
+        """
+        if name not in RECIPES:
+            raise InvalidParameterError(f"Unknown recipe {name!r}; valid: {', '.join(RECIPES)}.")
+        r = RECIPES[name]
+        base = {
+            "model": r.model,
+            "img_size": r.img_size,
+            "epochs": r.epochs,
+            "batch_size": r.batch_size,
+            "lr": r.lr,
+            "weight_decay": r.weight_decay,
+            "hflip": True,
+            "recipe": name,
+        }
+        return cls(**{**base, **overrides})
 
     def __post_init__(self) -> None:
         validate_fields(self)
@@ -171,7 +295,6 @@ def train_model(
     workers; the harness trains with 0 for that reason.
     """
     import torch
-    from torch import nn
 
     from .backbones import (
         ModelConfig,
@@ -197,6 +320,60 @@ def train_model(
     n_classes = len(train_src.classes)
     model, _ = create_backbone(cfg.model, num_classes=n_classes, pretrained=cfg.pretrained)
     eval_tf, data_cfg = build_transform(model, cfg.img_size)
+    if cfg.recipe != "oodlens":
+        model, correct, seen, steps, seconds = _train_recipe(
+            cfg, model, train_src, data_cfg, dev, autocast, progress
+        )
+    else:
+        model, correct, seen, steps, seconds = _train_oodlens(
+            cfg, model, train_src, data_cfg, dev, autocast, progress, num_workers
+        )
+    test_acc = _accuracy(model, test_src, eval_tf, dev, cfg.batch_size)
+    summary = {
+        "train_accuracy_last_epoch": correct / max(1, seen),
+        "test_accuracy": test_acc,
+        "train_seconds": seconds,
+        "steps": steps,
+        "n_train": len(train_src),
+        "n_test": len(test_src),
+        "device": str(dev),
+    }
+    train = {k: v for k, v in cfg.__dict__.items()}
+    if cfg.recipe != "oodlens":
+        r = RECIPES[cfg.recipe]
+        train["optimizer"] = {
+            "name": "SGD",
+            "momentum": r.momentum,
+            "nesterov": r.nesterov,
+            "schedule": f"cosine per step to {r.lr_min:g}",
+            "augmentation": f"random flip, random crop with padding {r.pad}",
+            "source": dict(r.source),
+        }
+    config = ModelConfig(
+        model=cfg.model,
+        num_classes=n_classes,
+        class_names=train_src.classes,
+        img_size=cfg.img_size,
+        extra={
+            "train": train,
+            "summary": summary,
+            # the normalisation the network learnt with (timm's default for the model)
+            "normalization": {
+                "mean": [float(v) for v in data_cfg["mean"]],
+                "std": [float(v) for v in data_cfg["std"]],
+            },
+        },
+    )
+    path = save_checkpoint(model.cpu(), config, out)
+    log.info("trained %s: test accuracy %.4f in %.0fs -> %s", cfg.model, test_acc, seconds, path)
+    return path, summary
+
+
+def _train_oodlens(cfg, model, train_src, data_cfg, dev, autocast, progress, num_workers):
+    """The origin's training: AdamW, cosine schedule, augmentations in a DataLoader."""
+    import torch
+    from torch import nn
+
     gen = torch.Generator().manual_seed(cfg.seed)
     loader = torch.utils.data.DataLoader(
         _Augmented(train_src, train_transform(cfg, data_cfg)),
@@ -255,34 +432,90 @@ def train_model(
     del loader
     seconds = time.perf_counter() - t0
     model.eval().to(memory_format=torch.contiguous_format)
-    test_acc = _accuracy(model, test_src, eval_tf, dev, cfg.batch_size)
-    summary = {
-        "train_accuracy_last_epoch": correct / max(1, seen),
-        "test_accuracy": test_acc,
-        "train_seconds": seconds,
-        "steps": steps,
-        "n_train": len(train_src),
-        "n_test": len(test_src),
-        "device": str(dev),
-    }
-    config = ModelConfig(
-        model=cfg.model,
-        num_classes=n_classes,
-        class_names=train_src.classes,
-        img_size=cfg.img_size,
-        extra={
-            "train": {k: v for k, v in cfg.__dict__.items()},
-            "summary": summary,
-            # the normalisation the network learnt with (timm's default for the model)
-            "normalization": {
-                "mean": [float(v) for v in data_cfg["mean"]],
-                "std": [float(v) for v in data_cfg["std"]],
-            },
-        },
+    return model, correct, seen, steps, seconds
+
+
+def _train_recipe(cfg, model, train_src, data_cfg, dev, autocast, progress):
+    """A published recipe (:data:`RECIPES`): the training images decoded once and held on
+    the device as uint8, each batch flipped, cropped and normalised there (no DataLoader),
+    SGD with the recipe's momentum and Nesterov flag, the per-step cosine schedule."""
+    import torch
+    from torch import nn
+    from torchvision.transforms.v2 import functional as TF
+
+    r = RECIPES[cfg.recipe]
+    t0 = time.perf_counter()
+    images = []
+    for i in progress_bar(
+        range(len(train_src)), desc="load training images", unit="img", enabled=progress
+    ):
+        try:
+            img = train_src.loader(i).convert("RGB")
+        except CorruptImageError as exc:
+            raise CorruptImageError(
+                f"unreadable training image in {train_src.spec!r}: {exc}. Remove or replace it."
+            ) from exc
+        img = TF.center_crop(TF.resize(img, cfg.img_size), cfg.img_size)  # Resize, CenterCrop
+        images.append(TF.pil_to_tensor(img))
+    data = torch.stack(images).to(dev)
+    labels = torch.as_tensor(train_src.labels, dtype=torch.long).to(dev)
+    mean = torch.tensor(data_cfg["mean"], device=dev).view(1, -1, 1, 1)
+    std = torch.tensor(data_cfg["std"], device=dev).view(1, -1, 1, 1)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    n = len(train_src)
+    per_epoch = math.ceil(n / cfg.batch_size)  # the last batch smaller, as OpenOOD's loader
+    steps = cfg.epochs * per_epoch
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model.to(dev).train()
+    model.to(memory_format=fmt)
+    opt = torch.optim.SGD(
+        model.parameters(),
+        lr=cfg.lr,
+        momentum=r.momentum,
+        weight_decay=cfg.weight_decay,
+        nesterov=r.nesterov,
     )
-    path = save_checkpoint(model.cpu(), config, out)
-    log.info("trained %s: test accuracy %.4f in %.0fs -> %s", cfg.model, test_acc, seconds, path)
-    return path, summary
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: cosine_annealing(step, steps, 1.0, r.lr_min / cfg.lr)
+    )
+    scaler = torch.amp.GradScaler(dev.type, enabled=cfg.precision == "fp16")
+    loss_fn = nn.CrossEntropyLoss()
+    bar = progress_bar(
+        total=steps, desc=f"train {cfg.model} ({cfg.recipe})", unit="step", enabled=progress
+    )
+    correct = seen = 0
+    for epoch in range(cfg.epochs):
+        correct = seen = 0
+        total_loss = 0.0
+        order = torch.randperm(n, generator=gen)
+        for k in range(per_epoch):
+            idx = order[k * cfg.batch_size : (k + 1) * cfg.batch_size].to(dev)
+            x, _, _ = augment_batch(data[idx], r.pad, gen)
+            x = ((x.float() / 255 - mean) / std).contiguous(memory_format=fmt)
+            y = labels[idx]
+            with autocast:
+                logits = model(x)
+                loss = loss_fn(logits.float(), y)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+            total_loss += float(loss.item()) * len(y)
+            bar.set_postfix_str(f"loss {loss.item():.3f}", refresh=False)
+            bar.update(1)
+        progress_note(
+            f"train {cfg.model} ({cfg.recipe}) epoch {epoch + 1}/{cfg.epochs}: loss "
+            f"{total_loss / max(1, seen):.4f}, accuracy {correct / max(1, seen):.4f}, lr "
+            f"{sched.get_last_lr()[0]:.5f} ({time.perf_counter() - t0:.0f}s)",
+            progress,
+        )
+    bar.close()
+    seconds = time.perf_counter() - t0
+    model.eval().to(memory_format=torch.contiguous_format)
+    return model, correct, seen, steps, seconds
 
 
 def _accuracy(

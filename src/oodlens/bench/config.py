@@ -222,6 +222,14 @@ class BenchmarkConfig:
     #: that contradiction is an error: the network would see images at a size it was not
     #: trained at)
     override_checkpoint: bool = False
+    #: compare with the protocol's published results (``--compare-published``): the
+    #: published network to compare with ("" = the first the protocol publishes); needs a
+    #: protocol with published results and the ``openood`` convention
+    compare_published: str | None = None
+    #: full-spectrum OOD (``--fsood``, OpenOOD's FS-OOD): the OOD sets of group
+    #: ``covariate`` (covariate-shifted ID: the ID classes under another distribution) count
+    #: as in-distribution in a second table, beside the usual one
+    fsood: bool = False
 
     parameter_constraints: ClassVar[dict[str, list[Any]]] = {
         "id": [Text()],
@@ -255,6 +263,8 @@ class BenchmarkConfig:
         "save_detectors": [Text(path=True), None],
         "embed_weights": [Boolean()],
         "override_checkpoint": [Boolean()],
+        "compare_published": [InstanceOf(str, "a network name"), None],
+        "fsood": [Boolean()],
     }
 
     def __post_init__(self) -> None:
@@ -303,6 +313,34 @@ class BenchmarkConfig:
                 "tune=True (--tune) searches on an OOD validation set: give one with "
                 "--ood-val NAME=SPEC (a set that is not among the test sets)."
             )
+        if self.compare_published is not None:
+            if self.protocol is None:
+                raise ValueError(
+                    "compare_published (--compare-published) compares with a protocol's "
+                    "published results: give --protocol NAME."
+                )
+            if self.convention != "openood":
+                raise ValueError(
+                    "compare_published (--compare-published) compares with OpenOOD's "
+                    "published numbers: use convention 'openood' (--convention openood)."
+                )
+        if self.fsood:
+            groups = {o.group for o in self.ood}
+            if "covariate" not in groups:
+                raise ValueError(
+                    "fsood (--fsood) counts covariate-shifted ID sets as in-distribution: give "
+                    "one with --ood covariate:NAME=SPEC (e.g. covariate:cifar10c="
+                    "corrupt:data/cifar10@test), or a protocol that lists them."
+                )
+            if not groups - {"covariate"}:
+                raise ValueError(
+                    "fsood (--fsood) needs at least one OOD set that is not covariate."
+                )
+            if self.convention != "openood":
+                raise ValueError(
+                    "fsood (--fsood) is OpenOOD's full-spectrum setting, with OpenOOD's metric "
+                    "definitions: use convention 'openood' (--fsood on the command line sets it)."
+                )
         if self.tune and self.val_fraction == 0.0:
             raise ValueError("tune=True (--tune) needs an ID val split: val_fraction > 0.")
         valid = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in _SET_BY_RUN]
@@ -329,12 +367,16 @@ class BenchmarkConfig:
         data_root: str | os.PathLike[str] | None = None,
         download: bool = False,
         strict: bool = False,
+        fsood: bool = False,
         **overrides: Any,
     ) -> BenchmarkConfig:
         """The config of a registered protocol (e.g. OpenOOD's ``"cifar10"``), its sets
-        found under ``data_root`` (see :func:`resolve_protocol`); ``overrides`` replace
-        fields (an ``ood`` override adds sets, or replaces those with the same name)."""
-        resolved = resolve_protocol(name, data_root, download=download, strict=strict)
+        found under ``data_root`` (see :func:`resolve_protocol`; with ``fsood``, its
+        covariate-shifted ID sets too, under OpenOOD's convention); ``overrides`` replace fields (an ``ood`` override
+        adds sets, or replaces those with the same name)."""
+        resolved = resolve_protocol(name, data_root, download=download, strict=strict, fsood=fsood)
+        if fsood:  # OpenOOD's setting, OpenOOD's metric definitions
+            overrides.setdefault("convention", "openood")
         extra = tuple(overrides.pop("ood", ()))
         names = {o.name for o in extra}
         resolved["ood"] = tuple(o for o in resolved["ood"] if o.name not in names) + extra
@@ -576,6 +618,7 @@ def resolve_protocol(
     data_root: str | os.PathLike[str] | None = None,
     download: bool = False,
     strict: bool = False,
+    fsood: bool = False,
 ) -> dict[str, Any]:
     """Find a protocol's sets under ``data_root`` (default ``$OODLENS_DATA_ROOT``).
 
@@ -583,8 +626,10 @@ def resolve_protocol(
     holds ``train/`` and ``test/``, or ``val/``); with ``download``, a set no folder holds
     comes from its torchvision dataset when torchvision has it. Sets still missing are
     skipped and listed (with where to put them) in ``missing_sets``, or, with ``strict``, an
-    error. Returns ``BenchmarkConfig`` fields: ``id``, ``ood``, ``img_size``, ``protocol``,
-    ``missing_sets``.
+    error. With ``fsood``, the protocol's covariate-shifted ID sets join the OOD sets as group
+    ``covariate`` (a ``derived`` set is made from the ID folder, e.g. corrupted copies of ID
+    test). Returns ``BenchmarkConfig`` fields: ``id``, ``ood``, ``img_size``, ``protocol``,
+    ``missing_sets``, ``fsood``.
     """
     protocol = get_protocol(name)
     root_text = data_root if data_root is not None else os.environ.get("OODLENS_DATA_ROOT")
@@ -615,9 +660,14 @@ def resolve_protocol(
                 else "."
             )
         )
+    if fsood and not protocol.covariate_id:
+        raise ValueError(
+            f"Protocol {name!r} lists no covariate-shifted ID sets for --fsood (OpenOOD v1.5 has "
+            "none for CIFAR-100); add one with --ood covariate:NAME=SPEC."
+        )
     ood, missing = [], []
-    for entry in protocol.ood:
-        spec = find(entry)
+    for entry in (*protocol.ood, *(protocol.covariate_id if fsood else ())):
+        spec = entry.derived.replace("{id}", id_spec) if entry.derived else find(entry)
         if spec is not None:
             ood.append(OODSet(entry.name, spec, entry.group))
             continue
@@ -642,4 +692,5 @@ def resolve_protocol(
         "img_size": protocol.img_size,
         "protocol": name,
         "missing_sets": tuple(missing),
+        "fsood": fsood,
     }

@@ -25,6 +25,8 @@ from ..plots import (
 )
 from .config import BenchmarkConfig
 from .html import figure_bytes, render_html
+from .published import COLUMNS as PUBLISHED_COLUMNS
+from .published import published_markdown
 from .report import (
     CONVENTION_NOTES,
     json_safe,
@@ -46,6 +48,9 @@ __all__ = [
     "REPORT_FORMATS",
     "DEFAULT_FORMATS",
     "SAMPLE_COLUMNS",
+    "FSOOD_CAPTION",
+    "summarize_table",
+    "fsood_markdown",
 ]
 
 #: Version of the results.json layout (also the marker of an oodlens report folder).
@@ -141,6 +146,48 @@ class ScorerFailure:
     error: str  #: the exception, as one line
 
 
+#: What the full-spectrum table shows.
+FSOOD_CAPTION = (
+    "Full-spectrum OOD (OpenOOD's FS-OOD): each metric in % with ID test alone as ID (OOD) "
+    "and with ID test and the covariate-shifted ID sets together as ID (FS-OOD); ID accuracy "
+    "over the same ID rows."
+)
+
+#: The metrics the full-spectrum table puts beside the usual ones.
+FSOOD_COLUMNS = ("auroc", "fpr95", "aupr_in", "aupr_out", "id_accuracy")
+
+
+def summarize_table(table: pd.DataFrame) -> pd.DataFrame:
+    keys = ["backbone", "scorer", "ood", "group"]
+    if table.empty:
+        return pd.DataFrame(columns=[*keys, "n_seeds"])
+    cols = metric_columns(table.columns)
+    cis = [c for c in table.columns if c.endswith(("_ci_lo", "_ci_hi"))]
+    g = table.groupby(keys, sort=False, dropna=False)[cols + cis]
+    mean = g.mean()
+    std = g.std(ddof=1).fillna(0.0)[cols].add_suffix("_std")
+    out = pd.concat([mean, std], axis=1).reset_index()
+    out.insert(4, "n_seeds", g.size().to_numpy())
+    return out
+
+
+def fsood_markdown(side: pd.DataFrame) -> str:
+    """The side-by-side table of :meth:`BenchmarkResult.fsood_summary` in Markdown (%)."""
+    pairs = [c for c in FSOOD_COLUMNS if c in side.columns]
+    headers = ["backbone", "scorer", "ood"] + [
+        f"{c} {s}" for c in pairs for s in ("(OOD)", "(FS-OOD)")
+    ]
+    lines = [
+        "| " + " | ".join(headers) + " |",
+        "| " + " | ".join(["---"] * 3 + ["---:"] * (len(headers) - 3)) + " |",
+    ]
+    for r in side.itertuples(index=False):
+        row = r._asdict()
+        cells = [f"{100 * row[c + s]:.2f}" for c in pairs for s in ("", "_fsood")]
+        lines.append("| " + " | ".join([row["backbone"], row["scorer"], row["ood"], *cells]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def check_report_dir(out: str | os.PathLike[str]) -> Path:
     """Raise before any work unless ``out`` can take a report: absent, empty, or an earlier
     oodlens report (whose files oodlens wrote are replaced, the others kept); never a folder
@@ -185,21 +232,27 @@ class BenchmarkResult:
     #: Mann-Whitney tests of the attention analysis, per "backbone/seed<k>"
     attention_tests: dict[str, Any] = field(default_factory=dict)
     confident_errors: list[Explanation] = field(default_factory=list)  #: for figures
+    #: full-spectrum rows (``--fsood``): as ``table``, with the covariate-shifted ID sets
+    #: counted as ID; None when not asked for
+    fsood: pd.DataFrame | None = None
 
     def summary(self) -> pd.DataFrame:
         """Mean and std over seeds per (backbone, scorer, ood): columns ``metric`` and
         ``metric_std``, and ``n_seeds``."""
+        return summarize_table(self.table)
+
+    def fsood_summary(self) -> pd.DataFrame | None:
+        """Both settings side by side (``--fsood``): per (backbone, scorer, OOD set or
+        near/far/mean) the usual ``auroc``, ``fpr95``, ``aupr_in``, ``aupr_out`` and
+        ``id_accuracy``, and the same with the covariate-shifted ID sets counted as ID
+        (``auroc_fsood``, ...; ``id_accuracy_fsood`` is over ID test and those sets).
+        None without ``--fsood``."""
+        if self.fsood is None or self.fsood.empty:
+            return None
         keys = ["backbone", "scorer", "ood", "group"]
-        if self.table.empty:
-            return pd.DataFrame(columns=[*keys, "n_seeds"])
-        cols = metric_columns(self.table.columns)
-        cis = [c for c in self.table.columns if c.endswith(("_ci_lo", "_ci_hi"))]
-        g = self.table.groupby(keys, sort=False, dropna=False)[cols + cis]
-        mean = g.mean()
-        std = g.std(ddof=1).fillna(0.0)[cols].add_suffix("_std")
-        out = pd.concat([mean, std], axis=1).reset_index()
-        out.insert(4, "n_seeds", g.size().to_numpy())
-        return out
+        usual, full = self.summary(), summarize_table(self.fsood)
+        cols = [c for c in FSOOD_COLUMNS if c in full.columns and c in usual.columns]
+        return usual[keys + cols].merge(full[keys + cols], on=keys, suffixes=("", "_fsood"))
 
     def caption(self) -> str:
         """One line for every table: what the numbers are and under which convention."""
@@ -276,6 +329,16 @@ class BenchmarkResult:
             )
         if self.attention is not None:
             self.attention.to_csv(out / "attention.csv", index=False)
+        published = self.info.get("published")
+        if published is not None:  # the same records as results.json's info.published.rows
+            pd.DataFrame(published["rows"], columns=list(PUBLISHED_COLUMNS)).to_csv(
+                out / "published.csv", index=False
+            )
+            (out / "published.md").write_text(published_markdown(published))
+        side = self.fsood_summary()
+        if side is not None:
+            side.to_csv(out / "fsood.csv", index=False)
+            (out / "fsood.md").write_text(f"{FSOOD_CAPTION}\n\n{fsood_markdown(side)}")
         figures = self._all_figures(out) if plots else []
         ctx = ReportContext(
             summary,
@@ -309,6 +372,9 @@ class BenchmarkResult:
             },
             "tuning": {f"{r.backbone}/seed{r.seed}": r.tuning for r in self.runs if r.tuning},
             "table": self.table.to_dict(orient="records"),
+            "fsood": None
+            if self.fsood_summary() is None
+            else self.fsood_summary().to_dict(orient="records"),
         }
 
     def _all_figures(self, out: Path) -> list[str]:

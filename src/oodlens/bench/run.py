@@ -26,15 +26,29 @@ from ..conformal import ConformalRejector, benjamini_hochberg, conformal_p_value
 from ..datasets import DatasetSource, align_classes, content_hashes, holdout_split, split_spec
 from ..distributed import all_gather, barrier, rank_and_world
 from ..files import file_digest
-from ..metrics import ood_metrics, rejection_report, selective_metrics, threshold_at_acceptance
+from ..metrics import (
+    full_spectrum_metrics,
+    ood_metrics,
+    rejection_report,
+    selective_metrics,
+    threshold_at_acceptance,
+)
 from ..options import ExtractOptions
 from ..outputs import Outputs
 from ..progress import progress_bar
-from ..registry import ScorerSpec, list_scorers, load_dataset, parse_scorer_spec, plugin_report
+from ..registry import (
+    ScorerSpec,
+    get_protocol,
+    list_protocols,
+    list_scorers,
+    load_dataset,
+    parse_scorer_spec,
+    plugin_report,
+)
 from ..scorers.base import ModelInputs
 from ..stats import bootstrap_ci
 from .config import BenchmarkConfig, expand_scorers, parse_checkpoint
-from .result import BenchmarkResult, RunScores, ScorerFailure
+from .result import BenchmarkResult, RunScores, ScorerFailure, summarize_table
 from .tune import candidates, tune_scorer
 
 if TYPE_CHECKING:
@@ -96,6 +110,7 @@ def run_benchmark(
         raise ValueError("A benchmark needs at least one OOD set: give --ood NAME=SPEC.")
     plan = _prepare(cfg, progress=progress)
     rows: list[dict[str, Any]] = []
+    fs_rows: list[dict[str, Any]] = []
     runs: list[RunScores] = []
     failures: list[ScorerFailure] = []
     attention: list[pd.DataFrame] = []
@@ -140,6 +155,8 @@ def run_benchmark(
             if rank_and_world()[0] > 0:
                 continue  # sharded extraction done: fitting and scoring run once, on rank 0
             rows += _score(plan, run, failures, model_inputs)
+            if cfg.fsood:
+                fs_rows += _fsood_rows(cfg, run)
             runs.append(run)
             if cfg.save_detectors is not None:
                 _save_detectors(plan, backbone, ckpt, mcfg, run)
@@ -153,7 +170,7 @@ def run_benchmark(
                 tests[f"{run.backbone}/seed{run.seed}"] = res.tests
                 if res.confident_errors is not None:
                     confident.append(res.confident_errors)
-    return BenchmarkResult(
+    result = BenchmarkResult(
         cfg,
         pd.DataFrame(rows),
         runs,
@@ -163,7 +180,49 @@ def run_benchmark(
         pd.concat(attention, ignore_index=True) if attention else None,
         tests,
         confident,
+        pd.DataFrame(fs_rows) if cfg.fsood else None,
     )
+    if cfg.compare_published is not None and runs:
+        result.info["published"] = _compare_published(result, runs)
+    return result
+
+
+def _compare_published(result: BenchmarkResult, runs: list[RunScores]) -> dict[str, Any]:
+    """``--compare-published``: the run's near/far means beside the protocol's published."""
+    from .published import compare_published
+
+    cfg = result.config
+    sizes = {o.name: runs[0].outputs[o.name].n_samples for o in cfg.ood}
+    groups = {g: [o.name for o in cfg.ood if o.group == g] for g in ("near", "far")}
+    protocol = get_protocol(cfg.protocol)
+    out = compare_published(
+        result.summary(),
+        runs,
+        protocol,
+        groups,
+        sizes,
+        network=cfg.compare_published or None,
+        n_resamples=cfg.bootstrap,
+    )
+    if cfg.fsood:
+        published = protocol.results
+        if published is not None and published.networks[out["network"]].get("fsood"):
+            # our interval would need the covariate rows resampled too: none is given
+            out["fsood"] = compare_published(
+                summarize_table(result.fsood),
+                runs,
+                protocol,
+                groups,
+                sizes,
+                out["network"],
+                "fsood",
+            )
+        else:
+            out["notes"].append(
+                f"Full-spectrum: OpenOOD v1.5 publishes no FS-OOD numbers for {cfg.protocol} "
+                f"({out['network']}); the FS-OOD table has nothing to compare with."
+            )
+    return out
 
 
 def _check_ranks_agree(cfg: BenchmarkConfig) -> None:
@@ -309,6 +368,8 @@ def _prepare(cfg: BenchmarkConfig, ood: bool = True, progress: bool = False) -> 
         raise ValueError(
             f"attention_scorer {cfg.attention_scorer!r} is not among the benchmark's scorers {texts}."
         )
+    if cfg.compare_published is not None:
+        _check_published(cfg)
     backbones = _backbones(cfg)
     for b in backbones:
         check_model_name(b.model)
@@ -334,6 +395,12 @@ def _prepare(cfg: BenchmarkConfig, ood: bool = True, progress: bool = False) -> 
         sources["id_val"] = val
     if ood:
         sources.update({o.name: load_dataset(o.spec) for o in cfg.ood})
+        if cfg.fsood:  # covariate-shifted ID: its labels are the ID classes' (for accuracy)
+            for o in cfg.ood:
+                if o.group == "covariate":
+                    sources[o.name] = align_classes(
+                        sources[o.name], train.classes, f"covariate-shifted ID set {o.name!r}"
+                    )
         sources.update({f"ood_val:{o.name}": load_dataset(o.spec) for o in cfg.ood_val})
     info: dict[str, Any] = {
         "model_aware_not_run": _model_aware_not_run(cfg.scorers, texts),
@@ -363,6 +430,22 @@ def _prepare(cfg: BenchmarkConfig, ood: bool = True, progress: bool = False) -> 
     info["preprocess"] = options.preprocess
     info["score_device"] = str(_score_device(device) or "cpu (numpy)")
     return _Plan(cfg, device, cache, specs, backbones, sources, options, info)
+
+
+def _check_published(cfg: BenchmarkConfig) -> None:
+    """Before any work: the protocol publishes results for the network asked for, and its
+    name map names scorers that exist."""
+    results = get_protocol(cfg.protocol).results
+    if results is None:
+        with_results = [n for n in list_protocols() if get_protocol(n).results is not None]
+        raise ValueError(
+            f"Protocol {cfg.protocol!r} has no published results to compare with; protocols "
+            f"with published results: {', '.join(with_results) or 'none'}."
+        )
+    results.network(cfg.compare_published or None)
+    for method in results.methods.values():
+        if method.ours is not None:
+            parse_scorer_spec(method.ours).create()
 
 
 def _model_aware_not_run(scorers: Sequence[str], texts: Sequence[str]) -> list[str]:
@@ -834,6 +917,36 @@ def _metric_rows(
                 row[f"{metric}_ci_lo"], row[f"{metric}_ci_hi"] = lo, hi
         per_set.append(row)
     return per_set + _aggregate_rows(per_set, base)
+
+
+def _fsood_rows(cfg: BenchmarkConfig, run: RunScores) -> list[dict[str, Any]]:
+    """Full-spectrum rows (``--fsood``): each scorer's metrics on every OOD set that is not
+    covariate, with ID test and the covariate-shifted ID sets together as ID (OpenOOD's
+    FS-OOD), and the near / far / mean rows."""
+    covariate = [o.name for o in cfg.ood if o.group == "covariate"]
+    correct = [run.outputs[name].correct() for name in covariate]
+    out = []
+    for spec, scores in run.scores.items():
+        base = {"backbone": run.backbone, "seed": run.seed, "scorer": spec}
+        per_set = [
+            {
+                **base,
+                "ood": o.name,
+                "group": o.group,
+                **full_spectrum_metrics(
+                    scores["id"],
+                    [scores[name] for name in covariate],
+                    scores[o.name],
+                    convention=cfg.convention,
+                    id_correct=run.id_correct,
+                    covariate_correct=correct,
+                ),
+            }
+            for o in cfg.ood
+            if o.group != "covariate"
+        ]
+        out += per_set + _aggregate_rows(per_set, base)
+    return out
 
 
 def _aggregate_rows(per_set: list[dict[str, Any]], base: dict[str, Any]) -> list[dict[str, Any]]:
