@@ -40,6 +40,7 @@ bench: setup
 	$(PY) benchmarks/pipeline_overhead.py
 	$(PY) benchmarks/gradcam_speed.py
 	$(PY) benchmarks/gpu_throughput.py
+	$(PY) benchmarks/gpu_throughput.py --profile jpeg
 	$(PY) benchmarks/neighbour_speed.py
 	$(PY) benchmarks/import_speed.py
 	$(PY) benchmarks/detect_speed.py

@@ -27,6 +27,19 @@ benchmarks/method_cost.py). Profiles: ``cpu`` (what ``make bench`` runs): resnet
 on the embedded digits demo (2,297 images in 4 sets); ``gpu``: resnet50 at 224 px on the
 benchmark given by ``--config`` (e.g. the CIFAR-10 protocol). The model is trained (CPU
 profile) or built with random weights (GPU profile) before any timing.
+
+Profile ``jpeg`` (ImageNet-shaped decoding; ``make bench`` runs it on the CPU): makes
+``--jpegs`` JPEGs shaped like ImageNet's photos (``benchmarks/make_jpeg_set.py``, on the
+machine itself) and measures, side by side in one process:
+1. decoding alone: PIL (open, EXIF turn, RGB) against torchvision's decoder, on the CPU
+   (images/s and their ratio); on CUDA also torchvision's batched nvJPEG decoding;
+2. the harness's extraction (``extract_outputs``) against a bare loop (a DataLoader with
+   timm's PIL transform, then the network), the same network (resnet18 at 224 px on the CPU,
+   resnet50 at 224 px on a GPU) and images: the ratio of their rates;
+3. on CUDA: the harness with ``--decode device`` and with CPU decoding against the pure fp32
+   forward of resnet50 at 224 px (target >= 0.7x), and the time OpenOOD's full ImageNet-1k
+   protocol (ID train and test, near and far sets) would take at that rate on one GPU and,
+   scaled linearly, on eight with torchrun.
 """
 
 from __future__ import annotations
@@ -59,7 +72,20 @@ from oodlens.extract import ImageDataset, default_num_workers
 from oodlens.outputs import Outputs
 from oodlens.registry import create_scorer_from_spec, load_dataset
 
-PROFILES = {"cpu": ("resnet18", 64, 256), "gpu": ("resnet50", 224, 256)}
+PROFILES = {"cpu": ("resnet18", 64, 256), "gpu": ("resnet50", 224, 256), "jpeg": ("", 224, 0)}
+
+#: Images of OpenOOD v1.5's ImageNet-1k protocol as its paper lists them: ID train
+#: 1,281,167 (fitted on), ID test 45,000 (of the 50,000 validation images), near SSB-hard
+#: 49,000 and NINCO 5,879, far iNaturalist 10,000, Textures 5,160, OpenImage-O 15,869.
+IMAGENET1K_PROTOCOL = {
+    "id_train": 1_281_167,
+    "id_test": 45_000,
+    "ssb_hard": 49_000,
+    "ninco": 5_879,
+    "inaturalist": 10_000,
+    "textures": 5_160,
+    "openimage_o": 15_869,
+}
 
 
 def pure_forward(model, x, device, precision: str, seconds: float = 3.0) -> float:
@@ -160,6 +186,126 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
+def decode_rates(files: list[Path], device) -> dict[str, float]:
+    """Images per second of decoding alone: PIL, torchvision on the CPU, and (CUDA) nvJPEG."""
+    from PIL import Image
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    from oodlens.datasets import as_shown
+
+    t0 = time.perf_counter()
+    for f in files:
+        with Image.open(f) as img:
+            np.asarray(as_shown(img))
+    rates = {"PIL (open, EXIF turn, RGB)": len(files) / (time.perf_counter() - t0)}
+    data = [torch.frombuffer(bytearray(f.read_bytes()), dtype=torch.uint8) for f in files]
+    t0 = time.perf_counter()
+    for k in range(0, len(data), 64):
+        decode_jpeg(data[k : k + 64], mode=ImageReadMode.RGB)
+    rates["torchvision, CPU (libjpeg-turbo)"] = len(files) / (time.perf_counter() - t0)
+    if device.type == "cuda":
+        decode_jpeg(data[:64], mode=ImageReadMode.RGB, device=device)  # warm-up
+        _sync(device)
+        t0 = time.perf_counter()
+        for k in range(0, len(data), 256):
+            decode_jpeg(data[k : k + 256], mode=ImageReadMode.RGB, device=device)
+        _sync(device)
+        rates["torchvision, CUDA (nvJPEG, batches of 256)"] = len(files) / (
+            time.perf_counter() - t0
+        )
+    return rates
+
+
+def jpeg_profile(args, device) -> None:
+    """``--profile jpeg``: see the module docstring."""
+    from make_jpeg_set import describe, make_set
+
+    from oodlens.backbones import BatchPreprocess, resolve_preprocess
+    from oodlens.extract import extract_outputs
+    from oodlens.options import ExtractOptions
+
+    cuda = device.type == "cuda"
+    model_name = "resnet50" if cuda else "resnet18"
+    n = args.jpegs or (10000 if cuda else 300)
+    batch = 256 if cuda else 32
+    workers = default_num_workers() if args.workers is None else args.workers
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        sizes = make_set(Path(tmp) / "jpegs", n, seed=0)
+        made = time.perf_counter() - t0
+        files = sorted((Path(tmp) / "jpegs").rglob("*.jpg"))
+        source = load_dataset(str(Path(tmp) / "jpegs"))
+        model = timm.create_model(model_name, pretrained=False, num_classes=1000)
+        model = model.to(device).eval()
+        transform, data_cfg = build_transform(model, 224)
+        input_size = tuple(data_cfg["input_size"])
+        rates = decode_rates(files[: min(len(files), 2000)], device)
+        fp32 = max(
+            pure_forward(model, torch.randn(batch, *input_size), device, "fp32")
+            for _ in range(args.repeats)
+        )
+        bare = min(
+            bare_loop(
+                model, transform, input_size, [str(Path(tmp) / "jpegs")], batch, workers, device
+            )
+            for _ in range(args.repeats)
+        )
+        preprocess = resolve_preprocess("auto", device)
+        harness = {}
+        for decode in ("cpu", "device") if cuda else ("cpu",):
+            tf = BatchPreprocess(transform) if preprocess == "device" else transform
+            options = ExtractOptions(
+                device=str(device),
+                batch_size=batch,
+                num_workers=workers,
+                preprocess=preprocess,
+                decode=decode,
+            )
+            times = []
+            for _ in range(args.repeats):
+                t1 = time.perf_counter()
+                extract_outputs(model, source, tf, input_size, options, progress=False)
+                _sync(device)
+                times.append(time.perf_counter() - t1)
+            harness[decode] = n / min(times)
+    name = torch.cuda.get_device_name(device) if cuda else platform.machine()
+    lines = [
+        f"# python benchmarks/gpu_throughput.py --profile jpeg --repeats {args.repeats}",
+        f"# {model_name} at 224 px, batch {batch}, {workers} workers; {device} ({name}), "
+        f"{os.cpu_count()} cores, torch {torch.__version__}; best of {args.repeats}",
+        f"# {describe(sizes)} (made in {made:.1f}s)".replace("\n", "\n# "),
+        f"{'decoding alone':<56} {'images/s':>10} {'x PIL':>8}",
+    ]
+    pil = next(iter(rates.values()))
+    lines += [f"{label:<56} {rate:>10.0f} {rate / pil:>8.2f}" for label, rate in rates.items()]
+    lines += ["", f"{'end to end':<56} {'images/s':>10} {'x pure fp32':>12} {'x bare':>8}"]
+    rows = [
+        ("pure forward, resident batch, fp32", fp32),
+        (f"bare loop, {workers} workers, PIL transform", n / bare),
+        *(
+            (f"harness extraction, {preprocess} preprocessing, decode {d}", r)
+            for d, r in harness.items()
+        ),
+    ]
+    lines += [
+        f"{label:<56} {rate:>10.0f} {rate / fp32:>12.2f} {rate / (n / bare):>8.2f}"
+        for label, rate in rows
+    ]
+    if cuda:
+        best = max(harness.values())
+        total = sum(IMAGENET1K_PROTOCOL.values())
+        lines += [
+            "",
+            f"OpenOOD's ImageNet-1k protocol ({total:,} images, ID train included) at "
+            f"{best:.0f} images/s: {total / best / 60:.1f} min on one GPU, "
+            f"{total / best / 8 / 60:.1f} min on eight (torchrun, linear scaling assumed)",
+        ]
+    text = "\n".join(lines) + "\n"
+    print(text, end="")
+    out = Path(__file__).resolve().parent / "results" / f"gpu_throughput_jpeg_{device.type}.txt"
+    out.write_text(text)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -175,9 +321,17 @@ def main() -> None:
         "--scoring",
         help="N,M: time every output-based scorer fitted on N and scoring M synthetic rows",
     )
+    ap.add_argument(
+        "--jpegs",
+        type=int,
+        help="jpeg profile: images to make (default 300 on a CPU, 10000 on CUDA)",
+    )
     args = ap.parse_args()
     device = resolve_device("auto")
     profile = args.profile or ("gpu" if device.type == "cuda" else "cpu")
+    if profile == "jpeg":
+        jpeg_profile(args, device)
+        return
     model_name, img_size, batch = PROFILES[profile]
     workers = default_num_workers() if args.workers is None else args.workers
     bare_workers = workers if args.bare_workers is None else args.bare_workers

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -18,7 +19,7 @@ from .distributed import local_rank
 from .errors import InvalidParameterError, moved_names
 from .files import atomic_path
 from .network import forward_all, get_head
-from .options import PRECISIONS, PREPROCESS_MODES
+from .options import DECODE_MODES, PRECISIONS, PREPROCESS_MODES
 from .params import InstanceOf, Interval, ListOf, Text, validate_fields
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "PRECISIONS",
     "precision_autocast",
     "resolve_preprocess",
+    "resolve_decode",
     "resolve_device",
     "check_img_size",
     "check_normalization",
@@ -487,6 +489,35 @@ def resolve_preprocess(mode: str, device: str | torch.device) -> str:
         )
     if mode == "auto":
         return "device" if torch.device(device).type == "cuda" else "pil"
+    return mode
+
+
+def resolve_decode(mode: str, device: str | torch.device, preprocess: str) -> str:
+    """``"device"`` or ``"cpu"`` for a :data:`DECODE_MODES` value on ``device`` with the
+    resolved ``preprocess`` mode: ``"device"`` needs CUDA (torchvision decodes JPEGs there
+    with nvJPEG) and device preprocessing (the decoded images are resized there); without
+    CUDA it falls back to ``"cpu"`` with a warning, so the rows (and their cache key) are
+    the CPU decoder's.
+
+    Raises:
+        ValueError: an unknown mode, or ``"device"`` with PIL preprocessing.
+    """
+    if mode not in DECODE_MODES:
+        raise ValueError(f"decode={mode!r} is not valid; use one of {', '.join(DECODE_MODES)}.")
+    if mode == "cpu":
+        return mode
+    if torch.device(device).type != "cuda":
+        warnings.warn(
+            f"--decode device decodes JPEGs on a CUDA device; on {device} they are decoded on "
+            "the CPU (the rows are the CPU decoder's).",
+            stacklevel=2,
+        )
+        return "cpu"
+    if preprocess != "device":
+        raise ValueError(
+            "--decode device resizes the decoded images on the device: use --preprocess device "
+            "(or auto), not pil."
+        )
     return mode
 
 

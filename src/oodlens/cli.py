@@ -26,7 +26,7 @@ from .bench.result import DEFAULT_FORMATS, FSOOD_CAPTION, REPORT_FORMATS, fsood_
 from .distributed import barrier, init_from_env, rank_and_world, shutdown
 from .errors import PluginError
 from .metrics import CONVENTIONS
-from .options import FEATURE_DTYPES, PRECISIONS, PREPROCESS_MODES, ExtractOptions
+from .options import DECODE_MODES, FEATURE_DTYPES, PRECISIONS, PREPROCESS_MODES, ExtractOptions
 from .train import RECIPES, TrainConfig
 
 __all__ = ["main", "build_parser"]
@@ -205,6 +205,7 @@ def _bench_config(args: argparse.Namespace) -> BenchmarkConfig:
         "precision",
         "features_dtype",
         "preprocess",
+        "decode",
         "save_detectors",
     ):
         if given(opt) is not None:
@@ -673,6 +674,13 @@ def _loading_arguments(p: argparse.ArgumentParser, recorded: str = "the cache ke
         help="resize per image with PIL on the workers, or in batches on the device "
         "(normalised in batches on the device either way; default auto: device on CUDA, "
         "else pil)",
+    )
+    p.add_argument(
+        "--decode",
+        choices=DECODE_MODES,
+        help="decode JPEGs with PIL on the CPU workers, or in batches on the CUDA device "
+        "(torchvision's nvJPEG; other formats stay on the CPU; needs --preprocess device or "
+        "auto; without CUDA it falls back to cpu; default cpu)",
     )
 
 

@@ -83,6 +83,8 @@ class DatasetSource:
         keys: stable per-sample names for the deterministic splits (for folders, the path
             relative to the dataset folder, so a copy elsewhere splits the same way);
             ``None``: the ids.
+        files: the ids are image files that ``loader`` only opens (as :func:`as_shown`
+            shows them), so a decoder may read a file's bytes instead (``--decode device``).
     """
 
     spec: str
@@ -92,6 +94,7 @@ class DatasetSource:
     loader: Callable[[int], Image.Image] = field(repr=False)
     fingerprint_extra: str = ""
     keys: list[str] | None = field(default=None, repr=False)
+    files: bool = False
 
     def split_keys(self) -> list[str]:
         """The names the deterministic splits hash (``keys``, else ``ids``)."""
@@ -123,6 +126,7 @@ class DatasetSource:
             loader=lambda i: base(index[i]),
             fingerprint_extra=self.fingerprint_extra,
             keys=None if self.keys is None else [self.keys[i] for i in index],
+            files=self.files,
         )
 
 
@@ -464,6 +468,7 @@ def load_folder_source(path: str, split: str, spec: str) -> DatasetSource:
         labels=np.array([k for _, k in files], dtype=np.int64),
         loader=lambda i: _open_image(paths[i]),
         keys=[p[len(prefix) :].replace(os.sep, "/") for p in paths],
+        files=True,
     )
     return _hash_split(source, split)
 
@@ -581,6 +586,7 @@ def files_source(paths: Sequence[str | os.PathLike[str]]) -> DatasetSource:
         ids=files,
         labels=np.zeros(len(files), dtype=np.int64),
         loader=lambda i: _open_image(files[i]),
+        files=True,
     )
 
 
@@ -619,4 +625,5 @@ def align_classes(source: DatasetSource, classes: Sequence[str], what: str) -> D
         loader=source.loader,
         fingerprint_extra=source.fingerprint_extra,
         keys=source.keys,
+        files=source.files,
     )

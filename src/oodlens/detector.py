@@ -37,6 +37,7 @@ from .backbones import (
     build_transform,
     create_backbone,
     load_checkpoint,
+    resolve_decode,
     resolve_device,
     resolve_preprocess,
 )
@@ -357,7 +358,10 @@ class Detector:
         options = options.replace(img_size=self.backbone.img_size)
         model = self.network(options.device)
         transform, data_cfg = self.preprocessing()
-        if resolve_preprocess(options.preprocess, resolve_device(options.device)) == "device":
+        dev = resolve_device(options.device)
+        preprocess = resolve_preprocess(options.preprocess, dev)
+        options = options.replace(decode=resolve_decode(options.decode, dev, preprocess))
+        if preprocess == "device":
             transform = BatchPreprocess(transform)
         input_size = tuple(data_cfg["input_size"])
         report = ExtractionReport()

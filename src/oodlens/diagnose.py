@@ -21,6 +21,7 @@ from .backbones import (
     check_normalization,
     create_backbone,
     read_model_config,
+    resolve_decode,
     resolve_device,
     resolve_preprocess,
 )
@@ -209,9 +210,11 @@ def explain_images(
     options = options or ExtractOptions()
     source = files_source(images)
     dev = resolve_device(options.device)
+    preprocess = resolve_preprocess(options.preprocess, dev)
     options = options.replace(
         device=str(dev),
-        preprocess=resolve_preprocess(options.preprocess, dev),
+        preprocess=preprocess,
+        decode=resolve_decode(options.decode, dev, preprocess),
         num_workers=(
             options.num_workers if options.num_workers is not None else default_num_workers()
         ),

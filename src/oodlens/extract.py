@@ -4,6 +4,7 @@ shared by the CLI, the harness and the explain workflow."""
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
@@ -14,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from .backbones import (
@@ -28,7 +30,7 @@ from .backbones import (
     resolve_device,
 )
 from .cache import Cache
-from .datasets import CorruptImageError, DatasetSource
+from .datasets import CorruptImageError, DatasetSource, as_shown
 from .distributed import all_gather, barrier, rank_and_world
 from .files import atomic_dir
 from .options import ExtractOptions
@@ -40,6 +42,7 @@ __all__ = [
     "PRECISIONS",
     "default_num_workers",
     "ImageDataset",
+    "decode_jpeg_batch",
     "ExtractionReport",
     "LazyBackbone",
     "model_inputs",
@@ -64,10 +67,32 @@ def _workers(options: ExtractOptions) -> int:
     return options.num_workers if options.num_workers is not None else default_num_workers()
 
 
+#: File suffixes read as bytes for device decoding (``--decode device``).
+JPEG_SUFFIXES = (".jpg", ".jpeg")
+
+
+def _plain_jpeg(path: str) -> bool:
+    """Whether ``path`` is a JPEG that torchvision decodes to what :func:`as_shown` shows:
+    RGB or greyscale, without an EXIF rotation (only the header is read)."""
+    try:
+        with Image.open(path) as img:
+            return (
+                img.format == "JPEG"
+                and img.mode in ("RGB", "L")
+                and img.getexif().get(0x0112, 1) == 1
+            )
+    except Exception:  # unreadable: the CPU path reports it
+        return False
+
+
 class ImageDataset(torch.utils.data.Dataset):
     """A :class:`DatasetSource` as a torch dataset of ``(image, label, ok, id, error)``:
     a corrupt image gives a zero placeholder with ``ok=False`` and its error text (uint8
-    when ``decoded``: ``transform`` is a batch transform's ``decode``, giving uint8)."""
+    when ``decoded``: ``transform`` is a batch transform's ``decode``, giving uint8).
+
+    With ``raw`` (device decoding), a plain JPEG file of a source of files is not decoded:
+    its bytes come as a 1-D uint8 tensor, with its path as the id, for
+    :func:`decode_jpeg_batch`."""
 
     def __init__(
         self,
@@ -75,15 +100,27 @@ class ImageDataset(torch.utils.data.Dataset):
         transform: Callable[[Any], torch.Tensor],
         shape: tuple[int, ...],
         decoded: bool = False,
+        raw: bool = False,
     ) -> None:
         self.source, self.transform, self.shape = source, transform, shape
         self.decoded = decoded
+        self.raw = raw and source.files
 
     def __len__(self) -> int:
         return len(self.source)
 
+    def _bytes(self, i: int) -> torch.Tensor | None:
+        path = self.source.ids[i]
+        if not path.lower().endswith(JPEG_SUFFIXES) or not _plain_jpeg(path):
+            return None
+        with open(path, "rb") as f:
+            return torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, bool, str, str]:
         try:
+            data = self._bytes(i) if self.raw else None
+            if data is not None:
+                return data, int(self.source.labels[i]), True, self.source.ids[i], ""
             return self.transform(self.source.loader(i)), int(self.source.labels[i]), True, "", ""
         except CorruptImageError as exc:
             return (
@@ -95,6 +132,52 @@ class ImageDataset(torch.utils.data.Dataset):
             )
 
 
+def decode_jpeg_batch(
+    items: list[torch.Tensor], ids: list[str], device: str | torch.device
+) -> list[torch.Tensor]:
+    """Decoded (C, H, W) uint8 images on ``device``: the 1-D items (a JPEG file's bytes,
+    from :class:`ImageDataset` with ``raw``) decoded together there by torchvision (nvJPEG on
+    CUDA, libjpeg-turbo on the CPU), in RGB; the others (decoded on the workers) as they are.
+    A JPEG torchvision cannot decode is decoded by PIL instead.
+
+    Raises:
+        CorruptImageError: a file neither can decode, named by its id (``ids[k]``).
+    """
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    device = torch.device(device)
+    out = list(items)
+    raw = [k for k, x in enumerate(items) if x.ndim == 1]
+    if not raw:
+        return out
+    try:
+        decoded = decode_jpeg([items[k] for k in raw], mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:  # one bad file fails the batch: decode one by one
+        decoded = [_decode_one(items[k], ids[k], device) for k in raw]
+    for k, image in zip(raw, decoded, strict=True):
+        out[k] = image
+    return out
+
+
+def _decode_one(data: torch.Tensor, sid: str, device: torch.device) -> torch.Tensor:
+    """One JPEG's bytes decoded by torchvision on ``device``, else by PIL."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+    from torchvision.transforms.functional import pil_to_tensor
+
+    try:
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:
+        pass
+    try:
+        with Image.open(io.BytesIO(data.numpy().tobytes())) as img:
+            return pil_to_tensor(as_shown(img)).to(device)
+    except Exception as exc:
+        raise CorruptImageError(
+            f"{sid}: {type(exc).__name__}: {exc} (unreadable; with --decode cpu, --skip-corrupt "
+            "skips unreadable images)"
+        ) from exc
+
+
 def collate_decoded(
     batch: list[tuple[torch.Tensor, int, bool, str, str]],
 ) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor, torch.Tensor, list[str], list[str]]:
@@ -103,7 +186,8 @@ def collate_decoded(
     :class:`~oodlens.backbones.BatchNormalize`): one uint8 tensor when every image has the
     same size, else a list of them."""
     images, labels, ok, ids, errors = zip(*batch, strict=True)
-    same = all(im.shape == images[0].shape for im in images)
+    # a file's bytes (device decoding) are 1-D: never stacked
+    same = all(im.ndim == 3 and im.shape == images[0].shape for im in images)
     # one tensor when the sizes agree (one pinned copy), else a list
     stacked: Any = torch.stack(images) if same else list(images)
     return stacked, torch.tensor(labels), torch.tensor(ok), list(ids), list(errors)
@@ -286,8 +370,14 @@ def _extract_parts(
     # the workers decode (and run PIL steps); the batch is finished on the device
     batched = transform if isinstance(transform, BatchPreprocess) else BatchNormalize.of(transform)
     item_transform = transform if batched is None else batched.decode
+    raw = options.decode == "device"
+    if raw and not isinstance(batched, BatchPreprocess):
+        raise ValueError(
+            "decode='device' decodes JPEGs on the device and resizes them there: it needs "
+            "device preprocessing (preprocess='device'; a BatchPreprocess transform)."
+        )
     datasets = [
-        ImageDataset(p.source, item_transform, input_size, decoded=batched is not None)
+        ImageDataset(p.source, item_transform, input_size, decoded=batched is not None, raw=raw)
         for p in parts
     ]
     dataset: Any = datasets[0] if len(datasets) == 1 else torch.utils.data.ConcatDataset(datasets)
@@ -366,6 +456,9 @@ def _extract_parts(
                     )
                     continue
                 kept = [_readable(x, keep.bool()) for x, _, keep, _, _ in got]
+                if raw:  # the files' bytes, decoded together on the device
+                    sids = [i for g in got for i, k in zip(g[3], g[2].tolist(), strict=True) if k]
+                    kept = [decode_jpeg_batch([im for x in kept for im in x], sids, device)]
                 batch = _device_batch([k for k in kept if len(k)], batched, device)
                 z, f = forward_all(model, batch.contiguous(memory_format=fmt))
                 # copied back without waiting: this batch is stored while the next one runs

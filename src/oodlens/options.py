@@ -14,6 +14,7 @@ __all__ = [
     "PRECISIONS",
     "PREPROCESS_MODES",
     "FEATURE_DTYPES",
+    "DECODE_MODES",
     "ExtractOptions",
 ]
 
@@ -26,6 +27,12 @@ PREPROCESS_MODES = ("auto", "pil", "device")
 
 #: Storage of cached features.
 FEATURE_DTYPES = ("float32", "float16")
+
+#: Where JPEG files are decoded: on the CPU by PIL in the DataLoader workers ("cpu"), or in
+#: batches on the CUDA device by torchvision (nvJPEG; "device"; other formats, and JPEGs with
+#: an EXIF rotation or CMYK colours, are still decoded on the CPU; without CUDA "device"
+#: falls back to "cpu").
+DECODE_MODES = ("cpu", "device")
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,9 @@ class ExtractOptions:
     device: str = "cpu"  #: "cpu", "cuda", "cuda:1", "mps" or "auto"
     batch_size: int = 256  #: images per forward pass
     num_workers: int | None = None  #: DataLoader workers (None: from the CPU count)
+    #: where JPEGs are decoded: "cpu" (PIL, on the workers) or "device" (batched on CUDA;
+    #: needs device preprocessing; without CUDA it falls back to "cpu")
+    decode: str = "cpu"
 
     #: Fields that can change an output row: in the cache key.
     ROW_FIELDS: ClassVar[tuple[str, ...]] = (
@@ -68,7 +78,11 @@ class ExtractOptions:
         "preprocess",
         "features_dtype",
         "skip_corrupt",
+        "decode",
     )
+    #: Row fields added after the first cache format: at these values (the behaviour before
+    #: they existed) they are left out of the key, so earlier cache entries stay valid.
+    KEY_DEFAULTS: ClassVar[dict[str, Any]] = {"decode": "cpu"}
     #: Fields that change only where and how fast extraction runs: not in the cache key.
     RUN_FIELDS: ClassVar[tuple[str, ...]] = ("device", "batch_size", "num_workers")
 
@@ -82,14 +96,20 @@ class ExtractOptions:
         "device": [Text()],
         "batch_size": [Interval(int, 1, None)],
         "num_workers": [Interval(int, 0, None), None],
+        "decode": [Options(DECODE_MODES)],
     }
 
     def __post_init__(self) -> None:
         validate_fields(self)
 
     def key_fields(self) -> dict[str, Any]:
-        """The fields that can change an output row, for the cache key."""
-        return {name: getattr(self, name) for name in self.ROW_FIELDS}
+        """The fields that can change an output row, for the cache key (without those at
+        their :attr:`KEY_DEFAULTS`)."""
+        return {
+            name: getattr(self, name)
+            for name in self.ROW_FIELDS
+            if name not in self.KEY_DEFAULTS or getattr(self, name) != self.KEY_DEFAULTS[name]
+        }
 
     def replace(self, **changes: Any) -> ExtractOptions:
         """A copy with ``changes`` (checked like the original)."""

@@ -226,6 +226,9 @@ class BenchmarkConfig:
     #: published network to compare with ("" = the first the protocol publishes); needs a
     #: protocol with published results and the ``openood`` convention
     compare_published: str | None = None
+    #: where JPEGs are decoded (``--decode``): "cpu" (PIL on the workers) or "device" (in
+    #: batches on CUDA; falls back to "cpu" without it); see :class:`ExtractOptions`
+    decode: str = "cpu"
     #: full-spectrum OOD (``--fsood``, OpenOOD's FS-OOD): the OOD sets of group
     #: ``covariate`` (covariate-shifted ID: the ID classes under another distribution) count
     #: as in-distribution in a second table, beside the usual one

@@ -346,6 +346,7 @@ def _prepare(cfg: BenchmarkConfig, ood: bool = True, progress: bool = False) -> 
         check_img_size,
         check_model_name,
         read_model_config,
+        resolve_decode,
         resolve_device,
         resolve_preprocess,
     )
@@ -418,9 +419,11 @@ def _prepare(cfg: BenchmarkConfig, ood: bool = True, progress: bool = False) -> 
         "versions": _versions(),
         "plugins": _plugins(),
     }
+    preprocess = resolve_preprocess(cfg.preprocess, device)
     options = cfg.extract_options().replace(
         device=str(device),
-        preprocess=resolve_preprocess(cfg.preprocess, device),
+        preprocess=preprocess,
+        decode=resolve_decode(cfg.decode, device, preprocess),
         num_workers=cfg.num_workers if cfg.num_workers is not None else default_num_workers(),
     )
     info["num_workers"] = options.num_workers
