@@ -158,3 +158,28 @@ def test_a_changed_results_file_is_caught(tmp_path):
     sync.ROOT = tmp_path
     text = page.format(f="r.txt")
     assert sync.synced(text) == page.format(f="r.txt").replace("old 1.00x", "new 1.20x")
+
+
+def test_the_defaults_table_matches_every_scorer_s_defaults():
+    """docs/scorers.md's defaults table: each oodlens cell is the scorer's actual default,
+    and every parameter of every installed scorer is in it (or the scorer is named as
+    parameter-free)."""
+    import ast
+
+    text = (ROOT / "docs" / "scorers.md").read_text()
+    table = text.split("<!-- defaults-table -->", 1)[1].split("<!-- /defaults-table -->", 1)[0]
+    rows = [line.split(" | ") for line in table.strip().splitlines()[2:]]
+    seen = set()
+    for cells in rows:
+        name, param, value = (c.strip().strip("|").strip().strip("`") for c in cells[:3])
+        actual = oodlens.create_scorer(name).get_params()
+        assert param in actual, f"{name} has no parameter {param!r}"
+        assert ast.literal_eval(value) == actual[param], (name, param, value, actual[param])
+        seen.add((name, param))
+    free = text.split("Parameter-free here:", 1)[1].split("\n\n", 1)[0]
+    for name in oodlens.list_scorers():
+        params = oodlens.create_scorer(name).get_params()
+        if not params:
+            assert f"`{name}`" in free, f"{name} is neither in the table nor parameter-free"
+        for param in params:
+            assert (name, param) in seen, f"{name}.{param} is missing from the defaults table"

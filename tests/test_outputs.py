@@ -121,3 +121,18 @@ def test_load_foreign_npz(tmp_path):
     np.savez(tmp_path / "foreign.npz", something=np.zeros(3))
     with pytest.raises(ValueError, match="not an oodlens Outputs file"):
         Outputs.load(tmp_path / "foreign.npz")
+
+
+def test_streamed_percentile_equals_numpy_with_many_ties():
+    """Post-ReLU features are mostly exact zeros: the percentiles that fall on them (and
+    those above) equal numpy's, and the search stops at the tie instead of narrowing a
+    window towards zero pass after pass."""
+    from oodlens.arrays import streamed_percentile
+
+    rng = np.random.default_rng(0)
+    x = np.maximum(rng.normal(size=(4000, 64)) - 0.8, 0.0)  # about 79% zeros
+    y = np.round(rng.normal(size=(3000, 7)), 1)  # ties everywhere
+    for array in (x, y):
+        for q in (0, 1, 10, 50, 78.9, 79.5, 90, 99, 100):
+            want = float(np.percentile(array, q))
+            assert streamed_percentile(array, q, max_values=1000) == pytest.approx(want, abs=1e-12)

@@ -60,6 +60,7 @@ LAYERS: dict[str, int] = {
             "extract",
             "train",
             "saving",
+            "fusion",
         ],
         5,
     ),

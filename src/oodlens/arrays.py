@@ -81,9 +81,14 @@ def streamed_percentile(array: np.ndarray, q: float, max_values: int = 1 << 22) 
             break
         edges = np.unique(np.linspace(lo, hi, 1025))  # fewer edges near float resolution
         counts = np.zeros(len(edges) - 1, dtype=np.int64)
+        at_lo = 0  # values equal to lo: many ties there (post-ReLU zeros) end the search
         for _, block in iter_row_chunks(array, rows):
             b = np.asarray(block, dtype=np.float64).ravel()
             counts += np.histogram(b[(b >= lo) & (b <= hi)], bins=edges)[0]
+            at_lo += int(np.count_nonzero(b == lo))
+        if below + at_lo > ranks[-1]:
+            values = {r: lo for r in ranks}
+            break
         cum = below + np.cumsum(counts)
         first = int(np.searchsorted(cum, ranks[0], side="right"))
         last = int(np.searchsorted(cum, ranks[-1], side="right"))

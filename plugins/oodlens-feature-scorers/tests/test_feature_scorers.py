@@ -528,3 +528,151 @@ def test_torch_path_equals_the_numpy_path(data, tmp_path, monkeypatch, name, par
         np.testing.assert_allclose(got, expected, rtol=tol, atol=tol)
         # fitted outside the context, scored inside (and the reverse): the same
         np.testing.assert_allclose(scorer.score(test), expected, rtol=tol, atol=tol)
+
+
+def test_methods_v2_parity_with_pytorch_ood(data):
+    """fDBD, NCI, pNML, LTS, VRA and GMM against pytorch-ood 0.4.0's detectors on the same
+    features (sign-adjusted: their scores are higher for OOD)."""
+    torch = pytest.importorskip("torch")
+    pood = pytest.importorskip("pytorch_ood.detector")
+    train, test = data
+    z = torch.tensor(train.features, dtype=torch.float32)
+    y = torch.tensor(train.labels)
+    zt = torch.tensor(test.features, dtype=torch.float32)
+    linear = torch.nn.Linear(z.shape[1], train.n_classes)
+    with torch.no_grad():
+        linear.weight.copy_(torch.tensor(train.head_weight))
+        linear.bias.copy_(torch.tensor(train.head_bias))
+
+    def ours(spec, **params):
+        return oodlens.create_scorer(spec, **params).fit(train).score(test)
+
+    def check(mine, theirs):
+        rho = spearmanr(mine, -theirs.detach().numpy()).statistic
+        assert rho >= 0.999, rho
+
+    check(ours("fdbd"), pood.fDBD(None, linear).fit_features(z).predict_features(zt))
+    check(ours("nci", alpha=0.0), pood.NCI(None, linear).fit_features(z).predict_features(zt))
+    check(
+        ours("nci", alpha=0.01),
+        pood.NCI(None, linear, alpha=0.01).fit_features(z).predict_features(zt),
+    )
+    check(ours("pnml"), pood.PNML(None, linear).fit_features(z, y).predict_features(zt))
+    check(ours("lts", p=0.1), pood.LTS(None, linear, p=0.1).predict_features(zt))
+    vra = pood.VRA(
+        None, lambda maps: linear(maps.flatten(1)), lower_percentile=0.05, upper_percentile=0.95
+    )
+    check(
+        ours("vra", percentile_low=5, percentile_high=95, per_dimension=True),
+        vra.fit_feature_maps(z[:, :, None, None], y).predict_feature_maps(zt[:, :, None, None]),
+    )
+    check(ours("gmm", reg=1e-3), pood.GMM(None, reg=1e-3).fit_features(z, y).predict_features(zt))
+
+
+def test_methods_v2_against_numpy(data):
+    """The formulas, written out here on the raw arrays."""
+    train, test = data
+    f, t, w, b = train.features, test.features, train.head_weight, train.head_bias
+    mu = f.mean(0)
+    z = t @ w.T + b
+    pred = z.argmax(1)
+    # NCI: cosine-like alignment with the predicted class's weights plus alpha * L1 norm
+    want = np.array(
+        [
+            w[p] @ (x - mu) / np.linalg.norm(x - mu) + 1e-3 * np.abs(x).sum()
+            for x, p in zip(t, pred, strict=True)
+        ]
+    )
+    np.testing.assert_allclose(
+        oodlens.create_scorer("nci", alpha=1e-3).fit(train).score(test), want, rtol=1e-9
+    )
+    # fDBD: mean over the other classes of |z_pred - z_c| / ||w_pred - w_c||, over ||x - mu||
+    want = np.array(
+        [
+            np.mean([abs(zz[p] - zz[c]) / np.linalg.norm(w[p] - w[c]) for c in range(4) if c != p])
+            / np.linalg.norm(x - mu)
+            for x, zz, p in zip(t, z, pred, strict=True)
+        ]
+    )
+    np.testing.assert_allclose(
+        oodlens.create_scorer("fdbd").fit(train).score(test), want, rtol=1e-9
+    )
+    # VRA, OpenOOD's form: one pair of thresholds over all training feature values
+    lo, hi = np.percentile(f, 10), np.percentile(f, 90)
+    want = logsumexp(np.clip(t, lo, hi) @ w.T + b, axis=1)
+    np.testing.assert_allclose(oodlens.create_scorer("vra").fit(train).score(test), want, rtol=1e-9)
+    # GMM: log of the class-weighted sum of Gaussian densities (scipy's)
+    from scipy.stats import multivariate_normal
+
+    y = train.labels
+    dens = sum(
+        np.mean(y == c)
+        * multivariate_normal(
+            f[y == c].mean(0), np.cov(f[y == c].T, bias=True) + 1e-4 * np.eye(16)
+        ).pdf(t)
+        for c in range(4)
+    )
+    np.testing.assert_allclose(
+        oodlens.create_scorer("gmm", reg=1e-4).fit(train).score(test), np.log(dens), rtol=1e-7
+    )
+
+
+def test_methods_v2_refuse_bad_settings(data):
+    train, _ = data
+    with pytest.raises(oodlens.errors.InvalidParameterError, match="percentile_low"):
+        oodlens.create_scorer("vra", percentile_low=95, percentile_high=90)
+    big = oodlens.create_scorer("gmm")
+    big.MAX_STATE_BYTES = 1000
+    with pytest.raises(ValueError, match="precision per class"):
+        big.fit(train)
+
+
+def test_relation_against_openood_formula(data):
+    """OpenOOD's relation postprocessor (openood/postprocessors/relation_postprocessor.py),
+    its formula re-typed here in numpy: unit features with a 1e-10 guard, kernel =
+    clamp(f . f_t, 0) * (p . p_t), edges above 0.03 kept, sign(r) |r|^pow summed."""
+    train, test = data
+
+    def unit(f):
+        return f / np.sqrt((f**2).sum(-1) + 1e-10)[:, None]
+
+    def probs(z):
+        e = np.exp(z - z.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    for power in (1, 2):
+        rel = np.clip(unit(test.features) @ unit(train.features).T, 0, None) * (
+            probs(test.logits) @ probs(train.logits).T
+        )
+        masked = rel * (np.abs(rel) > 0.03)
+        want = (np.sign(masked) * np.abs(masked) ** power).sum(-1)
+        got = oodlens.create_scorer("relation", power=power).fit(train).score(test)
+        np.testing.assert_allclose(got, want, rtol=1e-4)
+    big = oodlens.create_scorer("relation")
+    big.MAX_BANK_BYTES = 1000
+    with pytest.raises(ValueError, match="use knn"):
+        big.fit(train)
+
+
+def test_openmax_parity_with_pytorch_ood_and_its_weibull_fit(data):
+    torch = pytest.importorskip("torch")
+    pood = pytest.importorskip("pytorch_ood.detector")
+    from scipy.stats import weibull_min
+
+    train, test = data
+    om = pood.OpenMax(None, tailsize=25, alpha=4, euclid_weight=1.0)
+    om.fit_logits(torch.tensor(train.logits), torch.tensor(train.labels))
+    theirs = om.predict_logits(torch.tensor(test.logits)).numpy()
+    scorer = oodlens.create_scorer("openmax", tailsize=25, alpha=4, correct_only=False)
+    ours = scorer.fit(train).score(test)
+    assert spearmanr(ours, -theirs).statistic >= 0.999
+    np.testing.assert_allclose(ours, -theirs, atol=1e-6)
+    # each class's fit is scipy's Weibull of its 25 largest distances to the class mean
+    z, y = train.logits, train.labels
+    for k in range(4):
+        d = np.sort(np.linalg.norm(z[y == k] - z[y == k].mean(0), axis=1))[-25:]
+        shape, _, scale = weibull_min.fit(d + 10000 - d.min(), floc=0)
+        assert scorer.shape_[k] == pytest.approx(shape, rel=1e-3)
+        assert scorer.scale_[k] == pytest.approx(scale, rel=1e-3)
+    # the default uses correctly classified rows only (the paper's, OpenOOD's)
+    assert oodlens.create_scorer("openmax").fit(train).score(test).shape == (len(test.logits),)

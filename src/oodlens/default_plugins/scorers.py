@@ -1,4 +1,4 @@
-"""Built-in plugin: the logit baselines and logit-KDE."""
+"""Built-in plugin: the logit baselines, logit-KDE and the fusion of scorers."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from ..hookspecs import hookimpl
 
 @hookimpl
 def register_scorers(register: Callable[..., Any]) -> None:
+    from ..fusion import Fusion
     from ..scorers import GEN, MSP, Energy, Entropy, KLMatching, LogitKDE, MaxLogit, TemperatureMSP
 
-    for cls in (MSP, Energy, MaxLogit, LogitKDE, Entropy, GEN, KLMatching, TemperatureMSP):
+    for cls in (MSP, Energy, MaxLogit, LogitKDE, Entropy, GEN, KLMatching, TemperatureMSP, Fusion):
         register(cls)

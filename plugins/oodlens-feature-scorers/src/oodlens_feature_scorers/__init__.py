@@ -37,6 +37,8 @@ from oodlens.compute import (
 )
 from oodlens.params import Boolean, Interval, Options
 
+from .head_methods import FDBD, GMM, LTS, NCI, PNML, VRA, OpenMax, Relation, all_scorers
+
 __all__ = [
     "Mahalanobis",
     "KNN",
@@ -45,6 +47,14 @@ __all__ = [
     "RMD",
     "SHE",
     "NNGuide",
+    "FDBD",
+    "NCI",
+    "PNML",
+    "LTS",
+    "VRA",
+    "GMM",
+    "Relation",
+    "OpenMax",
     "register_scorers",
     "BLOCK_VALUES",
     "IN_MEMORY_BANK_BYTES",
@@ -791,5 +801,5 @@ class NNGuide(oodlens.Scorer):
 @oodlens.hookimpl
 def register_scorers(register: Callable[[Any], None]) -> None:
     """Register the feature-space scorers with oodlens."""
-    for cls in (Mahalanobis, KNN, ViM, ReAct, RMD, SHE, NNGuide):
+    for cls in (Mahalanobis, KNN, ViM, ReAct, RMD, SHE, NNGuide, *all_scorers()):
         register(cls)
