@@ -68,6 +68,7 @@ def test_fusion_of_a_scorer_with_itself_ranks_as_that_scorer(method: str) -> Non
 def test_fusion_members_are_checked() -> None:
     for text, message in (
         ("fusion:members=[]", "empty"),
+        ("fusion:members=knn", "give a list of scorer specs"),
         ("fusion:members=[odin]", "model-aware"),
         ("fusion:members=[fusion]", "fusions themselves"),
         ("fusion:method=mean", "method"),

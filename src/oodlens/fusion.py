@@ -162,7 +162,9 @@ class Fusion(Scorer):
     def get_params(self) -> dict[str, Any]:
         """The parameters, members as spec texts (so a saved fusion is plain data)."""
         params = super().get_params()
-        params["members"] = tuple(_spec(m).text for m in params["members"])
+        members = params["members"]
+        if isinstance(members, Sequence) and not isinstance(members, str):
+            params["members"] = tuple(_spec(m).text for m in members)
         return params
 
     def _fit(self, train: Outputs, val: Outputs | None = None) -> None:
