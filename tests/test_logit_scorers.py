@@ -129,3 +129,25 @@ def test_parity_with_pytorch_ood(data):
         return -np.mean(logp[np.arange(val.n_samples), val.labels])
 
     assert nll(temp.temperature_) < nll(their_t)
+
+
+def test_weighted_ebo_against_pytorch_ood_and_by_hand(data):
+    torch = pytest.importorskip("torch")
+    pood = pytest.importorskip("pytorch_ood.detector")
+    train, _, test = data
+    weights = [0.5, 2.0, 0.0, 1.5]
+    ours = oodlens.create_scorer("weighted_ebo", weights=weights).fit(train).score(test)
+    theirs = pood.WeightedEBO(None, torch.tensor(weights)).predict_logits(torch.tensor(test.logits))
+    np.testing.assert_allclose(ours, -theirs.numpy(), rtol=1e-6, atol=1e-6)
+    by_hand = np.log((np.asarray(weights) * np.exp(test.logits)).sum(axis=1))
+    np.testing.assert_allclose(ours, by_hand, rtol=1e-10)
+    # without weights it is the energy score
+    np.testing.assert_allclose(
+        oodlens.create_scorer("weighted_ebo").fit(train).score(test),
+        oodlens.create_scorer("energy").fit(train).score(test),
+    )
+    for bad, message in (([1.0, 2.0], "2 value"), ([0.0] * 4, "none is positive")):
+        with pytest.raises(ValueError, match=message):
+            oodlens.create_scorer("weighted_ebo", weights=bad).fit(train)
+    with pytest.raises(oodlens.errors.InvalidParameterError, match="weights"):
+        oodlens.create_scorer("weighted_ebo", weights=[-1.0, 1.0, 1.0, 1.0])

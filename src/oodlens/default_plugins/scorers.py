@@ -11,7 +11,28 @@ from ..hookspecs import hookimpl
 @hookimpl
 def register_scorers(register: Callable[..., Any]) -> None:
     from ..fusion import Fusion
-    from ..scorers import GEN, MSP, Energy, Entropy, KLMatching, LogitKDE, MaxLogit, TemperatureMSP
+    from ..scorers import (
+        GEN,
+        MSP,
+        Energy,
+        Entropy,
+        KLMatching,
+        LogitKDE,
+        MaxLogit,
+        TemperatureMSP,
+        WeightedEBO,
+    )
 
-    for cls in (MSP, Energy, MaxLogit, LogitKDE, Entropy, GEN, KLMatching, TemperatureMSP, Fusion):
+    for cls in (
+        MSP,
+        Energy,
+        MaxLogit,
+        LogitKDE,
+        Entropy,
+        GEN,
+        KLMatching,
+        TemperatureMSP,
+        WeightedEBO,
+        Fusion,
+    ):
         register(cls)

@@ -7,7 +7,16 @@ from __future__ import annotations
 
 from .base import REQUIREMENTS, ModelInputs, Scorer, check_requirements
 from .logit_kde import LogitKDE
-from .logits import GEN, MSP, Energy, Entropy, KLMatching, MaxLogit, TemperatureMSP
+from .logits import (
+    GEN,
+    MSP,
+    Energy,
+    Entropy,
+    KLMatching,
+    MaxLogit,
+    TemperatureMSP,
+    WeightedEBO,
+)
 
 __all__ = [
     "REQUIREMENTS",
@@ -21,5 +30,6 @@ __all__ = [
     "GEN",
     "KLMatching",
     "TemperatureMSP",
+    "WeightedEBO",
     "LogitKDE",
 ]

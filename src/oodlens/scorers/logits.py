@@ -12,7 +12,7 @@ from .. import functional as F
 from ..arrays import check_fit_labels, iter_row_chunks, rows_per_chunk
 from ..compute import tensors_like
 from ..outputs import Outputs
-from ..params import Interval
+from ..params import Interval, ListOf
 from .base import Scorer
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,53 @@ class Energy(Scorer):
 
     def _torch_score(self, logits: Any, features: Any, head: Any) -> Any:
         return F.energy(logits, self.temperature)
+
+
+class WeightedEBO(Scorer):
+    r"""Weighted energy (Du et al., ICLR 2022, "VOS: Learning What You Don't Know by Virtual
+    Outlier Synthesis"; pytorch-ood's ``WeightedEBO``).
+
+    .. math:: s(x) = \log \sum_c w_c \exp(z_c)
+
+    VOS learns the weights ``w`` (one per class, non-negative) while training the network
+    with virtual outliers; a post-hoc scorer cannot learn them, so they are a parameter here:
+    give the weights your VOS training produced. ``None`` (default) weighs every class 1,
+    which is the energy score.
+
+    Args:
+        weights: C non-negative class weights, at least one positive (``None``: all 1).
+    """
+
+    name = "weighted_ebo"
+    description = "log of the class-weighted sum of exp(logits), weights from VOS (Du et al. 2022)"
+    parameter_constraints = {"weights": [ListOf([Interval(float, 0, None)], min_length=1), None]}
+
+    def __init__(self, weights: Any = None) -> None:
+        self.weights = weights
+
+    def _fit(self, train: Outputs) -> None:
+        if self.weights is not None:
+            w = np.asarray(self.weights, dtype=np.float64)
+            if len(w) != train.n_classes or not (w > 0).any():
+                raise ValueError(
+                    f"weighted_ebo: weights has {len(w)} value(s) for {train.n_classes} classes"
+                    + ("" if (w > 0).any() else " and none is positive")
+                    + "; give one non-negative weight per class, at least one positive."
+                )
+
+    def _log_weights(self, n_classes: int) -> np.ndarray:
+        if self.weights is None:
+            return np.zeros(n_classes)
+        with np.errstate(divide="ignore"):
+            return np.log(np.asarray(self.weights, dtype=np.float64))
+
+    def _score(self, outputs: Outputs) -> np.ndarray:
+        z = np.asarray(outputs.logits, dtype=np.float64)
+        return F.energy(z + self._log_weights(z.shape[1]), 1.0)
+
+    def _torch_score(self, logits: Any, features: Any, head: Any) -> Any:
+        (log_w,) = tensors_like(logits, self._log_weights(logits.shape[1]))
+        return F.energy(logits + log_w, 1.0)
 
 
 class MaxLogit(Scorer):
