@@ -171,3 +171,24 @@ def test_committed_cifar10_html_report_renders(tmp_path):
     if not page.exists():
         pytest.skip("no committed CIFAR-10 HTML report")
     _check_page(_render(page, tmp_path), len(re.findall(r"<img ", page.read_text())))
+
+
+def test_many_scorers_get_a_legend_beside_the_panels(tmp_path):
+    """With 30 scorers a legend inside a 4-inch panel left constrained layout no room (a
+    warning in make demo); beyond 8 curves it goes beside the figure."""
+    import warnings
+
+    from oodlens.plots import plot_risk_coverage, plot_roc
+
+    rng = np.random.default_rng(0)
+    scores = {
+        f"scorer_{k}:mode=long_name": {"id": rng.normal(1, 1, 50), "ood": rng.normal(0, 1, 50)}
+        for k in range(30)
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plot_roc(scores, ["ood"], "ROC", tmp_path / "roc.png")
+        plot_risk_coverage(
+            {k: v["id"] for k, v in scores.items()}, rng.random(50) < 0.8, "RC", tmp_path / "rc"
+        )
+    assert (tmp_path / "roc.png").stat().st_size > 0 and (tmp_path / "rc.png").exists()

@@ -59,6 +59,25 @@ def figure_grid(
     return fig, axes
 
 
+#: Curves beyond which a figure's legend goes beside the panels (in columns of at most
+#: :data:`LEGEND_ROWS` entries) instead of inside one, where it would cover the curves.
+LEGEND_INSIDE = 8
+LEGEND_ROWS = 16
+
+
+def _legend(fig: Any, ax: Any) -> None:
+    """The legend of ``ax``'s curves: inside it for a few, beside the figure for many
+    (30 scorers' labels inside a 4-inch panel left constrained layout no room)."""
+    handles, labels = ax.get_legend_handles_labels()
+    if len(labels) <= LEGEND_INSIDE:
+        ax.legend(fontsize=7)
+        return
+    columns = math.ceil(len(labels) / LEGEND_ROWS)
+    width, height = fig.get_size_inches()
+    fig.set_size_inches(width + 2.6 * columns, max(height, 0.16 * min(len(labels), LEGEND_ROWS)))
+    fig.legend(handles, labels, loc="outside right upper", fontsize=7, ncols=columns)
+
+
 def save_figure(fig: Any, path: str | os.PathLike[str], dpi: int = 110) -> Path:
     """Save ``fig`` atomically; a path without a suffix gets ``.png``. Returns the path
     actually written (so callers report the real file name)."""
@@ -99,7 +118,7 @@ def plot_roc(
         ax.set_title(_plain(f"ID test vs {name}"))
         ax.set_xlabel("OOD accepted (FPR)")
         ax.set_ylabel("ID accepted (TPR)")
-    axes[0].legend(fontsize=7)
+    _legend(fig, axes[0])
     fig.suptitle(_plain(title))
     return save_figure(fig, path)
 
@@ -141,7 +160,7 @@ def plot_risk_coverage(
     ax.set_xlabel("coverage (share of ID test accepted)")
     ax.set_ylabel("risk (error rate among accepted)")
     ax.set_title(_plain(title))
-    ax.legend(fontsize=7)
+    _legend(fig, ax)
     return save_figure(fig, path)
 
 
@@ -162,7 +181,7 @@ def plot_calibration(
     ax.set_xlabel("alpha (conformal level)")
     ax.set_ylabel("ID test rejected (realised false rejections)")
     ax.set_title(_plain(title))
-    ax.legend(fontsize=7)
+    _legend(fig, ax)
     return save_figure(fig, path)
 
 
