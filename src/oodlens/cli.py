@@ -228,17 +228,17 @@ def _bench_config(args: argparse.Namespace) -> BenchmarkConfig:
         changes["override_checkpoint"] = True
     if given("compare_published") is not None:
         changes["compare_published"] = given("compare_published")
+    # options that are OpenOOD's settings imply OpenOOD's metric definitions
+    for opt, flag, what in (
+        ("compare_published", "--compare-published", "compares with OpenOOD's numbers"),
+        ("fsood", "--fsood", "is OpenOOD's full-spectrum setting"),
+    ):
+        if given(opt) in (None, False):  # not given ("" is compare-published's default network)
+            continue
         if given("convention") not in (None, "openood"):
             raise ValueError(
-                "--compare-published compares with OpenOOD's numbers under OpenOOD's metric "
-                f"definitions; drop --convention {given('convention')}."
-            )
-        changes["convention"] = "openood"
-    if given("fsood"):
-        if given("convention") not in (None, "openood"):
-            raise ValueError(
-                "--fsood is OpenOOD's full-spectrum setting, under OpenOOD's metric definitions; "
-                f"drop --convention {given('convention')}."
+                f"{flag} {what}, under OpenOOD's metric definitions; drop --convention "
+                f"{given('convention')}."
             )
         changes["convention"] = "openood"
     cfg, taken = checkpoint_defaults(dataclasses.replace(cfg, **changes), explicit | set(changes))

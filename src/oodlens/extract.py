@@ -71,11 +71,11 @@ def _workers(options: ExtractOptions) -> int:
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 
 
-def _plain_jpeg(path: str) -> bool:
-    """Whether ``path`` is a JPEG that torchvision decodes to what :func:`as_shown` shows:
-    RGB or greyscale, without an EXIF rotation (only the header is read)."""
+def _plain_jpeg(data: bytes) -> bool:
+    """Whether the file ``data`` is a JPEG that torchvision decodes to what :func:`as_shown`
+    shows: RGB or greyscale, without an EXIF rotation (only the header is parsed)."""
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(data)) as img:
             return (
                 img.format == "JPEG"
                 and img.mode in ("RGB", "L")
@@ -111,10 +111,16 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def _bytes(self, i: int) -> torch.Tensor | None:
         path = self.source.ids[i]
-        if not path.lower().endswith(JPEG_SUFFIXES) or not _plain_jpeg(path):
+        if not path.lower().endswith(JPEG_SUFFIXES):
             return None
-        with open(path, "rb") as f:
-            return torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()  # read once: the header check parses these bytes
+        except OSError:  # unreadable: the loader reports it
+            return None
+        if not _plain_jpeg(data):
+            return None
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, bool, str, str]:
         try:

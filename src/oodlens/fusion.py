@@ -187,25 +187,19 @@ class Fusion(Scorer):
         return combine_p_values(log_p, self.method)
 
     def get_state(self) -> dict[str, Any]:
-        """The parameters, each member's state and its sorted val scores."""
-        self._check_fitted()
-        fitted = {
-            "members_": {str(k): scorer_state(m) for k, m in enumerate(self.members_)},
-            "reference_": {str(k): r for k, r in enumerate(self.reference_)},
-            "n_classes_": self.n_classes_,
-            "n_features_in_": self.n_features_in_,
-            "fit_rows_": self.fit_rows_,
-        }
-        return {"params": self.get_params(), "fitted": fitted}
+        """The base class's state, with each member as its own state and the sorted val
+        scores as indexed mappings (the members are scorers, not plain data)."""
+        state = super().get_state()
+        state["fitted"]["members_"] = {str(k): scorer_state(m) for k, m in enumerate(self.members_)}
+        state["fitted"]["reference_"] = {str(k): r for k, r in enumerate(self.reference_)}
+        return state
 
     def set_state(self, fitted: Mapping[str, Any]) -> None:
-        """Rebuild the members from their states."""
+        """The base class's restore, then the members rebuilt from their states."""
         count = len(fitted["members_"])
+        super().set_state({k: v for k, v in fitted.items() if k not in ("members_", "reference_")})
         self.members_ = [
             scorer_from_state(fitted["members_"][str(k)], f"fusion member {k}")
             for k in range(count)
         ]
         self.reference_ = [np.asarray(fitted["reference_"][str(k)]) for k in range(count)]
-        self.n_classes_ = fitted["n_classes_"]
-        self.n_features_in_ = fitted["n_features_in_"]
-        self.fit_rows_ = fitted["fit_rows_"]

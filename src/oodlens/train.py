@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -372,7 +373,6 @@ def train_model(
 def _train_oodlens(cfg, model, train_src, data_cfg, dev, autocast, progress, num_workers):
     """The origin's training: AdamW, cosine schedule, augmentations in a DataLoader."""
     import torch
-    from torch import nn
 
     gen = torch.Generator().manual_seed(cfg.seed)
     loader = torch.utils.data.DataLoader(
@@ -385,54 +385,38 @@ def _train_oodlens(cfg, model, train_src, data_cfg, dev, autocast, progress, num
         pin_memory=dev.type == "cuda",
         persistent_workers=num_workers > 0,
     )
-    model.to(dev).train()
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model.to(memory_format=fmt)
-    scaler = torch.amp.GradScaler(dev.type, enabled=cfg.precision == "fp16")
+    fmt = _to_device(model, dev, cfg.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = max(1, cfg.epochs * len(loader))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
     )
-    loss_fn = nn.CrossEntropyLoss()
-    t0 = time.perf_counter()
-    bar = progress_bar(
-        total=steps, desc=f"train {cfg.model} on {cfg.data}", unit="step", enabled=progress
+
+    batches = functools.partial(_on_device, loader, dev, fmt)
+    correct, seen, seconds = _run_epochs(
+        cfg,
+        model,
+        batches,
+        (opt, sched, steps),
+        dev,
+        autocast,
+        progress,
+        t0=time.perf_counter(),
+        desc=f"train {cfg.model} on {cfg.data}",
+        name=f"train {cfg.model}",
+        suffix=lambda secs: f" (augmented training images, {secs:.0f}s)",
     )
-    correct = seen = 0
-    for epoch in range(cfg.epochs):
-        correct = seen = 0
-        total_loss = 0.0
-        for x, y in loader:
-            x = x.to(dev, non_blocking=True, memory_format=fmt)
-            y = y.to(dev, non_blocking=True)
-            with autocast:
-                logits = model(x)
-                loss = loss_fn(logits.float(), y)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(y)
-            total_loss += float(loss.item()) * len(y)
-            bar.set_postfix_str(f"loss {loss.item():.3f}", refresh=False)
-            bar.update(1)
-        progress_note(
-            f"train {cfg.model} epoch {epoch + 1}/{cfg.epochs}: loss "
-            f"{total_loss / max(1, seen):.4f}, accuracy {correct / max(1, seen):.4f} "
-            f"(augmented training images, {time.perf_counter() - t0:.0f}s)",
-            progress,
-        )
-    bar.close()
     # the persistent workers stop now, not whenever the loader is collected: a frame kept
     # alive after return (a first `import timm` below it leaves its callers' frames in a
     # cycle until a garbage collection) would keep them, and joining them then took 10 s
-    del loader
-    seconds = time.perf_counter() - t0
-    model.eval().to(memory_format=torch.contiguous_format)
+    del batches, loader
     return model, correct, seen, steps, seconds
+
+
+def _on_device(loader: Any, dev: Any, fmt: Any) -> Any:
+    """One epoch of a DataLoader's ``(x, y)`` batches moved to ``dev`` (x in ``fmt``)."""
+    for x, y in loader:
+        yield x.to(dev, non_blocking=True, memory_format=fmt), y.to(dev, non_blocking=True)
 
 
 def _train_recipe(cfg, model, train_src, data_cfg, dev, autocast, progress):
@@ -440,23 +424,22 @@ def _train_recipe(cfg, model, train_src, data_cfg, dev, autocast, progress):
     the device as uint8, each batch flipped, cropped and normalised there (no DataLoader),
     SGD with the recipe's momentum and Nesterov flag, the per-step cosine schedule."""
     import torch
-    from torch import nn
     from torchvision.transforms.v2 import functional as TF
 
     r = RECIPES[cfg.recipe]
     t0 = time.perf_counter()
-    images = []
-    for i in progress_bar(
-        range(len(train_src)), desc="load training images", unit="img", enabled=progress
-    ):
-        try:
-            img = train_src.loader(i).convert("RGB")
-        except CorruptImageError as exc:
-            raise CorruptImageError(
-                f"unreadable training image in {train_src.spec!r}: {exc}. Remove or replace it."
-            ) from exc
-        img = TF.center_crop(TF.resize(img, cfg.img_size), cfg.img_size)  # Resize, CenterCrop
-        images.append(TF.pil_to_tensor(img))
+
+    def decode(img):  # Resize, CenterCrop, as uint8
+        img = TF.center_crop(TF.resize(img.convert("RGB"), cfg.img_size), cfg.img_size)
+        return TF.pil_to_tensor(img)
+
+    decoded = _Augmented(train_src, decode)
+    images = [
+        decoded[i][0]
+        for i in progress_bar(
+            range(len(train_src)), desc="load training images", unit="img", enabled=progress
+        )
+    ]
     data = torch.stack(images).to(dev)
     labels = torch.as_tensor(train_src.labels, dtype=torch.long).to(dev)
     mean = torch.tensor(data_cfg["mean"], device=dev).view(1, -1, 1, 1)
@@ -465,9 +448,7 @@ def _train_recipe(cfg, model, train_src, data_cfg, dev, autocast, progress):
     n = len(train_src)
     per_epoch = math.ceil(n / cfg.batch_size)  # the last batch smaller, as OpenOOD's loader
     steps = cfg.epochs * per_epoch
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model.to(dev).train()
-    model.to(memory_format=fmt)
+    fmt = _to_device(model, dev, cfg.channels_last)
     opt = torch.optim.SGD(
         model.parameters(),
         lr=cfg.lr,
@@ -478,21 +459,63 @@ def _train_recipe(cfg, model, train_src, data_cfg, dev, autocast, progress):
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda step: cosine_annealing(step, steps, 1.0, r.lr_min / cfg.lr)
     )
-    scaler = torch.amp.GradScaler(dev.type, enabled=cfg.precision == "fp16")
-    loss_fn = nn.CrossEntropyLoss()
-    bar = progress_bar(
-        total=steps, desc=f"train {cfg.model} ({cfg.recipe})", unit="step", enabled=progress
-    )
-    correct = seen = 0
-    for epoch in range(cfg.epochs):
-        correct = seen = 0
-        total_loss = 0.0
+
+    def batches():
         order = torch.randperm(n, generator=gen)
         for k in range(per_epoch):
             idx = order[k * cfg.batch_size : (k + 1) * cfg.batch_size].to(dev)
             x, _, _ = augment_batch(data[idx], r.pad, gen)
-            x = ((x.float() / 255 - mean) / std).contiguous(memory_format=fmt)
-            y = labels[idx]
+            yield ((x.float() / 255 - mean) / std).contiguous(memory_format=fmt), labels[idx]
+
+    name = f"train {cfg.model} ({cfg.recipe})"
+    correct, seen, seconds = _run_epochs(
+        cfg,
+        model,
+        batches,
+        (opt, sched, steps),
+        dev,
+        autocast,
+        progress,
+        t0=t0,
+        desc=name,
+        name=name,
+        suffix=lambda secs: f", lr {sched.get_last_lr()[0]:.5f} ({secs:.0f}s)",
+    )
+    return model, correct, seen, steps, seconds
+
+
+def _to_device(model: Any, dev: Any, channels_last: bool) -> Any:
+    """The model on ``dev`` in training mode and the memory format; returns the format."""
+    import torch
+
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(dev).train()
+    model.to(memory_format=fmt)
+    return fmt
+
+
+def _run_epochs(
+    cfg, model, batches, schedule, dev, autocast, progress, *, t0, desc, name, suffix
+) -> tuple[int, int, float]:
+    """The loop both trainings share: per step the forward pass under ``autocast``, the
+    cross-entropy, a (scaled, for fp16) backward pass, the optimiser and schedule steps of
+    ``schedule = (optimiser, scheduler, steps)``; a progress bar ``desc`` over the steps and
+    one line per epoch (``name``, loss, accuracy, then ``suffix(seconds since t0)``).
+    ``batches()`` gives one epoch's ``(x, y)`` on ``dev``. Returns the last epoch's correct
+    and seen counts and the seconds since ``t0``; the model is left in eval mode,
+    contiguous."""
+    import torch
+    from torch import nn
+
+    opt, sched, steps = schedule
+    scaler = torch.amp.GradScaler(dev.type, enabled=cfg.precision == "fp16")
+    loss_fn = nn.CrossEntropyLoss()
+    bar = progress_bar(total=steps, desc=desc, unit="step", enabled=progress)
+    correct = seen = 0
+    for epoch in range(cfg.epochs):
+        correct = seen = 0
+        total_loss = 0.0
+        for x, y in batches():
             with autocast:
                 logits = model(x)
                 loss = loss_fn(logits.float(), y)
@@ -507,15 +530,14 @@ def _train_recipe(cfg, model, train_src, data_cfg, dev, autocast, progress):
             bar.set_postfix_str(f"loss {loss.item():.3f}", refresh=False)
             bar.update(1)
         progress_note(
-            f"train {cfg.model} ({cfg.recipe}) epoch {epoch + 1}/{cfg.epochs}: loss "
-            f"{total_loss / max(1, seen):.4f}, accuracy {correct / max(1, seen):.4f}, lr "
-            f"{sched.get_last_lr()[0]:.5f} ({time.perf_counter() - t0:.0f}s)",
+            f"{name} epoch {epoch + 1}/{cfg.epochs}: loss {total_loss / max(1, seen):.4f}, "
+            f"accuracy {correct / max(1, seen):.4f}" + suffix(time.perf_counter() - t0),
             progress,
         )
     bar.close()
     seconds = time.perf_counter() - t0
     model.eval().to(memory_format=torch.contiguous_format)
-    return model, correct, seen, steps, seconds
+    return correct, seen, seconds
 
 
 def _accuracy(

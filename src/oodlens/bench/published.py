@@ -159,6 +159,7 @@ def compare_published(
         cells = table.get(method.name) if method is not None else None
         mine = [r for r in runs if r.backbone == backbone and scorer in r.scores]
         chosen = mine[0].tuning.get(scorer, {}).get("chosen") if mine else None
+        variant = _variant(scorer, chosen, method.ours) if method and cells else ""
         for group in ("near", "far"):
             if (backbone, scorer, group) not in keyed.index:
                 continue
@@ -168,7 +169,7 @@ def compare_published(
                 "scorer": scorer,
                 "group": group,
                 "published_method": method.name if method and cells else "",
-                "variant": _variant(scorer, chosen, method.ours) if method and cells else "",
+                "variant": variant,
                 "ours_auroc": 100 * float(ours["auroc"]),
                 "ours_interval": _interval(ours, mine, scorer, groups[group], n_resamples),
                 "ours_id_accuracy": 100 * float(block.iloc[0]["id_accuracy"]),

@@ -345,12 +345,14 @@ class BenchmarkResult:
             self.caption(),
             self.footnotes(),
             figures,
-            json_safe(self._payload(summary, figures)),
+            json_safe(self._payload(summary, figures, side)),
         )
         for name in dict.fromkeys(["json", *formats]):
             REPORT_FORMATS[name].write(self, out, ctx)
 
-    def _payload(self, summary: pd.DataFrame, figures: list[str]) -> dict[str, Any]:
+    def _payload(
+        self, summary: pd.DataFrame, figures: list[str], fsood: pd.DataFrame | None
+    ) -> dict[str, Any]:
         """The content of ``results.json``."""
         return {
             "report_version": REPORT_VERSION,
@@ -372,9 +374,7 @@ class BenchmarkResult:
             },
             "tuning": {f"{r.backbone}/seed{r.seed}": r.tuning for r in self.runs if r.tuning},
             "table": self.table.to_dict(orient="records"),
-            "fsood": None
-            if self.fsood_summary() is None
-            else self.fsood_summary().to_dict(orient="records"),
+            "fsood": None if fsood is None else fsood.to_dict(orient="records"),
         }
 
     def _all_figures(self, out: Path) -> list[str]:

@@ -21,14 +21,18 @@ from oodlens.params import Boolean, Interval, Options
 
 __all__ = ["FDBD", "NCI", "PNML", "LTS", "VRA", "GMM", "Relation", "OpenMax"]
 
-#: About how many numbers a row block holds.
-BLOCK_VALUES = 1 << 22
+
+def _rows(n_cols: int) -> int:
+    """Rows of a block of about the package's ``BLOCK_VALUES`` numbers (imported here: the
+    package imports this module before it defines the constant)."""
+    from . import BLOCK_VALUES
+
+    return rows_per_chunk(n_cols, BLOCK_VALUES)
 
 
 def _chunks(array: np.ndarray, extra_cols: int = 0):
     """``(start, float64 block)`` over the rows of ``array``."""
-    rows = rows_per_chunk(array.shape[1] + extra_cols, BLOCK_VALUES)
-    for start, block in iter_row_chunks(array, rows):
+    for start, block in iter_row_chunks(array, _rows(array.shape[1] + extra_cols)):
         yield start, block.astype(np.float64, copy=False)
 
 
@@ -70,7 +74,7 @@ class FDBD(oodlens.Scorer):
     description = (
         "mean distance to the head's decision boundaries over ||f - mean|| (Liu & Qin 2024)"
     )
-    requires = frozenset({"features", "head", "logits"})
+    requires = frozenset({"features", "head"})
     parameter_constraints = {"normalizer": [Options(("distance", "norm"))]}
     tuning_grid = {"normalizer": ["distance", "norm"]}
 
@@ -444,8 +448,7 @@ class Relation(oodlens.Scorer):
 
     def _score(self, outputs: oodlens.Outputs) -> np.ndarray:
         out = np.empty(outputs.n_samples)
-        rows = max(1, BLOCK_VALUES // len(self.bank_features_))
-        for start, f in iter_row_chunks(outputs.features, rows):
+        for start, f in iter_row_chunks(outputs.features, _rows(len(self.bank_features_))):
             z = np.asarray(outputs.logits[start : start + len(f)], dtype=np.float64)
             unit, p = self._unit_and_probs(f.astype(np.float64), z)
             rel = np.maximum(unit @ self.bank_features_.T, 0.0) * (p @ self.bank_probs_.T)
