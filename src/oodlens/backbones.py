@@ -6,7 +6,7 @@ import json
 import os
 import struct
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -18,13 +18,15 @@ from torch import nn
 from .distributed import local_rank
 from .errors import InvalidParameterError, moved_names
 from .files import atomic_path
-from .network import forward_all, get_head
-from .options import DECODE_MODES, PRECISIONS, PREPROCESS_MODES
+from .network import forward_all, get_head, stage_modules
+from .options import DECODE_MODES, PRECISIONS, PREPROCESS_MODES, ExtractOptions
 from .params import InstanceOf, Interval, ListOf, Text, validate_fields
 
 __all__ = [
     "ModelConfig",
     "check_model_name",
+    "backbone_stages",
+    "with_stages",
     "create_backbone",
     "forward_all",
     "get_head",
@@ -293,6 +295,60 @@ def check_model_name(name: str) -> None:
             f"Unknown timm model {name!r}."
             + (f" Did you mean: {', '.join(close)}?" if close else " See timm.list_models().")
         )
+
+
+def backbone_stages(name: str) -> list[str]:
+    """The modules of a timm architecture's stages (``feature_info``; see
+    :func:`oodlens.network.stage_modules`), read from the network built on the meta device
+    (no weights, no memory; milliseconds).
+
+    Raises:
+        ValueError: an unknown name, or an architecture that does not name its stages.
+    """
+    import timm
+
+    check_model_name(name)
+    with torch.device("meta"):
+        return stage_modules(timm.create_model(name, pretrained=False))
+
+
+def with_stages(
+    options: ExtractOptions,
+    model_name: str,
+    requirements: Iterable[Iterable[str]],
+) -> ExtractOptions:
+    """``options`` with the stages the scorers' ``requirements`` name added to ``stages``
+    and ``gram_stages`` (``"stage2"``, ``"gram3"``; ``"stages"`` / ``"grams"``: every
+    stage of ``model_name``); the stages checked against the backbone's.
+
+    Raises:
+        ValueError: a stage the backbone does not have, naming its stages.
+    """
+    from .scorers.base import block_requirement
+
+    wanted: dict[str, set[int]] = {"stage": set(options.stages), "gram": set(options.gram_stages)}
+    every: set[str] = set()
+    for requires in requirements:
+        for req in requires:
+            block = block_requirement(req)
+            if block is not None and block[1] is None:
+                every.add(block[0])
+            elif block is not None:
+                wanted[block[0]].add(block[1])
+    if not (every or wanted["stage"] or wanted["gram"]):
+        return options
+    names = backbone_stages(model_name)
+    for kind in every:
+        wanted[kind] |= set(range(len(names)))
+    beyond = sorted(i for i in wanted["stage"] | wanted["gram"] if i >= len(names))
+    if beyond:
+        listed = ", ".join(f"{i}: {m}" for i, m in enumerate(names))
+        raise ValueError(
+            f"{model_name} has no stage {beyond[0]}: its stages (timm's feature_info) are "
+            f"{listed}. Give stages between 0 and {len(names) - 1} (--stages, or the scorer's "
+            "stages parameter)."
+        )
+    return options.replace(stages=tuple(wanted["stage"]), gram_stages=tuple(wanted["gram"]))
 
 
 def create_backbone(

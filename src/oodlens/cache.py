@@ -211,7 +211,8 @@ class Cache:
                 rows = slice(start, start + len(block))
                 features = None if outputs.features is None else outputs.features[rows]
                 labels = np.full(len(block), -1) if outputs.labels is None else outputs.labels[rows]
-                writer.append(block, features, labels)
+                blocks = {k: v[rows] for k, v in (outputs.blocks or {}).items()}
+                writer.append(block, features, labels, blocks)
             writer.finish(outputs.head_weight, outputs.head_bias, outputs.class_names)
         return path
 

@@ -187,7 +187,7 @@ def _bench_config(args: argparse.Namespace) -> BenchmarkConfig:
         changes["alphas"] = tuple(given("alpha"))
     if given("ci") is not None:
         changes["bootstrap"] = given("ci")
-    for opt in ("scorers", "seeds"):
+    for opt in ("scorers", "seeds", "stages", "gram_stages"):
         if given(opt):
             changes[opt] = tuple(given(opt))
     for opt in (
@@ -681,6 +681,24 @@ def _loading_arguments(p: argparse.ArgumentParser, recorded: str = "the cache ke
         help="decode JPEGs with PIL on the CPU workers, or in batches on the CUDA device "
         "(torchvision's nvJPEG; other formats stay on the CPU; needs --preprocess device or "
         "auto; without CUDA it falls back to cpu; default cpu)",
+    )
+    p.add_argument(
+        "--stages",
+        nargs="+",
+        type=int,
+        metavar="I",
+        help="also record the pooled features of these stages of the backbone (indices into "
+        "timm's feature_info: for a ResNet 0 is the stem, 1-4 its stages) beside the "
+        "penultimate ones, in the cache; the scorers that read stages (multi_mahalanobis) "
+        "add theirs without it",
+    )
+    p.add_argument(
+        "--gram-stages",
+        nargs="+",
+        type=int,
+        metavar="I",
+        help="also record the Gram-matrix statistics of these stages (what gram reads; it "
+        "adds its own without it)",
     )
 
 

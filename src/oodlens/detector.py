@@ -40,6 +40,7 @@ from .backbones import (
     resolve_decode,
     resolve_device,
     resolve_preprocess,
+    with_stages,
 )
 from .cache import file_sha256
 from .conformal import conformal_p_values
@@ -355,7 +356,11 @@ class Detector:
             yield self._predict(part, options or ExtractOptions(), progress)
 
     def _predict(self, source: DatasetSource, options: ExtractOptions, progress: bool) -> Verdicts:
-        options = options.replace(img_size=self.backbone.img_size)
+        options = with_stages(
+            options.replace(img_size=self.backbone.img_size),
+            self.backbone.model,
+            [self.scorer.requirements()],
+        )
         model = self.network(options.device)
         transform, data_cfg = self.preprocessing()
         dev = resolve_device(options.device)

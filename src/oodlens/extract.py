@@ -24,7 +24,6 @@ from .backbones import (
     BatchPreprocess,
     ModelConfig,
     create_backbone,
-    forward_all,
     get_head,
     precision_autocast,
     resolve_device,
@@ -33,7 +32,8 @@ from .cache import Cache
 from .datasets import CorruptImageError, DatasetSource, as_shown
 from .distributed import all_gather, barrier, rank_and_world
 from .files import atomic_dir
-from .options import ExtractOptions
+from .network import forward_with_blocks
+from .options import GRAM_POWERS, ExtractOptions
 from .outputs import Outputs, OutputsWriter
 from .progress import progress_bar
 from .scorers.base import ModelInputs
@@ -285,17 +285,21 @@ class _Part:
     logits: list[np.ndarray] = field(default_factory=list)
     features: list[np.ndarray] = field(default_factory=list)
     labels: list[np.ndarray] = field(default_factory=list)
+    blocks: list[dict[str, np.ndarray]] = field(default_factory=list)
     rows: int = 0
     bad: list[str] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
 
-    def store(self, z: np.ndarray, f: np.ndarray, y: np.ndarray) -> None:
+    def store(
+        self, z: np.ndarray, f: np.ndarray, y: np.ndarray, blocks: dict[str, np.ndarray]
+    ) -> None:
         if self.writer is not None:
-            self.writer.append(z, f, y)
+            self.writer.append(z, f, y, blocks)
         else:
             self.logits.append(z)
             self.features.append(f)
             self.labels.append(y)
+            self.blocks.append(blocks)
         self.rows += len(z)
 
     def finish(self, model: nn.Module, empty_ok: bool = False, load: bool = True) -> Outputs | None:
@@ -324,6 +328,7 @@ class _Part:
             head_weight=weight,
             head_bias=bias,
             class_names=None,
+            blocks={k: np.concatenate([b[k] for b in self.blocks]) for k in self.blocks[0]} or None,
         )
 
     def close(self) -> None:
@@ -415,17 +420,18 @@ def _extract_parts(
     if channels_last:
         model.to(memory_format=torch.channels_last)
     feature_type = np.dtype(options.features_dtype)
-    pending: list[tuple[Any, Any, np.ndarray, np.ndarray, int, int]] = []
+    pending: list[tuple[Any, Any, Any, np.ndarray, np.ndarray, int, int]] = []
 
-    def store(z, f, y: np.ndarray, rows: np.ndarray, lo: int, hi: int) -> None:
+    def store(z, f, blocks, y: np.ndarray, rows: np.ndarray, lo: int, hi: int) -> None:
         """Split a batch (positions [lo, hi), kept ``rows``) among the parts it covers."""
         z, f = z(), f().astype(feature_type, copy=False)
+        blocks = {k: v() for k, v in blocks.items()}
         first = int(np.searchsorted(offsets, lo, side="right")) - 1
         last = int(np.searchsorted(offsets, hi - 1, side="right")) - 1
         for k in range(first, last + 1):
             a, b = np.searchsorted(rows, [offsets[k], offsets[k + 1]])
             if b > a:
-                parts[k].store(z[a:b], f[a:b], y[a:b])
+                parts[k].store(z[a:b], f[a:b], y[a:b], {n: v[a:b] for n, v in blocks.items()})
             elif parts[k].writer is not None:
                 parts[k].writer.empty_block()  # every image of this batch was unreadable
 
@@ -455,6 +461,7 @@ def _extract_parts(
                     store(
                         lambda: np.empty((0, 0)),
                         lambda: np.empty((0, 0)),
+                        {},
                         y[:0].numpy(),
                         rows,
                         lo,
@@ -466,9 +473,16 @@ def _extract_parts(
                     sids = [i for g in got for i, k in zip(g[3], g[2].tolist(), strict=True) if k]
                     kept = [decode_jpeg_batch([im for x in kept for im in x], sids, device)]
                 batch = _device_batch([k for k in kept if len(k)], batched, device)
-                z, f = forward_all(model, batch.contiguous(memory_format=fmt))
+                z, f, blocks = forward_with_blocks(
+                    model,
+                    batch.contiguous(memory_format=fmt),
+                    options.stages,
+                    options.gram_stages,
+                    GRAM_POWERS,
+                )
                 # copied back without waiting: this batch is stored while the next one runs
-                pending.append((_to_host(z), _to_host(f), y[ok].numpy(), rows, lo, hi))
+                host = {k: _to_host(v) for k, v in blocks.items()}
+                pending.append((_to_host(z), _to_host(f), host, y[ok].numpy(), rows, lo, hi))
                 if len(pending) > 1:
                     store(*pending.pop(0))
             while pending:
@@ -782,7 +796,8 @@ def _sharded_extract(
                 lo, hi = starts[r][j], starts[r][j + 1]
                 if hi > lo:
                     p = parts[r]
-                    writer.append(p.logits[lo:hi], p.features[lo:hi], p.labels[lo:hi])
+                    blocks = {k: v[lo:hi] for k, v in (p.blocks or {}).items()}
+                    writer.append(p.logits[lo:hi], p.features[lo:hi], p.labels[lo:hi], blocks)
             head = next(iter(parts.values()))
             writer.finish(head.head_weight, head.head_bias)
         shutil.rmtree(shards, ignore_errors=True)

@@ -8,13 +8,14 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from .params import Boolean, Interval, Options, Text, validate_fields
+from .params import Boolean, Interval, ListOf, Options, Text, validate_fields
 
 __all__ = [
     "PRECISIONS",
     "PREPROCESS_MODES",
     "FEATURE_DTYPES",
     "DECODE_MODES",
+    "GRAM_POWERS",
     "ExtractOptions",
 ]
 
@@ -33,6 +34,10 @@ FEATURE_DTYPES = ("float32", "float16")
 #: an EXIF rotation or CMYK colours, are still decoded on the CPU; without CUDA "device"
 #: falls back to "cpu").
 DECODE_MODES = ("cpu", "device")
+
+#: The orders p of the Gram-matrix statistics recorded for ``gram_stages`` (Sastry & Oore
+#: 2020, and OpenOOD's GRAM, use 1 to 10).
+GRAM_POWERS = tuple(range(1, 11))
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,12 @@ class ExtractOptions:
     #: where JPEGs are decoded: "cpu" (PIL, on the workers) or "device" (batched on CUDA;
     #: needs device preprocessing; without CUDA it falls back to "cpu")
     decode: str = "cpu"
+    #: earlier stages whose pooled features are recorded beside the penultimate ones, as
+    #: indices into the backbone's ``feature_info`` (timm's stages: 0 is the stem of a
+    #: ResNet, 1-4 its residual stages); kept sorted, without repeats
+    stages: tuple[int, ...] = ()
+    #: stages whose Gram-matrix statistics (:data:`GRAM_POWERS`) are recorded (for ``gram``)
+    gram_stages: tuple[int, ...] = ()
 
     #: Fields that can change an output row: in the cache key.
     ROW_FIELDS: ClassVar[tuple[str, ...]] = (
@@ -79,10 +90,12 @@ class ExtractOptions:
         "features_dtype",
         "skip_corrupt",
         "decode",
+        "stages",
+        "gram_stages",
     )
     #: Row fields added after the first cache format: at these values (the behaviour before
     #: they existed) they are left out of the key, so earlier cache entries stay valid.
-    KEY_DEFAULTS: ClassVar[dict[str, Any]] = {"decode": "cpu"}
+    KEY_DEFAULTS: ClassVar[dict[str, Any]] = {"decode": "cpu", "stages": (), "gram_stages": ()}
     #: Fields that change only where and how fast extraction runs: not in the cache key.
     RUN_FIELDS: ClassVar[tuple[str, ...]] = ("device", "batch_size", "num_workers")
 
@@ -97,10 +110,16 @@ class ExtractOptions:
         "batch_size": [Interval(int, 1, None)],
         "num_workers": [Interval(int, 0, None), None],
         "decode": [Options(DECODE_MODES)],
+        "stages": [ListOf([Interval(int, 0, None)], single=True)],
+        "gram_stages": [ListOf([Interval(int, 0, None)], single=True)],
     }
 
     def __post_init__(self) -> None:
         validate_fields(self)
+        for name in ("stages", "gram_stages"):
+            value = getattr(self, name)
+            items = value if isinstance(value, list | tuple) else (value,)
+            object.__setattr__(self, name, tuple(sorted({int(i) for i in items})))
 
     def key_fields(self) -> dict[str, Any]:
         """The fields that can change an output row, for the cache key (without those at

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,9 @@ from .options import FEATURE_DTYPES
 __all__ = ["Outputs", "OutputsWriter", "FEATURE_DTYPES", "check_folder"]
 
 _FORMAT_VERSION = 1
+
+#: What a named feature block may be called (it names a file of the cache's folders).
+_BLOCK_NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
 
 
 def _count_bad_rows(name: str, array: np.ndarray) -> tuple[int, int]:
@@ -71,6 +76,11 @@ class Outputs:
         head_weight: (C, D) weight of the final linear classifier, optional.
         head_bias: (C,) bias of the final linear classifier, optional.
         class_names: names of the C classes, optional.
+        blocks: named (N, D_b) feature blocks beside the penultimate features, optional:
+            ``"stage2"`` the pooled features of the backbone's stage 2 (timm's
+            ``feature_info`` index), ``"gram3"`` the Gram-matrix statistics of stage 3 (see
+            :func:`oodlens.network.gram_statistics`); names are lower-case letters, digits
+            and ``_``.
 
     Arrays are validated on construction (shapes agree, real dtype, no NaN/inf) and never
     copied when already floating point, so memory-mapped arrays stay memory-mapped.
@@ -88,6 +98,7 @@ class Outputs:
     head_weight: np.ndarray | None = None
     head_bias: np.ndarray | None = None
     class_names: tuple[str, ...] | None = None
+    blocks: Mapping[str, np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         logits = _as_float("logits", self.logits, 2)
@@ -155,6 +166,40 @@ class Outputs:
             if len(names) != c:
                 raise ValueError(f"Outputs.class_names has {len(names)} names for {c} classes.")
             object.__setattr__(self, "class_names", names)
+        if self.blocks is not None:
+            object.__setattr__(self, "blocks", self._checked_blocks(n) or None)
+
+    def _checked_blocks(self, n: int) -> dict[str, np.ndarray]:
+        if not isinstance(self.blocks, Mapping):
+            raise TypeError(
+                "Outputs.blocks must map block names to (N, D) arrays, got "
+                f"{type(self.blocks).__name__}."
+            )
+        checked = {}
+        for name, value in self.blocks.items():
+            if not isinstance(name, str) or not _BLOCK_NAME.match(name):
+                raise ValueError(
+                    f"Outputs.blocks: {name!r} is not a valid block name (lower-case letters, "
+                    "digits and '_', starting with a letter, e.g. 'stage2')."
+                )
+            array = _as_float(f"blocks[{name!r}]", value, 2)
+            if array.shape[0] != n:
+                raise ValueError(
+                    f"Outputs.blocks[{name!r}] has {array.shape[0]} rows but logits has {n}; "
+                    "both must describe the same samples."
+                )
+            checked[name] = array
+        return checked
+
+    def block(self, name: str) -> np.ndarray:
+        """The named feature block; ``KeyError`` naming the blocks there are when absent."""
+        if not self.blocks or name not in self.blocks:
+            raise KeyError(
+                f"These Outputs have no feature block {name!r} (they have "
+                f"{sorted(self.blocks or {}) or 'none'}); extract them with that stage (e.g. "
+                "--stages / ExtractOptions(stages=...))."
+            )
+        return self.blocks[name]
 
     @property
     def n_samples(self) -> int:
@@ -205,6 +250,9 @@ class Outputs:
             head_weight=self.head_weight,
             head_bias=self.head_bias,
             class_names=self.class_names,
+            blocks=None
+            if self.blocks is None
+            else {k: np.asarray(v[index]) for k, v in self.blocks.items()},
         )
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -220,6 +268,9 @@ class Outputs:
         for f in fields(self):
             value = getattr(self, f.name)
             if value is None or f.name == "class_names":
+                continue
+            if f.name == "blocks":
+                arrays.update({f"block.{k}": np.asarray(v) for k, v in value.items()})
                 continue
             arrays[f.name] = np.asarray(value)
         meta = {"format_version": _FORMAT_VERSION, "class_names": self.class_names}
@@ -260,7 +311,10 @@ class Outputs:
                 f"reads {_FORMAT_VERSION}; extract again."
             )
         names = meta.get("class_names")
-        return cls(**arrays, class_names=None if names is None else tuple(names))
+        blocks = {k[len("block.") :]: arrays.pop(k) for k in list(arrays) if k.startswith("block.")}
+        return cls(
+            **arrays, class_names=None if names is None else tuple(names), blocks=blocks or None
+        )
 
 
 #: Version of the folder format of :class:`OutputsWriter` / :meth:`Outputs.load_dir`
@@ -311,17 +365,44 @@ class OutputsWriter:
         }
         self._digests = {name: new_digest() for name in self._files}
         self._sizes = dict.fromkeys(self._files, 0)
+        #: the names of the feature blocks (set by the first append)
+        self.block_names: tuple[str, ...] | None = None
 
-    def append(self, logits: np.ndarray, features: np.ndarray | None, labels: np.ndarray) -> None:
+    def append(
+        self,
+        logits: np.ndarray,
+        features: np.ndarray | None,
+        labels: np.ndarray,
+        blocks: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
         """Append a block of rows (the same number in each array; ``features`` may be
-        ``None`` for outputs without features, in every block)."""
+        ``None`` for outputs without features, in every block; ``blocks``: the named feature
+        blocks of these rows, the same names in every block, stored as float32 whatever
+        ``features_dtype`` (Gram statistics exceed float16's range) in ``block_<name>.bin``)."""
         rows = len(logits)
-        if (features is not None and len(features) != rows) or len(labels) != rows:
+        blocks = dict(blocks or {})
+        if (
+            (features is not None and len(features) != rows)
+            or len(labels) != rows
+            or any(len(b) != rows for b in blocks.values())
+        ):
             raise ValueError("OutputsWriter.append needs the same number of rows in each array.")
+        if self.block_names is None:
+            self.block_names = tuple(sorted(blocks))
+            for name in self.block_names:
+                key = f"block_{name}"
+                self._files[key] = open(self.folder / f"{key}.bin", "wb")  # noqa: SIM115
+                self._digests[key], self._sizes[key] = new_digest(), 0
+        elif tuple(sorted(blocks)) != self.block_names:
+            raise ValueError(
+                f"OutputsWriter: feature blocks changed from {list(self.block_names)} to "
+                f"{sorted(blocks)}."
+            )
         for name, array, dtype in (
             ("logits", logits, np.dtype("<f4")),
             ("features", features, self.features_dtype),
             ("labels", labels, np.dtype("<i8")),
+            *((f"block_{k}", v, np.dtype("<f4")) for k, v in sorted(blocks.items())),
         ):
             if array is None:
                 continue
@@ -374,6 +455,7 @@ class OutputsWriter:
             "features_dtype": self.features_dtype.str,
             "class_names": None if class_names is None else list(class_names),
             "block_rows": self.block_rows,
+            "blocks": {k: list(self.shapes.get(f"block_{k}", ())) for k in self.block_names or ()},
             "files": files,
         }
         (self.folder / "meta.json").write_text(json.dumps(meta))
@@ -450,10 +532,22 @@ def _load_dir(cls: type[Outputs], folder: str | os.PathLike[str]) -> Outputs:
                 if expected
                 else np.zeros(full, dtype=dtype)
             )
+        blocks = {}
+        for name, shape in (meta.get("blocks") or {}).items():
+            path = folder / f"block_{name}.bin"
+            full = (n, *shape)
+            expected = int(np.prod(full, dtype=np.int64)) * 4
+            if not path.is_file() or path.stat().st_size != expected:
+                raise ValueError(f"{str(path)!r} is missing or truncated; extract again.")
+            blocks[name] = (
+                np.memmap(path, dtype="<f4", mode="r", shape=full)
+                if expected
+                else np.zeros(full, dtype="<f4")
+            )
         if "head_weight.npy" in meta["files"]:
             arrays["head_weight"] = np.load(folder / "head_weight.npy", allow_pickle=False)
             arrays["head_bias"] = np.load(folder / "head_bias.npy", allow_pickle=False)
     except (OSError, EOFError, TypeError, KeyError) as exc:
         raise ValueError(f"{str(folder)!r} cannot be read ({type(exc).__name__}: {exc}).") from None
     names = meta.get("class_names")
-    return cls(**arrays, class_names=None if names is None else tuple(names))
+    return cls(**arrays, class_names=None if names is None else tuple(names), blocks=blocks or None)

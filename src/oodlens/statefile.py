@@ -1,7 +1,7 @@
 """Fitted state on disk without pickle: one safetensors file holding the arrays, with the
 rest (parameters, scalars, strings, provenance) as JSON in its metadata.
 
-A state is plain data: numpy arrays, numbers, strings, booleans, ``None``, tuples of these,
+A state is plain data: numpy arrays, numbers, strings, booleans, ``None``, tuples and lists of these,
 and mappings with string keys of any of these (nested). :func:`write_state` splits it into
 the arrays (stored as safetensors tensors, any of which may be stored as float16 on request)
 and a JSON document; :func:`read_state` puts it back together, the arrays memory-mapped from
@@ -71,7 +71,7 @@ def check_plain(value: Any, where: str) -> None:
     module docstring)."""
     if isinstance(value, (np.ndarray, np.generic, *_SCALARS)):
         return
-    if isinstance(value, tuple):
+    if isinstance(value, tuple | list):
         for i, item in enumerate(value):
             check_plain(item, f"{where}[{i}]")
         return
@@ -83,7 +83,7 @@ def check_plain(value: Any, where: str) -> None:
         return
     raise TypeError(
         f"{where} is a {type(value).__name__}, which a state file cannot hold (arrays, "
-        "numbers, strings, None, tuples and mappings of these only)."
+        "numbers, strings, None, tuples, lists and mappings of these only)."
     )
 
 
@@ -105,8 +105,9 @@ def _split(value: Any, where: str, arrays: dict[str, np.ndarray], half: Collecti
         return _split(value.item(), where, arrays, half)
     if isinstance(value, float) and not math.isfinite(value):
         return {"$float": repr(value)}
-    if isinstance(value, tuple):
-        return {"$tuple": [_split(v, f"{where}/{i}", arrays, half) for i, v in enumerate(value)]}
+    if isinstance(value, tuple | list):
+        kind = "$tuple" if isinstance(value, tuple) else "$list"
+        return {kind: [_split(v, f"{where}/{i}", arrays, half) for i, v in enumerate(value)]}
     if isinstance(value, Mapping):
         return {"$map": {k: _split(v, f"{where}/{k}", arrays, half) for k, v in value.items()}}
     return value
@@ -121,6 +122,8 @@ def _join(value: Any, arrays: Mapping[str, np.ndarray]) -> Any:
             return float(value["$float"])
         if "$tuple" in value:
             return tuple(_join(v, arrays) for v in value["$tuple"])
+        if "$list" in value:
+            return [_join(v, arrays) for v in value["$list"]]
         if "$map" in value:
             return {k: _join(v, arrays) for k, v in value["$map"].items()}
     return value

@@ -16,10 +16,11 @@ import numpy as np
 
 from .errors import MissingOutputsError, NotFittedError
 from .metrics import auroc
+from .options import GRAM_POWERS
 from .outputs import Outputs
 from .registry import create_scorer
 from .saving import load_scorer, save_scorer
-from .scorers.base import ModelInputs
+from .scorers.base import ModelInputs, block_requirement, stage_blocks
 
 __all__ = ["synthetic_outputs", "synthetic_model_inputs", "check_scorer"]
 
@@ -39,7 +40,9 @@ def synthetic_outputs(
     weights are the normalised means, so a sample's own-class logit is about 6 and the others
     about -6/(C-1), as for a well-trained classifier. ID features vary mostly inside a
     low-dimensional subspace (unit noise in 2C directions, 0.2 elsewhere), as real
-    penultimate features do.
+    penultimate features do. Two earlier "stages" are fixed random projections of the
+    features (``stage1``: tanh of 6 of them, ``stage2``: 8), with stand-ins for their Gram
+    statistics (``gram1``, ``gram2``: the projections' magnitudes, scaled per order).
 
     Args:
         n: number of samples.
@@ -74,12 +77,20 @@ def synthetic_outputs(
         features = 0.7 * rng.normal(size=(n, dim))
     if nonnegative:
         features = np.maximum(features, 0.0)
+    blocks = {}
+    for stage, width in ((1, 6), (2, 8)):
+        projected = features @ model.normal(size=(dim, width)) / np.sqrt(dim)
+        blocks[f"stage{stage}"] = np.tanh(projected)
+        blocks[f"gram{stage}"] = np.concatenate(
+            [np.abs(projected) * (1.0 + 0.1 * p) for p in GRAM_POWERS], axis=1
+        )
     return Outputs(
         logits=features @ weight.T + bias,
         labels=labels,
         features=features,
         head_weight=weight,
         head_bias=bias,
+        blocks=blocks,
     )
 
 
@@ -138,11 +149,28 @@ def _without(outputs: Outputs, requirement: str) -> Outputs:
         "features": outputs.features,
         "head_weight": outputs.head_weight,
         "head_bias": outputs.head_bias,
+        "blocks": outputs.blocks,
     }
+    block = block_requirement(requirement)
+    if block is not None:
+        dropped = set(_required_blocks(outputs, {requirement}))
+        kwargs["blocks"] = {k: v for k, v in outputs.blocks.items() if k not in dropped}
+        return Outputs(**kwargs)
     drop = {"features": ("features",), "head": ("head_weight", "head_bias"), "labels": ("labels",)}
     for field in drop[requirement]:
         kwargs[field] = None
     return Outputs(**kwargs)
+
+
+def _required_blocks(outputs: Outputs, requires: set[str] | frozenset[str]) -> list[str]:
+    """The names of the feature blocks of ``outputs`` that the requirements name."""
+    names = []
+    for req in requires:
+        block = block_requirement(req)
+        if block is not None:
+            kind, stage = block
+            names += stage_blocks(outputs, kind, None if stage is None else [stage])
+    return names
 
 
 def _expect_missing(call: Any, requirement: str, what: str) -> None:
@@ -267,12 +295,13 @@ def _check_stores_defaults(name: str) -> None:
 _FIELDS = {"features": ("features",), "head": ("head_weight", "head_bias"), "labels": ("labels",)}
 
 
-def _only(outputs: Outputs | None, fields: set[str]) -> Outputs | None:
-    """``outputs`` with only the logits and ``fields`` (the others None)."""
+def _only(outputs: Outputs | None, fields: set[str], blocks: list[str]) -> Outputs | None:
+    """``outputs`` with only the logits, ``fields`` and the named ``blocks`` (the others
+    None)."""
     if outputs is None:
         return None
     kept = {f: getattr(outputs, f) for f in fields}
-    return Outputs(logits=outputs.logits, **kept)
+    return Outputs(logits=outputs.logits, blocks={b: outputs.blocks[b] for b in blocks}, **kept)
 
 
 def _check_reads_only_what_it_declares(
@@ -292,14 +321,16 @@ def _check_reads_only_what_it_declares(
     declared = {f for req in requires for f in _FIELDS.get(req, ())}
     undeclared = [f for fields in _FIELDS.values() for f in fields if f not in declared]
 
+    blocks = _required_blocks(train, requires)
+
     def run(fields: set[str]) -> np.ndarray:
         fresh = create_scorer(name, **params)
         fresh.fit(
-            _only(train, fields),
-            val=_only(val, fields) if "val" in requires else None,
+            _only(train, fields, blocks),
+            val=_only(val, fields, blocks) if "val" in requires else None,
             model=model(train),
         )
-        return fresh.score(_only(test, fields), model=model(test))
+        return fresh.score(_only(test, fields, blocks), model=model(test))
 
     try:
         got = run(declared)

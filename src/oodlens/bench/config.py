@@ -229,6 +229,12 @@ class BenchmarkConfig:
     #: where JPEGs are decoded (``--decode``): "cpu" (PIL on the workers) or "device" (in
     #: batches on CUDA; falls back to "cpu" without it); see :class:`ExtractOptions`
     decode: str = "cpu"
+    #: stages whose pooled features are recorded beside the penultimate ones (``--stages``;
+    #: the scorers that read stages add theirs), see :class:`ExtractOptions`
+    stages: tuple[int, ...] = ()
+    #: stages whose Gram-matrix statistics are recorded (``--gram-stages``; ``gram`` adds its
+    #: own)
+    gram_stages: tuple[int, ...] = ()
     #: full-spectrum OOD (``--fsood``, OpenOOD's FS-OOD): the OOD sets of group
     #: ``covariate`` (covariate-shifted ID: the ID classes under another distribution) count
     #: as in-distribution in a second table, beside the usual one

@@ -432,6 +432,10 @@ def _prepare(cfg: BenchmarkConfig, ood: bool = True, progress: bool = False) -> 
     )
     info["preprocess"] = options.preprocess
     info["score_device"] = str(_score_device(device) or "cpu (numpy)")
+    from ..backbones import with_stages
+
+    for model in {b.model for b in backbones}:  # before any work: stages each one has
+        with_stages(options, model, [spec.kinds for spec in specs])
     return _Plan(cfg, device, cache, specs, backbones, sources, options, info)
 
 
@@ -686,8 +690,11 @@ def _backbone(plan: _Plan, model_name: str, ckpt: str | None):
 def _extract(
     plan, get_model, model_name, ckpt, transform, input_size, sources, progress
 ) -> dict[str, Outputs]:
+    from ..backbones import with_stages
     from ..extract import cached_extract_all
 
+    # the stages the scorers read (and --stages), resolved for this backbone
+    options = with_stages(plan.options, model_name, [spec.kinds for spec in plan.scorers])
     weights_id = file_sha256(ckpt) if ckpt else f"timm-pretrained:{model_name}"
     t0 = time.perf_counter()
     results = cached_extract_all(
@@ -698,7 +705,7 @@ def _extract(
         transform,
         input_size,
         plan.cache,
-        plan.options,
+        options,
         progress=progress,
     )
     outputs: dict[str, Outputs] = {}

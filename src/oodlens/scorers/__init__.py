@@ -5,7 +5,14 @@ Create registered scorers (built-in or from plugins) with :func:`oodlens.create_
 
 from __future__ import annotations
 
-from .base import REQUIREMENTS, ModelInputs, Scorer, check_requirements
+from .base import (
+    REQUIREMENTS,
+    ModelInputs,
+    Scorer,
+    block_requirement,
+    check_requirements,
+    stage_blocks,
+)
 from .logit_kde import LogitKDE
 from .logits import (
     GEN,
@@ -23,6 +30,8 @@ __all__ = [
     "ModelInputs",
     "Scorer",
     "check_requirements",
+    "block_requirement",
+    "stage_blocks",
     "MSP",
     "Energy",
     "MaxLogit",

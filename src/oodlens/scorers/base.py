@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -14,7 +15,14 @@ from ..errors import MissingOutputsError, NotFittedError
 from ..outputs import Outputs
 from ..params import Constraint, validate_params
 
-__all__ = ["Scorer", "REQUIREMENTS", "ModelInputs", "check_requirements"]
+__all__ = [
+    "Scorer",
+    "REQUIREMENTS",
+    "ModelInputs",
+    "check_requirements",
+    "block_requirement",
+    "stage_blocks",
+]
 
 #: What a scorer may require from :class:`Outputs`, and the fields each name stands for.
 REQUIREMENTS: dict[str, tuple[str, ...]] = {
@@ -25,6 +33,39 @@ REQUIREMENTS: dict[str, tuple[str, ...]] = {
     "val": (),  # held-out ID validation outputs passed to fit(train, val=...)
     "model": (),  # the network and the images (ModelInputs), for model-aware scorers
 }
+
+#: Requirements beside :data:`REQUIREMENTS`: named feature blocks of earlier stages
+#: (:attr:`Outputs.blocks`): ``"stage2"`` (stage 2's pooled features), ``"gram3"`` (stage
+#: 3's Gram statistics), or ``"stages"`` / ``"grams"``: every block of that kind the
+#: outputs carry (the harness then extracts every stage of the backbone).
+_BLOCK_REQUIREMENT = re.compile(r"(stage|gram)(?:(\d+)|s)\Z")
+
+
+def block_requirement(requirement: str) -> tuple[str, int | None] | None:
+    """``(kind, stage)`` of a feature-block requirement (``stage`` ``None``: every stage),
+    ``None`` for the other requirements.
+
+    Example:
+        >>> block_requirement("gram3"), block_requirement("stages"), block_requirement("head")
+        (('gram', 3), ('stage', None), None)
+    """
+    match = _BLOCK_REQUIREMENT.match(requirement)
+    if match is None:
+        return None
+    return match.group(1), None if match.group(2) is None else int(match.group(2))
+
+
+def stage_blocks(outputs: Outputs, kind: str, stages: Sequence[int] | None) -> list[str]:
+    """The names of the ``kind`` blocks (``"stage"`` or ``"gram"``) of ``stages`` (``None``:
+    every one the outputs carry, by stage), e.g. ``["stage1", "stage2"]``."""
+    if stages is not None:
+        return [f"{kind}{i}" for i in stages]
+    found = [
+        (parsed[1], name)
+        for name in (outputs.blocks or {})
+        if (parsed := block_requirement(name)) is not None and parsed[0] == kind
+    ]
+    return [name for _, name in sorted(found)]
 
 
 @dataclass
@@ -62,6 +103,10 @@ def check_requirements(owner: str, requires: frozenset[str], outputs: Outputs) -
             "oodlens.Outputs(logits=..., features=..., labels=...)."
         )
     for req in sorted(requires):
+        block = block_requirement(req)
+        if block is not None:
+            _check_block(owner, req, block, outputs)
+            continue
         missing = [f for f in REQUIREMENTS[req] if getattr(outputs, f) is None]
         if missing:
             raise MissingOutputsError(
@@ -69,6 +114,22 @@ def check_requirements(owner: str, requires: frozenset[str], outputs: Outputs) -
                 "Extract outputs with oodlens.extract_outputs (which records features and the "
                 f"head) or pass {', '.join(f'{m}=...' for m in missing)} to oodlens.Outputs."
             )
+
+
+def _check_block(owner: str, req: str, block: tuple[str, int | None], outputs: Outputs) -> None:
+    kind, stage = block
+    if (req in (outputs.blocks or {})) if stage is not None else stage_blocks(outputs, kind, None):
+        return
+    what = "pooled features" if kind == "stage" else "Gram statistics"
+    option = "--stages" if kind == "stage" else "--gram-stages"
+    field = "stages" if kind == "stage" else "gram_stages"
+    which = "every stage" if stage is None else f"stage {stage}"
+    raise MissingOutputsError(
+        f"{owner} requires {req!r}: the {what} of {which} of the backbone, but these Outputs "
+        f"have {sorted(outputs.blocks or {}) or 'no feature blocks'}. The harness extracts them "
+        f"for the scorers that declare them (or {option} N ...); elsewhere extract with "
+        f"ExtractOptions({field}=...) or pass blocks={{'{kind}N': array}} to oodlens.Outputs."
+    )
 
 
 class Scorer:

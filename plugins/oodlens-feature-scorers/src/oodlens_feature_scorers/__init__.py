@@ -35,9 +35,11 @@ from oodlens.compute import (
     tensors_like,
     to_numpy,
 )
-from oodlens.params import Boolean, Interval, Options
+from oodlens.params import Boolean, Interval, ListOf, Options
+from oodlens.scorers import stage_blocks
 
 from .head_methods import FDBD, GMM, LTS, NCI, PNML, VRA, OpenMax, Relation, all_scorers
+from .stage_methods import Gram
 
 __all__ = [
     "Mahalanobis",
@@ -55,6 +57,8 @@ __all__ = [
     "GMM",
     "Relation",
     "OpenMax",
+    "MultiMahalanobis",
+    "Gram",
     "register_scorers",
     "BLOCK_VALUES",
     "IN_MEMORY_BANK_BYTES",
@@ -99,9 +103,13 @@ class _GaussianPass:
     n: int
 
     @classmethod
-    def run(cls, owner: str, train: oodlens.Outputs) -> _GaussianPass:
+    def run(
+        cls, owner: str, train: oodlens.Outputs, features: np.ndarray | None = None
+    ) -> _GaussianPass:
+        """The pass over ``features`` (default: the penultimate ones) of ``train``'s rows."""
         counts = check_fit_labels(owner, train.labels, train.n_classes)
-        features, labels = train.features, train.labels
+        features = train.features if features is None else features
+        labels = train.labels
         c, d = train.n_classes, features.shape[1]
         shift = np.asarray(features[0], dtype=np.float64)
         shift_, sums_, outer_ = fitted_arrays(shift, np.zeros((c, d)), np.zeros((d, d)))
@@ -197,25 +205,29 @@ class Mahalanobis(oodlens.Scorer):
         self._fit_classes(_GaussianPass.run(self.name, train))
 
     def _fit_classes(self, stats: _GaussianPass) -> None:
-        d = stats.outer.shape[0]
-        means_g = stats.sums / stats.counts[:, None]
-        cov = (stats.outer - (means_g * stats.counts[:, None]).T @ means_g) / stats.n
-        cov = (cov + cov.T) / 2.0
-        ridge = self.reg * float(cov.trace()) / d
-        if ridge == 0.0 and np.linalg.matrix_rank(to_numpy(cov)) < d:
-            raise ValueError(
-                f"{self.name}: the feature covariance is singular (rank "
-                f"{np.linalg.matrix_rank(to_numpy(cov))} < {d}) and reg=0; use reg > 0 "
-                "(default 1e-6)."
-            )
-        self.means_ = to_numpy(means_g + stats.shift)
-        self.precision_ = _ridged_inverse(cov, ridge)
+        self.means_, self.precision_ = _class_gaussians(self.name, self.reg, stats)
 
     def _score(self, outputs: oodlens.Outputs) -> np.ndarray:
         return -_min_distance(outputs.features, self.means_, self.precision_)
 
     def _torch_score(self, logits: Any, features: Any, head: Any) -> Any:
         return -_torch_min_distance(features.double(), self.means_, self.precision_)
+
+
+def _class_gaussians(owner: str, reg: float, stats: _GaussianPass) -> tuple[np.ndarray, np.ndarray]:
+    """The class means and the ridged inverse of the shared covariance of one pass."""
+    d = stats.outer.shape[0]
+    means_g = stats.sums / stats.counts[:, None]
+    cov = (stats.outer - (means_g * stats.counts[:, None]).T @ means_g) / stats.n
+    cov = (cov + cov.T) / 2.0
+    ridge = reg * float(cov.trace()) / d
+    if ridge == 0.0 and np.linalg.matrix_rank(to_numpy(cov)) < d:
+        raise ValueError(
+            f"{owner}: the feature covariance is singular (rank "
+            f"{np.linalg.matrix_rank(to_numpy(cov))} < {d}) and reg=0; use reg > 0 "
+            "(default 1e-6)."
+        )
+    return to_numpy(means_g + stats.shift), _ridged_inverse(cov, ridge)
 
 
 def _ridged_inverse(cov: Any, ridge: float) -> np.ndarray:
@@ -671,6 +683,81 @@ class RMD(Mahalanobis):
         return super()._torch_score(logits, f, head) + d0
 
 
+class MultiMahalanobis(oodlens.Scorer):
+    r"""Lee et al.'s feature ensemble (NeurIPS 2018): ``mahalanobis`` on the pooled features
+    of several stages of the backbone, averaged.
+
+    .. math::
+        s(x) = -\frac1L \sum_{l=1}^{L} \min_c\, (f_l - \mu_{lc})^\top
+            (\hat\Sigma_l + \lambda_l I)^{-1} (f_l - \mu_{lc})
+
+    with :math:`f_l` the spatially averaged output of stage :math:`l` (timm's
+    ``feature_info``: stem and residual stages of a ResNet, blocks of a ViT; recorded in the
+    same forward pass as the penultimate features, see ``--stages``), and per stage the
+    class means, the shared covariance and the ridge of ``mahalanobis``.
+
+    The stage weights are **averaged** (each :math:`1/L`), not fitted: the paper fits them by
+    logistic regression on validation OOD (or adversarial) samples, which would fit the
+    detector on OOD data. pytorch-ood's ``MultiMahalanobis`` weighs every stage 1 by
+    default (a sum: the same ranking) and does not divide its covariances by N (the same
+    ranking per stage, each scaled by N); OpenOOD's MDS-ensemble fits the weights on its
+    validation OOD set and adds input preprocessing (noise 0.0014; that is
+    ``mahalanobis_odin``, a model-aware scorer). Paper: https://arxiv.org/abs/1807.03888
+
+    Args:
+        stages: the stages (indices into the backbone's ``feature_info``); ``None``
+            (default): every stage the outputs carry, and the harness extracts every stage
+            of the backbone (the paper's choice: all residual stages and the stem).
+        reg: relative ridge of each stage's covariance (as ``mahalanobis``).
+    """
+
+    name = "multi_mahalanobis"
+    description = "Mahalanobis on the pooled features of several stages, averaged (Lee et al. 2018)"
+    requires = frozenset({"labels", "stages"})
+    parameter_constraints = {
+        "stages": [ListOf([Interval(int, 0, None)], min_length=1, single=True), None],
+        "reg": [Interval(float, 0, None, closed="left")],
+    }
+
+    def __init__(self, stages: list[int] | None = None, reg: float = 1e-6) -> None:
+        self.stages = stages
+        self.reg = reg
+
+    def _stage_list(self) -> list[int] | None:
+        if self.stages is None:
+            return None
+        return sorted({int(i) for i in np.atleast_1d(self.stages)})
+
+    def requirements(self) -> frozenset[str]:
+        stages = self._stage_list()
+        blocks = {"stages"} if stages is None else {f"stage{i}" for i in stages}
+        return frozenset({"labels", *blocks})
+
+    def _fit(self, train: oodlens.Outputs) -> None:
+        names = stage_blocks(train, "stage", self._stage_list())
+        fitted = [
+            _class_gaussians(
+                self.name, self.reg, _GaussianPass.run(self.name, train, train.block(n))
+            )
+            for n in names
+        ]
+        self.stages_ = tuple(names)
+        self.means_ = tuple(m for m, _ in fitted)
+        self.precision_ = tuple(p for _, p in fitted)
+
+    def _score(self, outputs: oodlens.Outputs) -> np.ndarray:
+        total = np.zeros(outputs.n_samples)
+        for name, means, precision in zip(self.stages_, self.means_, self.precision_, strict=True):
+            block = outputs.block(name)
+            if block.shape[1] != means.shape[1]:
+                raise ValueError(
+                    f"Scorer {self.name!r} was fitted on {means.shape[1]} features of {name} "
+                    f"but these Outputs have {block.shape[1]}; use outputs of the same model."
+                )
+            total += _min_distance(block, means, precision)
+        return -total / len(self.stages_)
+
+
 class SHE(oodlens.Scorer):
     r"""Simplified Hopfield energy (Zhang, Fu, Lü, Zhang, ICLR 2023).
 
@@ -801,5 +888,16 @@ class NNGuide(oodlens.Scorer):
 @oodlens.hookimpl
 def register_scorers(register: Callable[[Any], None]) -> None:
     """Register the feature-space scorers with oodlens."""
-    for cls in (Mahalanobis, KNN, ViM, ReAct, RMD, SHE, NNGuide, *all_scorers()):
+    for cls in (
+        Mahalanobis,
+        KNN,
+        ViM,
+        ReAct,
+        RMD,
+        SHE,
+        NNGuide,
+        MultiMahalanobis,
+        Gram,
+        *all_scorers(),
+    ):
         register(cls)
