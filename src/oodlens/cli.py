@@ -690,7 +690,7 @@ def _loading_arguments(p: argparse.ArgumentParser, recorded: str = "the cache ke
         help="also record the pooled features of these stages of the backbone (indices into "
         "timm's feature_info: for a ResNet 0 is the stem, 1-4 its stages) beside the "
         "penultimate ones, in the cache; the scorers that read stages (multi_mahalanobis) "
-        "add theirs without it",
+        "add theirs without it; default none",
     )
     p.add_argument(
         "--gram-stages",
@@ -698,7 +698,7 @@ def _loading_arguments(p: argparse.ArgumentParser, recorded: str = "the cache ke
         type=int,
         metavar="I",
         help="also record the Gram-matrix statistics of these stages (what gram reads; it "
-        "adds its own without it)",
+        "adds its own without it); default none",
     )
 
 
