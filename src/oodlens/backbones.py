@@ -26,6 +26,7 @@ __all__ = [
     "ModelConfig",
     "check_model_name",
     "backbone_stages",
+    "meta_network",
     "with_stages",
     "create_backbone",
     "forward_all",
@@ -297,19 +298,28 @@ def check_model_name(name: str) -> None:
         )
 
 
-def backbone_stages(name: str) -> list[str]:
-    """The modules of a timm architecture's stages (``feature_info``; see
-    :func:`oodlens.network.stage_modules`), read from the network built on the meta device
-    (no weights, no memory; milliseconds).
+def meta_network(name: str) -> nn.Module:
+    """The timm architecture ``name`` built on the meta device: its modules and attributes
+    without weights or memory (milliseconds), to read what it is made of.
 
     Raises:
-        ValueError: an unknown name, or an architecture that does not name its stages.
+        ValueError: an unknown name.
     """
     import timm
 
     check_model_name(name)
     with torch.device("meta"):
-        return stage_modules(timm.create_model(name, pretrained=False))
+        return timm.create_model(name, pretrained=False)
+
+
+def backbone_stages(name: str) -> list[str]:
+    """The modules of a timm architecture's stages (``feature_info``; see
+    :func:`oodlens.network.stage_modules`), read from its :func:`meta_network`.
+
+    Raises:
+        ValueError: an unknown name, or an architecture that does not name its stages.
+    """
+    return stage_modules(meta_network(name))
 
 
 def with_stages(

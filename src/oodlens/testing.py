@@ -192,7 +192,9 @@ def check_scorer(name: str, params: dict[str, Any] | None = None) -> None:
     a missing required field raises :class:`~oodlens.MissingOutputsError` naming it;
     outputs with another number of classes are refused; ID scores beat OOD scores
     (higher = more in-distribution); on outputs holding only the fields it declares it
-    works and gives the same scores (an undeclared read is named); saved and loaded (:func:`oodlens.save_scorer`), the
+    works and gives the same scores (an undeclared read is named); a model-aware scorer that
+    does not apply to the probe network (:meth:`~oodlens.Scorer.applies_to`) refuses it with
+    its reason, and is checked no further; saved and loaded (:func:`oodlens.save_scorer`), the
     scorer gives the same scores bit for bit (unless it declares ``saveable = False``); a
     scorer that declares a differentiable score (:meth:`~oodlens.Scorer.torch_score`)
     matches ``score`` to 1e-5 and has finite gradients; one that does not refuses it.
@@ -212,6 +214,11 @@ def check_scorer(name: str, params: dict[str, Any] | None = None) -> None:
     def score(s: Any, outputs: Outputs) -> np.ndarray:
         return s.score(outputs, model=model(outputs))
 
+    if aware:  # a scorer that does not apply to the probe network must refuse it, saying why
+        reason = scorer.applies_to(model(train).model)
+        if reason is not None:
+            _check_refuses(scorer, train, val, test, model, reason)
+            return
     unknown = set(type(scorer).parameter_constraints) - set(scorer.param_names())
     assert not unknown, f"parameter_constraints name parameters __init__ lacks: {sorted(unknown)}"
     for key, value in params.items():
@@ -253,7 +260,9 @@ def check_scorer(name: str, params: dict[str, Any] | None = None) -> None:
         )
         if requirement != "labels":
             _expect_missing(
-                lambda r=requirement: score(scorer, _without(test, r)), requirement, "score"
+                lambda r=requirement: scorer.score(_without(test, r), model=model(test)),
+                requirement,
+                "score",
             )
 
     other = Outputs(logits=np.zeros((3, train.n_classes + 1)))
@@ -269,6 +278,20 @@ def check_scorer(name: str, params: dict[str, Any] | None = None) -> None:
     _check_reads_only_what_it_declares(name, params, train, val, test, model, scores, tol)
     _check_round_trip(scorer, test, score, scores)
     _check_torch_score(scorer, test, scores)
+
+
+def _check_refuses(
+    scorer: Any, train: Outputs, val: Outputs, test: Outputs, model: Any, reason: str
+) -> None:
+    """Fitted, a scorer that does not apply to the network refuses to score, with its
+    reason (the harness leaves it out of ``all+model`` runs with the same reason)."""
+    scorer.fit(train, val=val, model=model(train))
+    try:
+        scorer.score(test, model=model(test))
+    except ValueError as exc:
+        assert reason in str(exc), f"the refusal must give the reason {reason!r}: {exc}"
+    else:
+        raise AssertionError(f"{scorer.name} does not apply ({reason}) but scored")
 
 
 def _check_stores_defaults(name: str) -> None:

@@ -5,6 +5,8 @@ the harness. Uses oodlens's public API only."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import oodlens_model_scorers
 import pytest
@@ -281,3 +283,125 @@ def test_torch_shaping_equals_numpy_without_ties():
         oodlens_model_scorers.scale_shape(a, 70),
         rtol=1e-12,
     )
+
+
+def test_methods_v2_parity_with_pytorch_ood(digits):
+    pood = pytest.importorskip("pytorch_ood.detector")
+    model, std, (train, x_train), (test, x) = digits
+    mi_train = _inputs(model, std, x_train)
+
+    def rho(ours, theirs):
+        return spearmanr(ours, -np.asarray(theirs.detach().numpy())).statistic
+
+    # GradUncertainty: the head's closed form, and autograd on an inner layer
+    ours = oodlens.create_scorer("grad_uncertainty").fit(train).score(test)
+    theirs = pood.GradUncertainty(model, param_filter=lambda n: n.startswith("fc.")).predict(x)
+    assert rho(ours, theirs) >= 0.999
+    layer = "layer4.1.conv2"
+    scorer = oodlens.create_scorer("grad_uncertainty", layer=layer).fit(train, model=mi_train)
+    ours = scorer.score(test, model=_inputs(model, std, x))
+    theirs = pood.GradUncertainty(model, param_filter=lambda n: n.startswith(layer + "."))
+    assert rho(ours, theirs.predict(x)) >= 0.999
+
+    # RankFeat on the last stage (layer4: forward_features' output for a timm resnet), at
+    # 64 px: at 32 px layer4's map is 1 x 1, a rank-1 matrix that the removal empties
+    x64 = torch.nn.functional.interpolate(x, size=64, mode="bilinear")
+    ours = (
+        oodlens.create_scorer("rankfeat")
+        .fit(train, model=mi_train)
+        .score(test, model=_inputs(model, std, x64))
+    )
+    theirs = pood.RankFeat(model.forward_features, model.forward_head).predict(x64)
+    assert rho(ours, theirs) >= 0.999
+    with pytest.raises(ValueError, match="1 x 1 map"):
+        oodlens.create_scorer("rankfeat").fit(train, model=mi_train).score(
+            test, model=_inputs(model, std, x)
+        )
+
+    # Mahalanobis with input preprocessing, at pytorch-ood's step, with the same Gaussians:
+    # 512 features from 200 rows make the covariance singular, where the two ridges (ours
+    # relative, theirs 1e-6 absolute on an unnormalised sum, inverted in float32) differ;
+    # the fit is mahalanobis's, tested against pytorch-ood in the feature plugin's tests
+    scorer = oodlens.create_scorer("mahalanobis_odin", reg=0.01, magnitude=0.002)
+    ours = scorer.fit(train, model=mi_train).score(test, model=_inputs(model, std, x))
+    det = pood.MahalanobisODIN(
+        lambda images: model.forward_head(model.forward_features(images), pre_logits=True),
+        eps=0.002,
+        norm_std=list(std),
+    )
+    det.fit_features(torch.tensor(train.features), torch.tensor(train.labels))
+    det._base.mu = torch.tensor(scorer.means_, dtype=torch.float32)
+    det._base.precision = torch.tensor(scorer.precision_, dtype=torch.float32)
+    assert rho(ours, det.predict(x)) >= 0.999
+    plain = oodlens.create_scorer("mahalanobis", reg=0.01).fit(train).score(test)
+    assert spearmanr(ours, plain).statistic < 0.9999  # the step changes the scores
+
+    # Monte-Carlo dropout: the trained network with dropout before its head, the same masks
+    dropped = copy.deepcopy(model)
+    dropped.drop_rate = 0.5
+    for mode in ("mean", "var"):
+        scorer = oodlens.create_scorer("mcd", samples=8, mode=mode, seed=3).fit(
+            train, model=mi_train
+        )
+        ours = scorer.score(
+            test,
+            model=ModelInputs(
+                dropped, lambda: [(x, torch.zeros(len(x)))], torch.device("cpu"), std, len(x)
+            ),
+        )
+        torch.manual_seed(3)
+        theirs = pood.MCD(dropped, samples=8, mode=mode).predict(x)
+        assert rho(ours, theirs) >= 0.999, mode
+    assert not dropped.training  # restored
+
+
+def test_iodin_against_openood_formula(digits):
+    model, std, (train, x_train), (test, x) = digits
+    t, eps = 1000.0, 0.0014
+    ours = (
+        oodlens.create_scorer("iodin")
+        .fit(train, model=_inputs(model, std, x_train))
+        .score(test, model=_inputs(model, std, x))
+    )
+    # re-typed from OpenOOD's IODINPostprocessor (read, not copied): ODIN's cross-entropy
+    # gradient, kept only at each image's element of largest |gradient|
+    expected = []
+    for s in range(0, len(x), 32):
+        data = x[s : s + 32].clone().requires_grad_(True)
+        output = model(data)
+        loss = torch.nn.functional.cross_entropy(output / t, output.detach().argmax(1))
+        loss.backward()
+        grad = data.grad.detach()
+        mask = torch.zeros(grad.shape[0], grad[0].numel())
+        mask[torch.arange(len(grad)), grad.abs().flatten(1).argmax(1)] = 1
+        step = (torch.ge(grad, 0).float() - 0.5) * 2
+        for c in range(3):
+            step[:, c] = step[:, c] / std[c]
+        moved = data.detach() - eps * step * mask.view_as(grad)
+        with torch.no_grad():
+            expected.append(torch.softmax(model(moved).double() / t, dim=1).max(1).values)
+    np.testing.assert_allclose(ours, torch.cat(expected).numpy(), rtol=1e-6)
+
+
+def test_applicability_through_the_harness(tmp_path, capsys):
+    from oodlens.cli import main
+
+    args = [
+        "bench",
+        "--id",
+        "digits:0-2",
+        "--ood",
+        "far=noise:gaussian,n=30",
+        "--epochs",
+        "4",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--quiet",
+    ]
+    assert main([*args, "--scorers", "all+model", "--out", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    assert "Not run: mcd does not apply to resnet18: it has no dropout" in out
+    assert "Not run: rankfeat does not apply to resnet18: at 32 px its layer 'layer4'" in out
+    assert "failed" not in out
+    assert main([*args, "--scorers", "mcd", "--out", str(tmp_path / "b")]) == 2
+    assert "Scorer 'mcd' does not apply to resnet18: it has no dropout" in capsys.readouterr().err

@@ -284,6 +284,8 @@ class BenchmarkResult:
                 f"Missing {m['group']}-OOD set {m['name']!r} (not found; put it at "
                 f"{m['put_it_at'][0]}): skipped, not in the means."
             )
+        for text, reason in (self.info.get("not_applicable") or {}).items():
+            lines.append(f"Not run: {text} does not apply to {reason}.")
         skipped = self.info.get("model_aware_not_run")
         if skipped:
             lines.append(

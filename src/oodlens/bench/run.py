@@ -434,9 +434,39 @@ def _prepare(cfg: BenchmarkConfig, ood: bool = True, progress: bool = False) -> 
     info["score_device"] = str(_score_device(device) or "cpu (numpy)")
     from ..backbones import with_stages
 
+    specs = _applicable(cfg.scorers, specs, backbones, cfg.img_size, info)
     for model in {b.model for b in backbones}:  # before any work: stages each one has
         with_stages(options, model, [spec.kinds for spec in specs])
     return _Plan(cfg, device, cache, specs, backbones, sources, options, info)
+
+
+def _applicable(
+    asked: Sequence[str],
+    specs: list[ScorerSpec],
+    backbones: Sequence[_Backbone],
+    img_size: int | None,
+    info: dict[str, Any],
+) -> list[ScorerSpec]:
+    """The scorers that apply to every backbone of the run (:meth:`Scorer.applies_to`, on
+    each architecture built on the meta device, at the run's input size): one that ``all`` / ``all+model`` brought
+    in and does not apply is left out and listed with its reason in
+    ``info["not_applicable"]``; one asked for by name is an error naming the reason."""
+    from ..backbones import meta_network
+
+    named = {text.strip() for text in asked if text not in ("all", "all+model")}
+    reasons: dict[str, str] = {}
+    for model in dict.fromkeys(b.model for b in backbones):
+        network = meta_network(model)
+        size = img_size or network.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
+        for spec in specs:
+            reason = spec.create().applies_to(network, (3, size, size))
+            if reason is None or spec.text in reasons:
+                continue
+            if spec.text in named:
+                raise ValueError(f"Scorer {spec.text!r} does not apply to {model}: {reason}")
+            reasons[spec.text] = f"{model}: {reason}"
+    info["not_applicable"] = reasons
+    return [spec for spec in specs if spec.text not in reasons]
 
 
 def _check_published(cfg: BenchmarkConfig) -> None:

@@ -177,6 +177,15 @@ class Scorer:
         """What this instance reads from :class:`Outputs` (default: the class's ``requires``)."""
         return frozenset(self.requires)
 
+    def applies_to(self, model: Any, input_size: tuple[int, int, int] | None = None) -> str | None:
+        """Whether the scorer is defined for the network ``model`` (a timm model, possibly
+        built on the meta device: its modules and attributes, no weights) on inputs of
+        ``input_size`` (C, H, W; ``None``: unknown): ``None``, or the reason it is not (e.g.
+        ``mcd`` on a network without dropout). The harness names the reason as an error when
+        the scorer was asked for by name, and lists it under the table when ``all`` /
+        ``all+model`` skipped it. Default: every network."""
+        return None
+
     def check_params(self) -> None:
         """Validate the hyperparameters against ``parameter_constraints``.
 

@@ -1,5 +1,7 @@
 r"""Scorers that can need the network (the model-aware scorer kind), registered through the
-``oodlens`` entry point: ODIN, GradNorm, ASH, SCALE and DICE.
+``oodlens`` entry point: ODIN, GradNorm, ASH, SCALE, DICE, and (module
+:mod:`oodlens_model_scorers.methods_v2`) Monte-Carlo dropout, GradUncertainty, RankFeat and
+i-ODIN.
 
 What each needs can depend on its parameters: ASH, SCALE and GradNorm are output-based
 (cached features and head, one forward pass shared with every scorer) when they act on the
@@ -29,12 +31,19 @@ from oodlens.compute import fitted_arrays, row_blocks, row_logsumexp, tensors_li
 from oodlens.params import Interval, Options
 from oodlens.scorers import ModelInputs
 
+from .layers import Hooked
+from .methods_v2 import IODIN, MCD, GradUncertainty, RankFeat, all_scorers
+
 __all__ = [
     "ODIN",
     "GradNorm",
     "ASH",
     "SCALE",
     "DICE",
+    "MCD",
+    "GradUncertainty",
+    "RankFeat",
+    "IODIN",
     "ash_shape",
     "scale_shape",
     "register_scorers",
@@ -112,37 +121,6 @@ def _check_nonnegative(name: str, a: Any) -> None:
         )
 
 
-class _Hooked:
-    """Runs ``model`` with the output of its submodule ``layer`` replaced by ``fn(output)``."""
-
-    def __init__(self, model: Any, layer: str, fn: Callable[[Any], Any], owner: str) -> None:
-        names = dict(model.named_modules())
-        if layer not in names:
-            import difflib
-
-            close = difflib.get_close_matches(layer, list(names), n=3)
-            raise ValueError(
-                f"{owner}: the model has no layer {layer!r}"
-                + (f"; close matches: {', '.join(close)}." if close else ".")
-            )
-        self.module, self.fn, self.owner, self.layer = names[layer], fn, owner, layer
-
-    def __enter__(self) -> _Hooked:
-        def hook(_module, _inputs, output):
-            if output.dim() != 4:
-                raise ValueError(
-                    f"{self.owner} on layer {self.layer!r} needs a (B, C, H, W) activation map; "
-                    f"it gives shape {tuple(output.shape)} (a transformer's tokens?)."
-                )
-            return self.fn(output)
-
-        self.handle = self.module.register_forward_hook(hook)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.handle.remove()
-
-
 def _energy_through(
     model: ModelInputs, layer: str, fn: Callable[[np.ndarray], np.ndarray], owner: str
 ) -> np.ndarray:
@@ -158,7 +136,7 @@ def _energy_through(
         _check_nonnegative(owner, flat)
         return torch.from_numpy(fn(flat)).to(act.dtype).to(act.device).reshape(act.shape)
 
-    with torch.no_grad(), _Hooked(net, layer, shaped, owner):
+    with torch.no_grad(), Hooked(net, layer, shaped, owner):
         for x, _ in model.batches():
             logits = net(x.to(model.device)).double().cpu().numpy()
             out.append(logsumexp(logits, axis=1))
@@ -492,6 +470,6 @@ class DICE(oodlens.Scorer):
 
 @oodlens.hookimpl
 def register_scorers(register: Callable[[Any], None]) -> None:
-    """Register ODIN, GradNorm, ASH, SCALE and DICE with oodlens."""
-    for cls in (ODIN, GradNorm, ASH, SCALE, DICE):
+    """Register the model scorers with oodlens."""
+    for cls in (ODIN, GradNorm, ASH, SCALE, DICE, *all_scorers()):
         register(cls)

@@ -1,0 +1,386 @@
+r"""The model-aware scorers of "Methods v2 (b)": Monte-Carlo dropout, GradUncertainty,
+RankFeat and i-ODIN (the ones that need the network itself, in their own passes over the
+images; GradUncertainty's head form is output-based, as GradNorm's).
+
+Higher scores mean more in-distribution (pytorch-ood's detectors return the negation).
+torch is imported inside the functions that need it, so listing scorers stays light.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+from scipy.special import logsumexp, softmax
+
+import oodlens
+from oodlens.arrays import iter_row_chunks, rows_per_chunk
+from oodlens.params import Interval, Options, Text
+from oodlens.scorers import ModelInputs
+
+from .layers import Hooked
+
+__all__ = ["MCD", "GradUncertainty", "RankFeat", "IODIN", "all_scorers"]
+
+
+def _dropout_layers(model: Any) -> list[str]:
+    """The modules that drop activations in training mode: torch's dropout layers with
+    p > 0, and timm modules with a ``drop_rate`` > 0 (timm's heads call
+    ``F.dropout(x, drop_rate, self.training)`` without a module)."""
+    from torch import nn
+
+    found = []
+    for name, module in model.named_modules():
+        rate = (
+            module.p
+            if isinstance(module, nn.modules.dropout._DropoutNd)
+            else getattr(module, "drop_rate", 0.0)
+        )
+        if isinstance(rate, int | float) and rate > 0:
+            found.append(name or type(module).__name__)
+    return found
+
+
+@contextmanager
+def _dropout_on(net: Any) -> Iterator[None]:
+    """The network in training mode except its batch-norm layers (running statistics and
+    normalisation stay those of evaluation), as pytorch-ood's MCD; restored afterwards."""
+    from torch import nn
+
+    was_training = net.training
+    net.train()
+    for module in net.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.train(False)
+    try:
+        yield
+    finally:
+        net.train(was_training)
+
+
+class MCD(oodlens.Scorer):
+    r"""Monte-Carlo dropout (Gal & Ghahramani, ICML 2016): ``samples`` forward passes with
+    dropout active (batch normalisation kept in evaluation mode), and
+
+    .. math::
+        s(x) = \max_c \bar p_c \;\; (\texttt{mode="mean"}), \qquad
+        s(x) = -\frac1C \sum_c \operatorname{Var}_n\big[p^{(n)}_c\big] \;\;
+        (\texttt{mode="var"})
+
+    with :math:`p^{(n)}` the softmax of pass n and :math:`\bar p` their mean (the variance
+    with Bessel's correction). Model-aware, and defined only for networks with dropout (a
+    dropout layer with p > 0, or a timm ``drop_rate`` > 0): on others it does not apply
+    (``all+model`` skips it and says why). The masks are drawn from a generator seeded with
+    ``seed`` for each call, so a score is reproducible (it still depends on which images
+    share a batch: the masks are drawn per batch).
+
+    Defaults: 30 samples (pytorch-ood's); ``mode="mean"``, the paper's predictive
+    distribution and OpenOOD's dropout postprocessor (which averages logits over 10 passes);
+    pytorch-ood's default is ``"var"``. Paper: https://arxiv.org/abs/1506.02142
+
+    Args:
+        samples: number of stochastic passes (>= 2).
+        mode: ``"mean"`` or ``"var"``.
+        seed: seed of the dropout masks.
+    """
+
+    name = "mcd"
+    description = "Monte-Carlo dropout: mean softmax (or its variance) over passes (Gal 2016)"
+    requires = frozenset({"logits", "model"})
+    parameter_constraints = {
+        "samples": [Interval(int, 2, None)],
+        "mode": [Options(("mean", "var"))],
+        "seed": [Interval(int, 0, None)],
+    }
+
+    def __init__(self, samples: int = 30, mode: str = "mean", seed: int = 0) -> None:
+        self.samples = samples
+        self.mode = mode
+        self.seed = seed
+
+    def applies_to(self, model: Any, input_size: tuple[int, int, int] | None = None) -> str | None:
+        if _dropout_layers(model):
+            return None
+        return (
+            "it has no dropout (no dropout layer with p > 0, timm drop_rate 0): Monte-Carlo "
+            "dropout needs a network trained with dropout"
+        )
+
+    def _score(self, outputs: oodlens.Outputs, model: ModelInputs | None = None) -> np.ndarray:
+        import torch
+
+        reason = self.applies_to(model.model)
+        if reason is not None:
+            raise ValueError(f"mcd does not apply to this network: {reason}.")
+        net, out = model.model, []
+        with torch.random.fork_rng(devices=[]), _dropout_on(net), torch.no_grad():
+            torch.manual_seed(int(self.seed))
+            for x, _ in model.batches():
+                x = x.to(model.device)
+                probs = torch.stack(
+                    [net(x).double().softmax(dim=1).cpu() for _ in range(int(self.samples))]
+                )
+                if self.mode == "mean":
+                    out.append(probs.mean(0).max(dim=1).values)
+                else:
+                    out.append(-probs.var(0).mean(dim=1))
+        return torch.cat(out).numpy()
+
+
+class GradUncertainty(oodlens.Scorer):
+    r"""GradUncertainty (Oberdiek, Rottmann & Gottschalk, 2018; Lee & AlRegib, ICIP 2020):
+    the squared gradient norms of the binary cross-entropy between the softmax and the
+    all-ones "confounding label", :math:`L = -\sum_c \log p_c`, over chosen parameters.
+    Confident (in-distribution) inputs give large gradients.
+
+    With ``layer="head"`` (default; OpenOOD's use of the method, and pytorch-ood's example)
+    the gradient w.r.t. the logits is :math:`g = Cp - 1`, so the head's weight and bias
+    gradients have a closed form and the scorer is output-based:
+
+    .. math:: s(x) = \lVert Cp - \mathbf 1 \rVert_2^2 \, \big(\lVert f \rVert_2^2 + 1\big)
+
+    With ``layer`` the dotted name of a module (or ``"all"``), the per-image gradients
+    w.r.t. its parameters are computed by autograd (model-aware) and their squared norms
+    summed. pytorch-ood's ``GradUncertainty`` returns the negation, over every parameter
+    unless filtered. Paper: https://arxiv.org/abs/2008.08030
+
+    Args:
+        layer: ``"head"``, ``"all"``, or the dotted name of a module.
+    """
+
+    name = "grad_uncertainty"
+    description = "squared gradient norm of BCE(softmax, all ones) (Lee & AlRegib 2020)"
+    requires = frozenset({"logits", "features", "head"})
+    parameter_constraints = {"layer": [Text()]}
+
+    def __init__(self, layer: str = "head") -> None:
+        self.layer = layer
+
+    def requirements(self) -> frozenset[str]:
+        """Features and head for the closed form; the model for any other layer."""
+        if self.layer == "head":
+            return frozenset({"logits", "features", "head"})
+        return frozenset({"logits", "model"})
+
+    def _score(self, outputs: oodlens.Outputs, model: ModelInputs | None = None) -> np.ndarray:
+        if self.layer != "head":
+            return self._score_inner(model)
+        w = np.asarray(outputs.head_weight, dtype=np.float64)
+        b = np.asarray(outputs.head_bias, dtype=np.float64)
+        c = outputs.n_classes
+        out = np.empty(outputs.n_samples)
+        for start, f in iter_row_chunks(
+            outputs.features, rows_per_chunk(outputs.features.shape[1])
+        ):
+            f = f.astype(np.float64, copy=False)
+            g = c * softmax(f @ w.T + b, axis=1) - 1.0
+            out[start : start + len(f)] = (g**2).sum(1) * ((f**2).sum(1) + 1.0)
+        return out
+
+    def _score_inner(self, model: ModelInputs) -> np.ndarray:
+        import torch
+        from torch.func import functional_call, grad, vmap
+
+        net = model.model
+        if self.layer == "all":
+            prefix = ""
+        else:
+            modules = dict(net.named_modules())
+            if self.layer not in modules:
+                raise ValueError(f"grad_uncertainty: the model has no layer {self.layer!r}.")
+            prefix = self.layer + "."
+        chosen = {n: p.detach() for n, p in net.named_parameters() if n.startswith(prefix)}
+        if not chosen:
+            raise ValueError(f"grad_uncertainty: layer {self.layer!r} has no parameters.")
+        fixed = {n: p.detach() for n, p in net.named_parameters() if n not in chosen}
+        fixed.update(dict(net.named_buffers()))
+
+        def loss(params, x):
+            logits = functional_call(net, {**params, **fixed}, (x.unsqueeze(0),))
+            return -torch.log_softmax(logits, dim=1).sum()
+
+        was_training = net.training
+        net.eval()
+        out = []
+        try:
+            for x, _ in model.batches():
+                with torch.inference_mode(False), torch.enable_grad():
+                    grads = vmap(grad(loss), in_dims=(None, 0))(chosen, x.to(model.device))
+                norms = sum((g.double() ** 2).flatten(1).sum(1) for g in grads.values())
+                out.append(norms.detach().cpu())
+        finally:
+            net.train(was_training)
+        return torch.cat(out).numpy()
+
+
+def _map_shape(model: Any, layer: str, input_size: tuple[int, int, int]) -> tuple | None:
+    """The shape of ``layer``'s output for one input of ``input_size``, from a pass on the
+    meta device (no compute); ``None`` when it is not a 4-D map or the layer is absent."""
+    import copy
+
+    import torch
+
+    if not all(p.is_meta for p in model.parameters()):  # a network with weights: a copy
+        model = copy.deepcopy(model).to("meta")
+    module = dict(model.named_modules()).get(layer)
+    if module is None:
+        return None
+    seen: list[tuple] = []
+    handle = module.register_forward_hook(lambda _m, _i, out: seen.append(tuple(out.shape)))
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.empty((1, *input_size), device="meta"))
+    finally:
+        handle.remove()
+        model.train(was_training)
+    return seen[0] if seen and len(seen[0]) == 4 else None
+
+
+def _remove_rank1(maps: Any) -> Any:
+    """(B, C, H, W) maps less each one's rank-1 part :math:`\\sigma_1 u_1 v_1^\top` of its
+    (C, HW) matrix (its largest singular triplet)."""
+    import torch
+
+    b, c, h, w = maps.shape
+    if h * w == 1:
+        raise ValueError(
+            "rankfeat: the layer gives a 1 x 1 map, a rank-1 matrix that the removal would "
+            "empty; use larger images or an earlier layer (layer=...)."
+        )
+    m = maps.reshape(b, c, h * w)
+    u, s, vh = torch.linalg.svd(m.double(), full_matrices=False)
+    rank1 = s[:, :1, None] * (u[:, :, :1] @ vh[:, :1, :])
+    return (m.double() - rank1).to(maps.dtype).reshape(b, c, h, w)
+
+
+class RankFeat(oodlens.Scorer):
+    r"""RankFeat (Song, Sebe & Wang, NeurIPS 2022): the energy of the logits after removing
+    the rank-1 component of a stage's feature maps.
+
+    .. math:: s(x) = \log \sum_c \exp z_c\big(X - \sigma_1 u_1 v_1^\top\big)
+
+    with :math:`X` the (C, HW) map of the stage ``layer`` of one image and
+    :math:`\sigma_1, u_1, v_1` its largest singular value and vectors (exact SVD, in
+    float64), the rest of the network run on the modified map. Model-aware; needs (B, C, H,
+    W) maps (a CNN stage). Default: the backbone's last stage (timm's ``feature_info``; the
+    paper's block 4, pytorch-ood's example); OpenOOD averages the energies of blocks 3 and 4
+    (two scorers here: ``rankfeat:layer=layer3`` and the default, or their fusion).
+    Paper: https://arxiv.org/abs/2209.08590 ; code: https://github.com/KingJamesSong/RankFeat
+
+    Args:
+        layer: dotted module name, or ``None`` for the last stage.
+    """
+
+    name = "rankfeat"
+    description = "energy after removing the rank-1 part of a stage's maps (Song et al. 2022)"
+    requires = frozenset({"logits", "model"})
+    parameter_constraints = {"layer": [Text(), None]}
+
+    def __init__(self, layer: str | None = None) -> None:
+        self.layer = layer
+
+    def applies_to(self, model: Any, input_size: tuple[int, int, int] | None = None) -> str | None:
+        info = getattr(model, "feature_info", None)
+        if self.layer is None and not info:
+            return "it does not name its stages (timm feature_info); give layer="
+        if input_size is None:
+            return None
+        layer = self._layer(model)
+        shape = _map_shape(model, layer, input_size)
+        if shape is None:
+            return f"its layer {layer!r} does not give (B, C, H, W) maps"
+        if shape[-1] * shape[-2] == 1:
+            return (
+                f"at {input_size[-1]} px its layer {layer!r} gives a 1 x 1 map, a rank-1 "
+                "matrix that the removal would empty (larger images, or layer= an earlier "
+                "stage)"
+            )
+        return None
+
+    def _layer(self, net: Any) -> str:
+        return self.layer if self.layer is not None else net.feature_info[-1]["module"]
+
+    def _score(self, outputs: oodlens.Outputs, model: ModelInputs | None = None) -> np.ndarray:
+        import torch
+
+        net = model.model
+        reason = self.applies_to(net)
+        if reason is not None:
+            raise ValueError(f"rankfeat does not apply to this network: {reason}.")
+        layer = self._layer(net)
+        out = []
+        net.eval()
+        with torch.no_grad(), Hooked(net, layer, _remove_rank1, "rankfeat"):
+            for x, _ in model.batches():
+                logits = net(x.to(model.device)).double().cpu().numpy()
+                out.append(logsumexp(logits, axis=1))
+        return np.concatenate(out)
+
+
+class IODIN(oodlens.Scorer):
+    r"""i-ODIN (OpenOOD's ``iodin``): ODIN with its input perturbation confined to the one
+    input element (pixel and channel) where the gradient is largest.
+
+    .. math::
+        \tilde x = x - \varepsilon\, m \odot \operatorname{sign}_{\ge 0}(\nabla_x L) / \sigma,
+        \qquad s(x) = \max_c \operatorname{softmax}\big(f(\tilde x)/T\big)_c
+
+    with :math:`L` the cross-entropy of :math:`f(x)/T` against the predicted class,
+    :math:`m` the indicator of the element of largest :math:`|\nabla_x L|` of each image,
+    :math:`\operatorname{sign}_{\ge 0}` +1 where the gradient is >= 0 and -1 elsewhere, and
+    :math:`\sigma` the preprocessing's per-channel std (the step on the pixel scale, as
+    ODIN's). Defaults T = 1000 and ε = 0.0014, OpenOOD's (``configs/postprocessors/
+    iodin.yml``; it sweeps T over 1-1000 and ε over 0.0014, 0.0028: ``tuning_grid``).
+    Model-aware. OpenOOD only (pytorch-ood has no such detector).
+
+    Args:
+        temperature: T > 0.
+        magnitude: ε >= 0.
+    """
+
+    name = "iodin"
+    description = "ODIN perturbing only the input element of largest gradient (OpenOOD's i-ODIN)"
+    requires = frozenset({"logits", "model"})
+    parameter_constraints = {
+        "temperature": [Interval(float, 0, None, closed="neither")],
+        "magnitude": [Interval(float, 0, None)],
+    }
+    tuning_grid = {"temperature": [1.0, 10.0, 100.0, 1000.0], "magnitude": [0.0014, 0.0028]}
+
+    def __init__(self, temperature: float = 1000.0, magnitude: float = 0.0014) -> None:
+        self.temperature = temperature
+        self.magnitude = magnitude
+
+    def _score(self, outputs: oodlens.Outputs, model: ModelInputs | None = None) -> np.ndarray:
+        import torch
+        from torch.nn import functional as F
+
+        net, dev, t = model.model, model.device, float(self.temperature)
+        std = torch.tensor(model.std, dtype=torch.float32, device=dev).view(1, -1, 1, 1)
+        was_training = net.training
+        out = []
+        try:
+            net.eval()
+            for x, _ in model.batches():
+                with torch.inference_mode(False), torch.enable_grad():
+                    x = x.to(dev).clone().requires_grad_(True)
+                    logits = net(x)
+                    loss = F.cross_entropy(logits / t, logits.detach().argmax(dim=1))
+                    (gradient,) = torch.autograd.grad(loss, x)
+                with torch.no_grad():
+                    flat = gradient.abs().flatten(1)
+                    mask = torch.zeros_like(flat).scatter_(1, flat.argmax(1, keepdim=True), 1.0)
+                    step = torch.where(gradient >= 0, 1.0, -1.0) / std[:, : x.shape[1]]
+                    moved = net(x.detach() - self.magnitude * step * mask.view_as(x)) / t
+                    out.append(torch.softmax(moved.double(), dim=1).max(dim=1).values.cpu())
+        finally:
+            net.train(was_training)
+        return torch.cat(out).numpy()
+
+
+def all_scorers() -> tuple[type[oodlens.Scorer], ...]:
+    """The scorer classes of this module, for registration."""
+    return (MCD, GradUncertainty, RankFeat, IODIN)
