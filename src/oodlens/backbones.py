@@ -6,7 +6,7 @@ import json
 import os
 import struct
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -287,7 +287,11 @@ def check_model_name(name: str) -> None:
     import timm
 
     from . import openood_models  # noqa: F401  (registers OpenOOD's networks with timm)
+    from .clip import is_clip, parse_clip_name
 
+    if is_clip(name):
+        parse_clip_name(name)
+        return
     if not isinstance(name, str) or not timm.is_model(name):
         import difflib
 
@@ -307,7 +311,11 @@ def meta_network(name: str) -> nn.Module:
     """
     import timm
 
+    from .clip import create_zero_shot, is_clip
+
     check_model_name(name)
+    if is_clip(name):
+        return create_zero_shot(name, ("class",), pretrained=False, device="meta")
     with torch.device("meta"):
         return timm.create_model(name, pretrained=False)
 
@@ -368,17 +376,22 @@ def create_backbone(
     checkpoint: str | os.PathLike[str] | None = None,
     img_size: int | None = None,
     state: Mapping[str, Any] | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> tuple[nn.Module, ModelConfig]:
     """Create a timm model, optionally with weights from a local checkpoint.
 
     Args:
-        name: any ``timm.list_models()`` name, e.g. ``"resnet18"``.
+        name: any ``timm.list_models()`` name, e.g. ``"resnet18"``; or ``clip:ARCH[:TAG]``,
+            a CLIP zero-shot classifier of ``class_names`` (:mod:`oodlens.clip`; its weights
+            from ``checkpoint``, the tag with ``pretrained``, else random; ``img_size`` and
+            ``num_classes`` do not apply).
         num_classes: output classes; taken from the checkpoint when omitted.
         pretrained: timm's pretrained weights (needs the internet).
         checkpoint: a ``.safetensors`` file or a ``torch.save`` state dict.
         img_size: input size (also from an oodlens checkpoint when omitted).
         state: the weights themselves instead of ``checkpoint`` (a state dict of tensors
             or numpy arrays, e.g. embedded in a saved detector).
+        class_names: the classes of a CLIP zero-shot classifier.
 
     Raises:
         ValueError: unknown model name, or a checkpoint that does not fit the model (its
@@ -387,7 +400,15 @@ def create_backbone(
     import timm
 
     check_model_name(name)
+    from .clip import create_zero_shot, is_clip
     from .openood_models import adapt_state_dict
+
+    if is_clip(name):
+        if state is not None:
+            raise ValueError("A CLIP model's weights come from its tag or a file, not state=.")
+        model = create_zero_shot(name, class_names or (), checkpoint, pretrained=pretrained)
+        size = model.pretrained_cfg["input_size"][-1]
+        return model, ModelConfig(name, model.num_classes, model.class_names, size)
 
     config = None
     if state is not None:
@@ -514,7 +535,11 @@ def build_transform(
     without building the network (the same config timm gives the built model)."""
     from timm.data import create_transform, resolve_data_config
 
-    if isinstance(model, str):
+    from .clip import clip_data_config, is_clip
+
+    if isinstance(model, str) and is_clip(model):
+        cfg = clip_data_config(model)
+    elif isinstance(model, str):
         from timm.models import get_pretrained_cfg
 
         check_model_name(model)

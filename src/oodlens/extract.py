@@ -602,13 +602,21 @@ class LazyBackbone:
     """A backbone built on first call, so a fully cached run never builds the network.
 
     Args:
-        name: timm model name.
+        name: timm model name, or ``clip:ARCH[:TAG]`` (see :mod:`oodlens.clip`).
         checkpoint: local checkpoint, or ``None`` for timm's pretrained weights.
         img_size: input size override.
+        class_names: the classes of a CLIP zero-shot classifier (its head).
     """
 
-    def __init__(self, name: str, checkpoint: str | None, img_size: int | None) -> None:
+    def __init__(
+        self,
+        name: str,
+        checkpoint: str | None,
+        img_size: int | None,
+        class_names: tuple[str, ...] = (),
+    ) -> None:
         self.name, self.checkpoint, self.img_size = name, checkpoint, img_size
+        self.class_names = class_names
         self.model: nn.Module | None = None
         self.config: ModelConfig | None = None
 
@@ -619,6 +627,7 @@ class LazyBackbone:
                 pretrained=self.checkpoint is None,
                 checkpoint=self.checkpoint,
                 img_size=self.img_size,
+                class_names=self.class_names,
             )
         return self.model
 

@@ -402,6 +402,7 @@ def test_applicability_through_the_harness(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "Not run: mcd does not apply to resnet18: it has no dropout" in out
     assert "Not run: rankfeat does not apply to resnet18: at 32 px its layer 'layer4'" in out
+    assert "Not run: mcm does not apply to resnet18: it is not a CLIP zero-shot" in out
     assert "failed" not in out
     assert main([*args, "--scorers", "mcd", "--out", str(tmp_path / "b")]) == 2
     assert "Scorer 'mcd' does not apply to resnet18: it has no dropout" in capsys.readouterr().err

@@ -500,11 +500,17 @@ def _backbones(cfg: BenchmarkConfig) -> list[_Backbone]:
     ... of one network, averaged in the summary); an unnamed one by its model when that
     model has no other checkpoint, else by model and file, so two checkpoints of one
     architecture are two rows, never one row with two "seeds"."""
+    from ..clip import is_clip
+
     if cfg.pretrained and not cfg.checkpoints:
         return [_Backbone(m, m, -1, None) for m in cfg.models]
-    if not cfg.checkpoints:
+    if not cfg.checkpoints:  # trained here; a CLIP model is zero-shot: never trained
         return [
-            _Backbone(m, m, seed, None, trained_here=True) for m in cfg.models for seed in cfg.seeds
+            _Backbone(m, m, -1, None)
+            if is_clip(m)
+            else _Backbone(m, m, seed, None, trained_here=True)
+            for m in cfg.models
+            for seed in (cfg.seeds[:1] if is_clip(m) else cfg.seeds)
         ]
     models = cfg.models * len(cfg.checkpoints) if len(cfg.models) == 1 else cfg.models
     entries = [
@@ -685,15 +691,20 @@ def _backbone(plan: _Plan, model_name: str, ckpt: str | None):
         check_normalization,
         read_model_config,
     )
+    from ..clip import is_clip
     from ..extract import LazyBackbone
 
     cfg = plan.cfg
-    get_model = LazyBackbone(model_name, ckpt, cfg.img_size)
-    mcfg = read_model_config(ckpt) if ckpt else None
+    zero_shot = is_clip(model_name)
+    get_model = LazyBackbone(
+        model_name, ckpt, cfg.img_size, tuple(plan.sources["id_train"].classes)
+    )
+    mcfg = read_model_config(ckpt) if ckpt and not zero_shot else None
     if mcfg is None:
         get_model()
         mcfg = get_model.config
-    if cfg.img_size is not None and mcfg.img_size != cfg.img_size:
+    # a CLIP model runs at its own size (its position embeddings are fixed)
+    if cfg.img_size is not None and mcfg.img_size != cfg.img_size and not zero_shot:
         mcfg = dataclasses.replace(mcfg, img_size=cfg.img_size)
     sources = dict(plan.sources)
     n_classes = len(sources["id_train"].classes)
@@ -725,7 +736,12 @@ def _extract(
 
     # the stages the scorers read (and --stages), resolved for this backbone
     options = with_stages(plan.options, model_name, [spec.kinds for spec in plan.scorers])
-    weights_id = file_sha256(ckpt) if ckpt else f"timm-pretrained:{model_name}"
+    from ..clip import is_clip, zero_shot_weights_id
+
+    if is_clip(model_name):  # the weights and the head the class names made
+        weights_id = zero_shot_weights_id(model_name, ckpt, get_model())
+    else:
+        weights_id = file_sha256(ckpt) if ckpt else f"timm-pretrained:{model_name}"
     t0 = time.perf_counter()
     results = cached_extract_all(
         get_model,

@@ -39,7 +39,7 @@ from oodlens.params import Boolean, Interval, ListOf, Options
 from oodlens.scorers import stage_blocks
 
 from .head_methods import FDBD, GMM, LTS, NCI, PNML, VRA, OpenMax, Relation, all_scorers
-from .stage_methods import Gram
+from .stage_methods import Gram, stages_reason
 
 __all__ = [
     "Mahalanobis",
@@ -800,6 +800,9 @@ class MultiMahalanobis(oodlens.Scorer):
         if self.stages is None:
             return None
         return sorted({int(i) for i in np.atleast_1d(self.stages)})
+
+    def applies_to(self, model: Any, input_size: tuple[int, int, int] | None = None) -> str | None:
+        return stages_reason(model)
 
     def requirements(self) -> frozenset[str]:
         stages = self._stage_list()

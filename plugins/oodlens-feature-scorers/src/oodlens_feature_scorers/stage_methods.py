@@ -10,6 +10,8 @@ model-aware), so it is cached, tuned and saved like any output-based scorer.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 import oodlens
@@ -18,7 +20,7 @@ from oodlens.options import GRAM_POWERS
 from oodlens.params import Interval, ListOf
 from oodlens.scorers import stage_blocks
 
-__all__ = ["Gram"]
+__all__ = ["Gram", "stages_reason"]
 
 #: The small constant of the deviation's denominators (as the reference implementations).
 _EPS = 1e-6
@@ -29,6 +31,15 @@ def _deviation(g: np.ndarray, mins: np.ndarray, maxs: np.ndarray) -> np.ndarray:
     below = np.maximum(mins - g, 0.0) / np.abs(mins + _EPS)
     above = np.maximum(g - maxs, 0.0) / np.abs(maxs + _EPS)
     return (below + above).sum(axis=1)
+
+
+def stages_reason(model: Any) -> str | None:
+    """Why a scorer on earlier stages does not apply to ``model`` (``None`` when it does):
+    the network must name its stages (timm's ``feature_info`` and
+    ``forward_intermediates``), as extraction reads them."""
+    if getattr(model, "feature_info", None) and hasattr(model, "forward_intermediates"):
+        return None
+    return "it does not name its stages (no timm feature_info / forward_intermediates)"
 
 
 class Gram(oodlens.Scorer):
@@ -84,6 +95,9 @@ class Gram(oodlens.Scorer):
         if self.stages is None:
             return None
         return sorted({int(i) for i in np.atleast_1d(self.stages)})
+
+    def applies_to(self, model: Any, input_size: tuple[int, int, int] | None = None) -> str | None:
+        return stages_reason(model)
 
     def requirements(self) -> frozenset[str]:
         stages = self._stage_list()

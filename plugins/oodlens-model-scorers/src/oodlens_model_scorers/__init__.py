@@ -1,7 +1,7 @@
 r"""Scorers that can need the network (the model-aware scorer kind), registered through the
 ``oodlens`` entry point: ODIN, GradNorm, ASH, SCALE, DICE, and (module
-:mod:`oodlens_model_scorers.methods_v2`) Monte-Carlo dropout, GradUncertainty, RankFeat and
-i-ODIN.
+:mod:`oodlens_model_scorers.methods_v2`) Monte-Carlo dropout, GradUncertainty, RankFeat,
+i-ODIN and MCM.
 
 What each needs can depend on its parameters: ASH, SCALE and GradNorm are output-based
 (cached features and head, one forward pass shared with every scorer) when they act on the
@@ -31,8 +31,8 @@ from oodlens.compute import fitted_arrays, row_blocks, row_logsumexp, tensors_li
 from oodlens.params import Interval, Options
 from oodlens.scorers import ModelInputs
 
-from .layers import Hooked
-from .methods_v2 import IODIN, MCD, GradUncertainty, RankFeat, all_scorers
+from .layers import Hooked, output_shape
+from .methods_v2 import IODIN, MCD, MCM, GradUncertainty, RankFeat, all_scorers
 
 __all__ = [
     "ODIN",
@@ -44,6 +44,7 @@ __all__ = [
     "GradUncertainty",
     "RankFeat",
     "IODIN",
+    "MCM",
     "ash_shape",
     "scale_shape",
     "register_scorers",
@@ -294,6 +295,23 @@ class _Shaping(oodlens.Scorer):
         if self.layer == "penultimate":
             return frozenset({"features", "head", "logits"})
         return frozenset({"logits", "model"})
+
+    def applies_to(self, model: Any, input_size: tuple[int, int, int] | None = None) -> str | None:
+        """Defined on post-ReLU activation maps: not on a CLIP model's unit embeddings nor on
+        a transformer's tokens (the pooled features of a (B, C, H, W) map, or such a map)."""
+        if getattr(model, "is_zero_shot", False):
+            return "its features are unit CLIP embeddings, not post-ReLU activations"
+        if input_size is None:
+            return None
+        layer = None if self.layer == "penultimate" else self.layer
+        shape = output_shape(model, layer, input_size)
+        if shape is None or len(shape) != 4:
+            where = "its features" if layer is None else f"its layer {layer!r}"
+            return (
+                f"{where} are not a (B, C, H, W) activation map (a transformer's tokens?): the "
+                "method assumes post-ReLU CNN activations"
+            )
+        return None
 
     def _shape(self, a: np.ndarray) -> np.ndarray:
         raise NotImplementedError

@@ -1,11 +1,12 @@
-"""Running a network with one of its layers' outputs changed."""
+"""Running a network with one of its layers' outputs changed, and reading a layer's output
+shape from the architecture alone."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Hooked"]
+__all__ = ["Hooked", "output_shape"]
 
 
 class Hooked:
@@ -37,3 +38,36 @@ class Hooked:
 
     def __exit__(self, *exc: object) -> None:
         self.handle.remove()
+
+
+def output_shape(
+    model: Any, layer: str | None, input_size: tuple[int, int, int]
+) -> tuple[int, ...] | None:
+    """The shape of ``layer``'s output (``None``: of ``forward_features``) for one input of
+    ``input_size``, from a pass on the meta device (no compute, no weights needed; a
+    network with weights is copied there first); ``None`` when the layer is absent."""
+    import copy
+
+    import torch
+
+    if not all(p.is_meta for p in model.parameters()):
+        model = copy.deepcopy(model).to("meta")
+    x = torch.empty((1, *input_size), device="meta")
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            if layer is None:
+                return tuple(model.forward_features(x).shape)
+            module = dict(model.named_modules()).get(layer)
+            if module is None:
+                return None
+            seen: list[tuple[int, ...]] = []
+            handle = module.register_forward_hook(lambda _m, _i, out: seen.append(tuple(out.shape)))
+            try:
+                model(x)
+            finally:
+                handle.remove()
+            return seen[0] if seen else None
+    finally:
+        model.train(was_training)

@@ -1,6 +1,7 @@
 r"""The model-aware scorers of "Methods v2 (b)": Monte-Carlo dropout, GradUncertainty,
 RankFeat and i-ODIN (the ones that need the network itself, in their own passes over the
-images; GradUncertainty's head form is output-based, as GradNorm's).
+images; GradUncertainty's head form is output-based, as GradNorm's), and MCM for CLIP
+zero-shot classifiers.
 
 Higher scores mean more in-distribution (pytorch-ood's detectors return the negation).
 torch is imported inside the functions that need it, so listing scorers stays light.
@@ -20,9 +21,9 @@ from oodlens.arrays import iter_row_chunks, rows_per_chunk
 from oodlens.params import Interval, Options, Text
 from oodlens.scorers import ModelInputs
 
-from .layers import Hooked
+from .layers import Hooked, output_shape
 
-__all__ = ["MCD", "GradUncertainty", "RankFeat", "IODIN", "all_scorers"]
+__all__ = ["MCD", "GradUncertainty", "RankFeat", "IODIN", "MCM", "all_scorers"]
 
 
 def _dropout_layers(model: Any) -> list[str]:
@@ -215,30 +216,6 @@ class GradUncertainty(oodlens.Scorer):
         return torch.cat(out).numpy()
 
 
-def _map_shape(model: Any, layer: str, input_size: tuple[int, int, int]) -> tuple | None:
-    """The shape of ``layer``'s output for one input of ``input_size``, from a pass on the
-    meta device (no compute); ``None`` when it is not a 4-D map or the layer is absent."""
-    import copy
-
-    import torch
-
-    if not all(p.is_meta for p in model.parameters()):  # a network with weights: a copy
-        model = copy.deepcopy(model).to("meta")
-    module = dict(model.named_modules()).get(layer)
-    if module is None:
-        return None
-    seen: list[tuple] = []
-    handle = module.register_forward_hook(lambda _m, _i, out: seen.append(tuple(out.shape)))
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            model.eval()(torch.empty((1, *input_size), device="meta"))
-    finally:
-        handle.remove()
-        model.train(was_training)
-    return seen[0] if seen and len(seen[0]) == 4 else None
-
-
 def _remove_rank1(maps: Any) -> Any:
     """(B, C, H, W) maps less each one's rank-1 part :math:`\\sigma_1 u_1 v_1^\top` of its
     (C, HW) matrix (its largest singular triplet)."""
@@ -289,8 +266,8 @@ class RankFeat(oodlens.Scorer):
         if input_size is None:
             return None
         layer = self._layer(model)
-        shape = _map_shape(model, layer, input_size)
-        if shape is None:
+        shape = output_shape(model, layer, input_size)
+        if shape is None or len(shape) != 4:
             return f"its layer {layer!r} does not give (B, C, H, W) maps"
         if shape[-1] * shape[-2] == 1:
             return (
@@ -381,6 +358,51 @@ class IODIN(oodlens.Scorer):
         return torch.cat(out).numpy()
 
 
+class MCM(oodlens.Scorer):
+    r"""Maximum concept matching (Ming et al., NeurIPS 2022), for CLIP zero-shot classifiers
+    (``--model clip:ARCH``): the largest softmax of the cosine similarities between the
+    image embedding and the class text embeddings, at temperature :math:`\tau`.
+
+    .. math:: s(x) = \max_c \operatorname{softmax}_c\big(\cos(f, t_c) / \tau\big)
+
+    with :math:`f` the image embedding (the features) and :math:`t_c` the rows of the head
+    (the class text embeddings, scaled by the logit scale, which the cosine removes).
+    Output-based; applies only to zero-shot classifiers (a trained head's rows are not
+    concept embeddings). Default :math:`\tau = 1`, the paper's and pytorch-ood's. GL-MCM
+    (adding local, per-patch matches) needs the patch embeddings, which the zero-shot
+    classifier does not extract: not implemented. Paper: https://arxiv.org/abs/2211.13445
+
+    Args:
+        temperature: :math:`\tau > 0`.
+    """
+
+    name = "mcm"
+    description = "max softmax of image-text cosine similarities / T, CLIP (Ming et al. 2022)"
+    requires = frozenset({"features", "head"})
+    parameter_constraints = {"temperature": [Interval(float, 0, None, closed="neither")]}
+
+    def __init__(self, temperature: float = 1.0) -> None:
+        self.temperature = temperature
+
+    def applies_to(self, model: Any, input_size: tuple[int, int, int] | None = None) -> str | None:
+        if getattr(model, "is_zero_shot", False):
+            return None
+        return "it is not a CLIP zero-shot classifier (--model clip:ARCH): MCM needs class text embeddings"
+
+    def _score(self, outputs: oodlens.Outputs) -> np.ndarray:
+        w = np.asarray(outputs.head_weight, dtype=np.float64)
+        w = w / np.linalg.norm(w, axis=1, keepdims=True)
+        out = np.empty(outputs.n_samples)
+        for start, f in iter_row_chunks(
+            outputs.features, rows_per_chunk(outputs.features.shape[1])
+        ):
+            f = f.astype(np.float64, copy=False)
+            f = f / np.linalg.norm(f, axis=1, keepdims=True)
+            sims = f @ w.T / self.temperature
+            out[start : start + len(f)] = softmax(sims, axis=1).max(axis=1)
+        return out
+
+
 def all_scorers() -> tuple[type[oodlens.Scorer], ...]:
     """The scorer classes of this module, for registration."""
-    return (MCD, GradUncertainty, RankFeat, IODIN)
+    return (MCD, GradUncertainty, RankFeat, IODIN, MCM)

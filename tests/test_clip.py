@@ -1,0 +1,115 @@
+"""CLIP zero-shot classifiers as a backbone kind (``clip:ARCH``), with a tiny open_clip
+configuration and random weights (nothing can be downloaded here), and MCM on them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import spearmanr
+
+import oodlens
+from oodlens.backbones import build_transform, create_backbone
+from oodlens.cli import main
+from oodlens.network import forward_all
+
+open_clip = pytest.importorskip("open_clip", reason="open_clip (the clip extra) not installed")
+
+TINY = "clip:oodlens-tiny-clip"
+NAMES = ("zero", "one", "two")
+
+
+def test_head_is_the_scaled_cosine_to_the_class_prompts() -> None:
+    model, cfg = create_backbone(TINY, class_names=NAMES)
+    assert cfg.class_names == NAMES and cfg.num_classes == 3 and cfg.img_size == 32
+    x = torch.rand(4, 3, 32, 32)
+    logits, features = forward_all(model, x)
+    # independently, from open_clip's encoders and tokenizer
+    clip = model.clip
+    tokens = open_clip.get_tokenizer("oodlens-tiny-clip")([f"a photo of a {n}." for n in NAMES])
+    with torch.no_grad():
+        text = torch.nn.functional.normalize(clip.encode_text(tokens), dim=-1)
+        image = torch.nn.functional.normalize(clip.encode_image(x), dim=-1)
+        expected = clip.logit_scale.exp() * image @ text.T
+    np.testing.assert_allclose(logits.detach().numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(features.norm(dim=1).detach().numpy(), 1.0, rtol=1e-6)
+    _, data_cfg = build_transform(TINY)
+    assert data_cfg["input_size"] == (3, 32, 32) and data_cfg["interpolation"] == "bicubic"
+
+
+def test_weights_from_a_local_file(tmp_path) -> None:
+    with torch.random.fork_rng():
+        torch.manual_seed(5)
+        other = open_clip.create_model("oodlens-tiny-clip")
+    path = tmp_path / "tiny.pt"
+    torch.save(other.state_dict(), path)
+    loaded, _ = create_backbone(TINY, class_names=NAMES, checkpoint=path)
+    random, _ = create_backbone(TINY, class_names=NAMES)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        np.testing.assert_allclose(
+            loaded.clip.encode_image(x).numpy(), other.encode_image(x).numpy(), atol=1e-5
+        )
+        assert not torch.allclose(loaded(x), random(x))
+    with pytest.raises(ValueError, match="does not exist"):
+        create_backbone(TINY, class_names=NAMES, checkpoint=tmp_path / "missing.pt")
+    with pytest.raises(ValueError, match="Unknown open_clip architecture 'ViT-B-33'.*ViT-B-32"):
+        create_backbone("clip:ViT-B-33", class_names=NAMES)
+    with pytest.raises(ValueError, match="no pretrained tag 'nope'"):
+        create_backbone("clip:ViT-B-32:nope", class_names=NAMES)
+
+
+def test_mcm_parity_with_pytorch_ood() -> None:
+    pood = pytest.importorskip("pytorch_ood.detector")
+    model, _ = create_backbone(TINY, class_names=NAMES)
+    x = torch.rand(40, 3, 32, 32)
+    with torch.no_grad():
+        logits, features = forward_all(model, x)
+        embeddings = model.clip.encode_image(x)
+    weight = model.get_classifier().weight.detach()
+    outputs = oodlens.Outputs(
+        logits=logits.numpy(),
+        features=features.numpy(),
+        head_weight=weight.numpy(),
+        head_bias=np.zeros(3),
+    )
+    for t in (1.0, 0.01):
+        ours = oodlens.create_scorer("mcm", temperature=t).fit(outputs).score(outputs)
+        theirs = pood.MCM(None, text_embeddings=weight, temperature=t)
+        theirs = -theirs.predict_features(embeddings).numpy()
+        assert spearmanr(ours, theirs).statistic >= 0.999
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4)
+
+
+def test_bench_runs_a_zero_shot_model_on_digits(tmp_path, capsys) -> None:
+    args = [
+        "bench",
+        "--model",
+        TINY,
+        "--id",
+        "digits:0-4",
+        "--ood",
+        "far=noise:gaussian,n=40",
+        "--scorers",
+        "mcm",
+        "msp",
+        "knn",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--quiet",
+    ]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    result = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert {r["scorer"] for r in result["summary"]} == {"mcm", "msp", "knn"}
+    assert {r["backbone"] for r in result["summary"]} == {TINY}
+    assert "train 0.0s" in capsys.readouterr().out  # zero-shot: nothing trained
+    # the same class names: every output from the cache; others: another head, other entries
+    assert main([*args, "--out", str(tmp_path / "b")]) == 0
+    assert "(5 cached, 0 extracted)" in capsys.readouterr().out
+    assert main([*args[:4], "digits:0-3", *args[5:], "--out", str(tmp_path / "c")]) == 0
+    assert "(0 cached, " in capsys.readouterr().out
+    # a scorer that needs stages does not apply, and naming it says why
+    assert main([*args[:8], "multi_mahalanobis", *args[11:], "--out", str(tmp_path / "d")]) == 2
+    assert "does not name its stages" in capsys.readouterr().err
