@@ -571,7 +571,9 @@ def model_inputs(
 ) -> ModelInputs:
     """What a model-aware scorer needs beside the outputs of ``source``: the network (moved
     to ``options.device``, in eval mode) and a fresh pass over the preprocessed images, in
-    the order of the outputs' rows (unreadable images skipped, as extraction skips them).
+    the order of the outputs' rows (unreadable images skipped, as extraction skips them),
+    each batch preprocessed as extraction does it (decoded on the workers, then resized or
+    normalised in one go on the device), on the device.
 
     Args:
         std: the per-channel standard deviation of the normalisation (for input-space steps).
@@ -580,12 +582,22 @@ def model_inputs(
         progress: show each pass's progress (see :mod:`oodlens.progress`).
     """
     device = resolve_device(options.device)
+    # as extraction: the workers decode, and the batch is resized (device preprocessing) or
+    # normalised on the device in one go (the same numbers as the per-image transform)
+    batched = transform if isinstance(transform, BatchPreprocess) else BatchNormalize.of(transform)
 
     def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         loader = torch.utils.data.DataLoader(
-            ImageDataset(source, transform, input_size),
+            ImageDataset(
+                source,
+                transform if batched is None else batched.decode,
+                input_size,
+                decoded=batched is not None,
+            ),
             batch_size=options.batch_size,
             num_workers=_workers(options),
+            pin_memory=device.type == "cuda",
+            collate_fn=None if batched is None else collate_decoded,
         )
         desc = f"{who + ': ' if who else ''}pass over {source.spec}"
         with progress_bar(total=len(source), desc=desc, unit="img", enabled=progress) as bar:
@@ -593,7 +605,7 @@ def model_inputs(
                 bar.update(len(ok))
                 keep = ok.bool()
                 if keep.any():
-                    yield x[keep], y[keep]
+                    yield _device_batch([_readable(x, keep)], batched, device), y[keep]
 
     return ModelInputs(model.eval().to(device), batches, device, tuple(std), n_samples)
 

@@ -283,15 +283,15 @@ def check_scorer(name: str, params: dict[str, Any] | None = None) -> None:
 def _check_refuses(
     scorer: Any, train: Outputs, val: Outputs, test: Outputs, model: Any, reason: str
 ) -> None:
-    """Fitted, a scorer that does not apply to the network refuses to score, with its
+    """A scorer that does not apply to the network refuses to fit or to score, with its
     reason (the harness leaves it out of ``all+model`` runs with the same reason)."""
-    scorer.fit(train, val=val, model=model(train))
     try:
+        scorer.fit(train, val=val, model=model(train))
         scorer.score(test, model=model(test))
     except ValueError as exc:
         assert reason in str(exc), f"the refusal must give the reason {reason!r}: {exc}"
     else:
-        raise AssertionError(f"{scorer.name} does not apply ({reason}) but scored")
+        raise AssertionError(f"{scorer.name} does not apply ({reason}) but fitted and scored")
 
 
 def _check_stores_defaults(name: str) -> None:

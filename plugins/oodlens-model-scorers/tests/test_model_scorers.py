@@ -355,6 +355,22 @@ def test_methods_v2_parity_with_pytorch_ood(digits):
     assert not dropped.training  # restored
 
 
+def test_nac_parity_with_pytorch_ood(digits):
+    pood = pytest.importorskip("pytorch_ood.detector")
+    model, std, (train, x_train), (test, x) = digits
+    scorer = oodlens.create_scorer("nac", o_star=5)
+    ours = scorer.fit(train, model=_inputs(model, std, x_train)).score(
+        test, model=_inputs(model, std, x)
+    )
+    assert [c.shape for c in scorer.counts_] == [(256, 50), (512, 50)]  # layer3, layer4
+    assert all(c.sum() == c.shape[0] * len(x_train) for c in scorer.counts_)  # one bin each
+    det = pood.NACUE(model, layers=[model.layer3, model.layer4], o_star=5)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x_train), batch_size=64)
+    theirs = det.fit(loader).predict(x)
+    assert spearmanr(ours, -theirs.numpy()).statistic >= 0.999
+    np.testing.assert_allclose(ours, -theirs.numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_iodin_against_openood_formula(digits):
     model, std, (train, x_train), (test, x) = digits
     t, eps = 1000.0, 0.0014

@@ -1,7 +1,7 @@
 r"""Scorers that can need the network (the model-aware scorer kind), registered through the
 ``oodlens`` entry point: ODIN, GradNorm, ASH, SCALE, DICE, and (module
 :mod:`oodlens_model_scorers.methods_v2`) Monte-Carlo dropout, GradUncertainty, RankFeat,
-i-ODIN and MCM.
+i-ODIN, NAC and MCM.
 
 What each needs can depend on its parameters: ASH, SCALE and GradNorm are output-based
 (cached features and head, one forward pass shared with every scorer) when they act on the
@@ -32,7 +32,7 @@ from oodlens.params import Interval, Options
 from oodlens.scorers import ModelInputs
 
 from .layers import Hooked, output_shape
-from .methods_v2 import IODIN, MCD, MCM, GradUncertainty, RankFeat, all_scorers
+from .methods_v2 import IODIN, MCD, MCM, NAC, GradUncertainty, RankFeat, all_scorers
 
 __all__ = [
     "ODIN",
@@ -44,6 +44,7 @@ __all__ = [
     "GradUncertainty",
     "RankFeat",
     "IODIN",
+    "NAC",
     "MCM",
     "ash_shape",
     "scale_shape",

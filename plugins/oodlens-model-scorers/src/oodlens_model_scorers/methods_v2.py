@@ -18,12 +18,12 @@ from scipy.special import logsumexp, softmax
 
 import oodlens
 from oodlens.arrays import iter_row_chunks, rows_per_chunk
-from oodlens.params import Interval, Options, Text
+from oodlens.params import Interval, ListOf, Options, Text
 from oodlens.scorers import ModelInputs
 
 from .layers import Hooked, output_shape
 
-__all__ = ["MCD", "GradUncertainty", "RankFeat", "IODIN", "MCM", "all_scorers"]
+__all__ = ["MCD", "GradUncertainty", "RankFeat", "IODIN", "NAC", "MCM", "all_scorers"]
 
 
 def _dropout_layers(model: Any) -> list[str]:
@@ -358,6 +358,147 @@ class IODIN(oodlens.Scorer):
         return torch.cat(out).numpy()
 
 
+def _geometric_bins(z: Any, m: int, eps: float = 1e-6) -> Any:
+    """Bin indices in [0, m) of values in (0, 1) on bins that are geometric towards both 0
+    and 1 (edges from ``eps`` to 0.5 evenly spaced in log, mirrored above 0.5), as
+    pytorch-ood's NACUE bins them."""
+    import torch
+
+    z = z.clamp(eps, 1 - eps)
+    half = m // 2
+    left = torch.logspace(np.log10(eps), np.log10(0.5), steps=half + 1, dtype=z.dtype)
+    edges = torch.cat([left, (1.0 - left.flip(0))[1:]]).to(z.device)
+    return (torch.bucketize(z, edges, right=False) - 1).clamp(0, m - 1)
+
+
+class NAC(oodlens.Scorer):
+    r"""Neuron activation coverage (Liu et al., ICLR 2024, "Neuron Activation Coverage:
+    Rethinking Out-of-distribution Detection and Generalization"), as pytorch-ood's NACUE.
+
+    For each neuron of the chosen layers (a channel of a (B, C, H, W) map, spatially
+    averaged), its state :math:`\hat z = \sigma\big(\alpha\,
+    \overline{z \odot \partial \mathrm{KL}(u \,\|\, p)/\partial z}\big)` (the
+    activation times the gradient of the KL divergence between the uniform distribution
+    and the softmax) falls in one of M bins, geometric towards 0 and 1. Fitting counts, over
+    the training images, how often each neuron's bin is hit; a sample's score is its
+    coverage, summed over layers:
+
+    .. math:: s(x) = \sum_l \frac{1}{N_l} \sum_{n} \min\big(\mathrm{count}_{l,n}
+        (\mathrm{bin}(\hat z_n(x))) / O^*, 1\big)
+
+    Model-aware, in fit too (a forward and a backward pass over the training images).
+    Defaults: M = 50 bins, α = 100, O* = 50 (pytorch-ood's); layers: the backbone's last two
+    stages (timm's ``feature_info``; pytorch-ood's example, ``[layer3, layer4]`` of a
+    ResNet). OpenOOD's NAC uses uniform bins and its own per-layer settings (its ResNet-18
+    configuration reads four layers with separate α, M and O*): these scores follow
+    pytorch-ood's definition. Paper: https://arxiv.org/abs/2306.02879
+
+    Args:
+        layers: dotted module names, or ``None`` for the last two stages.
+        bins: M, the bins per neuron (>= 2).
+        alpha: α > 0, the sigmoid's steepness.
+        o_star: O* >= 1, the count at which a bin is fully covered.
+    """
+
+    name = "nac"
+    description = "neuron activation coverage of gradient-weighted states (Liu et al. 2024)"
+    requires = frozenset({"logits", "model"})
+    parameter_constraints = {
+        "layers": [ListOf([Text()], min_length=1, single=True), None],
+        "bins": [Interval(int, 2, None)],
+        "alpha": [Interval(float, 0, None, closed="neither")],
+        "o_star": [Interval(int, 1, None)],
+    }
+
+    def __init__(
+        self,
+        layers: list[str] | None = None,
+        bins: int = 50,
+        alpha: float = 100.0,
+        o_star: int = 50,
+    ) -> None:
+        self.layers = layers
+        self.bins = bins
+        self.alpha = alpha
+        self.o_star = o_star
+
+    def applies_to(self, model: Any, input_size: tuple[int, int, int] | None = None) -> str | None:
+        if self.layers is None and len(getattr(model, "feature_info", None) or ()) < 2:
+            return "it does not name two stages (timm feature_info); give layers="
+        return None
+
+    def _layer_names(self, net: Any) -> list[str]:
+        if self.layers is None:
+            return [str(f["module"]) for f in net.feature_info[-2:]]
+        return [self.layers] if isinstance(self.layers, str) else list(self.layers)
+
+    def _states(self, model: ModelInputs) -> Iterator[list[Any]]:
+        """Per batch, the binned neuron states of each layer ((B, N_l) index tensors)."""
+        import torch
+
+        net = model.model
+        reason = self.applies_to(net)
+        if reason is not None:
+            raise ValueError(f"nac does not apply to this network: {reason}.")
+        modules = dict(net.named_modules())
+        names = self._layer_names(net)
+        missing = [n for n in names if n not in modules]
+        if missing:
+            raise ValueError(f"nac: the model has no layer(s) {missing}.")
+        captured: list[Any] = []
+        hooks = [
+            modules[n].register_forward_hook(lambda _m, _i, out: captured.append(out))
+            for n in names
+        ]
+        was_training = net.training
+        try:
+            net.eval()
+            for x, _ in model.batches():
+                captured.clear()
+                with torch.inference_mode(False), torch.enable_grad():
+                    # the input requires a gradient, so that every activation is in the
+                    # graph whatever the parameters' requires_grad
+                    x = x.to(model.device).clone().requires_grad_(True)
+                    p = torch.softmax(net(x), dim=1)
+                    loss = -torch.log(p + 1e-12).mean(dim=1).sum()
+                    grads = torch.autograd.grad(loss, captured)
+                states = []
+                for z, g in zip(captured, grads, strict=True):
+                    prod = (z * g).detach()
+                    prod = prod.mean(dim=(2, 3)) if prod.ndim == 4 else prod.flatten(1)
+                    states.append(_geometric_bins(torch.sigmoid(self.alpha * prod), self.bins))
+                yield states
+        finally:
+            for h in hooks:
+                h.remove()
+            net.train(was_training)
+
+    def _fit(self, train: oodlens.Outputs, model: ModelInputs | None = None) -> None:
+        import torch
+
+        counts: list[Any] = []
+        for states in self._states(model):
+            for li, idx in enumerate(states):
+                n = idx.shape[1]
+                if len(counts) <= li:
+                    counts.append(torch.zeros(n * self.bins, dtype=torch.long))
+                flat = (idx + torch.arange(n, device=idx.device)[None, :] * self.bins).flatten()
+                counts[li].scatter_add_(0, flat.cpu(), torch.ones_like(flat.cpu()))
+        self.counts_ = tuple(c.view(-1, self.bins).numpy() for c in counts)
+
+    def _score(self, outputs: oodlens.Outputs, model: ModelInputs | None = None) -> np.ndarray:
+        import torch
+
+        out = []
+        for states in self._states(model):
+            total = torch.zeros(states[0].shape[0], dtype=torch.float64)
+            for idx, counts in zip(states, self.counts_, strict=True):
+                hits = torch.as_tensor(counts).gather(1, idx.cpu().T).T.double()
+                total += (hits / float(self.o_star)).clamp(max=1.0).mean(dim=1)
+            out.append(total)
+        return torch.cat(out).numpy()
+
+
 class MCM(oodlens.Scorer):
     r"""Maximum concept matching (Ming et al., NeurIPS 2022), for CLIP zero-shot classifiers
     (``--model clip:ARCH``): the largest softmax of the cosine similarities between the
@@ -405,4 +546,4 @@ class MCM(oodlens.Scorer):
 
 def all_scorers() -> tuple[type[oodlens.Scorer], ...]:
     """The scorer classes of this module, for registration."""
-    return (MCD, GradUncertainty, RankFeat, IODIN, MCM)
+    return (MCD, GradUncertainty, RankFeat, IODIN, NAC, MCM)
