@@ -371,6 +371,59 @@ def test_nac_parity_with_pytorch_ood(digits):
     np.testing.assert_allclose(ours, -theirs.numpy(), rtol=1e-5, atol=1e-6)
 
 
+def _openood_adascale(model, x_fit, x, variant):
+    """AdaScale re-typed from OpenOOD's AdaScalePostprocessor and AdaScaleANet/LNet (read,
+    not copied): the perturbation, the ECDF of Q' on the fitting images, ada_scale."""
+    fc = model.get_classifier()
+
+    def features(data):
+        return model.forward_head(model.forward_features(data), pre_logits=True)
+
+    def perturbed(data):
+        data = data.clone().requires_grad_(True)
+        output = model(data)
+        labels = output.detach().argmax(dim=1)
+        output[torch.arange(len(labels)), labels].backward(torch.ones(len(labels)))
+        grad = data.grad.detach()
+        b, c, h, w = data.shape
+        n_pixels = int(c * h * w * 0.05)
+        idx = torch.topk(grad.abs().view(b, -1), n_pixels, dim=1, largest=False)[1]
+        mask = torch.zeros(b, c * h * w).scatter_(1, idx, 1).view(b, c, h, w)
+        with torch.no_grad():
+            f, f2 = features(data), features(data + grad.sign() * mask * 0.5)
+        return f, f2, (f - f2).abs()
+
+    def q(f, f2, shift):
+        k1, k2 = int(f.shape[1] * 5 / 100), int(f.shape[1] * 1 / 100)
+        a = torch.gather(torch.relu(f2), 1, torch.topk(f, k=k1, dim=1)[1]).sum(1)
+        return a + 10 * torch.gather(shift, 1, torch.topk(f, k=k2, dim=1)[1]).sum(1)
+
+    log = q(*perturbed(x_fit)).numpy()
+    f, f2, shift = perturbed(x)
+    ecdf = (log[None, :] <= q(f, f2, shift).numpy()[:, None]).mean(1)
+    percentile = torch.tensor(75 + (1 - ecdf) * (85 - 75))
+    a = torch.relu(f)
+    n = a.shape[1]
+    ks = n - torch.round(n * percentile / 100.0).to(torch.int)
+    values = torch.topk(a, int(ks.max()), dim=1)[0]
+    keep = torch.arange(int(ks.max()))[None, :] < ks[:, None]
+    scale = a.sum(1, keepdim=True) / (values * keep).sum(1, keepdim=True)
+    with torch.no_grad():
+        logits = fc(f) * scale**2 if variant == "l" else fc(f * torch.exp(scale))
+    return torch.logsumexp(logits, dim=1).numpy()
+
+
+@pytest.mark.parametrize("variant", ["a", "l"])
+def test_adascale_against_openood_formula(digits, variant):
+    model, std, (train, x_train), (test, x) = digits
+    scorer = oodlens.create_scorer("adascale", variant=variant)
+    ours = scorer.fit(train, model=_inputs(model, std, x_train)).score(
+        test, model=_inputs(model, std, x)
+    )
+    expected = _openood_adascale(model, x_train, x, variant)
+    np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-4)
+
+
 def test_iodin_against_openood_formula(digits):
     model, std, (train, x_train), (test, x) = digits
     t, eps = 1000.0, 0.0014

@@ -1,7 +1,7 @@
 r"""Scorers that can need the network (the model-aware scorer kind), registered through the
 ``oodlens`` entry point: ODIN, GradNorm, ASH, SCALE, DICE, and (module
 :mod:`oodlens_model_scorers.methods_v2`) Monte-Carlo dropout, GradUncertainty, RankFeat,
-i-ODIN, NAC and MCM.
+i-ODIN, NAC, AdaScale and MCM.
 
 What each needs can depend on its parameters: ASH, SCALE and GradNorm are output-based
 (cached features and head, one forward pass shared with every scorer) when they act on the
@@ -32,7 +32,16 @@ from oodlens.params import Interval, Options
 from oodlens.scorers import ModelInputs
 
 from .layers import Hooked, output_shape
-from .methods_v2 import IODIN, MCD, MCM, NAC, GradUncertainty, RankFeat, all_scorers
+from .methods_v2 import (
+    IODIN,
+    MCD,
+    MCM,
+    NAC,
+    AdaScale,
+    GradUncertainty,
+    RankFeat,
+    all_scorers,
+)
 
 __all__ = [
     "ODIN",
@@ -45,6 +54,7 @@ __all__ = [
     "RankFeat",
     "IODIN",
     "NAC",
+    "AdaScale",
     "MCM",
     "ash_shape",
     "scale_shape",

@@ -23,7 +23,16 @@ from oodlens.scorers import ModelInputs
 
 from .layers import Hooked, output_shape
 
-__all__ = ["MCD", "GradUncertainty", "RankFeat", "IODIN", "NAC", "MCM", "all_scorers"]
+__all__ = [
+    "MCD",
+    "GradUncertainty",
+    "RankFeat",
+    "IODIN",
+    "NAC",
+    "AdaScale",
+    "MCM",
+    "all_scorers",
+]
 
 
 def _dropout_layers(model: Any) -> list[str]:
@@ -499,6 +508,162 @@ class NAC(oodlens.Scorer):
         return torch.cat(out).numpy()
 
 
+class AdaScale(oodlens.Scorer):
+    r"""AdaScale (Regmi et al., 2025, "AdaSCALE: Adaptive Scaling for OOD Detection"),
+    OpenOOD's ``adascale_a`` / ``adascale_l``: SCALE with a percentile adapted per sample to
+    how much its strongest activations move under a small input perturbation.
+
+    For an image x with penultimate features f: the gradient g of its top logit w.r.t. the
+    input; :math:`\tilde x` = x + 0.5 sign(g) on the fraction ``o`` of input elements where
+    |g| is *smallest*; :math:`\tilde f` its features. With :math:`T_k(f)` the indices of the k%
+    largest entries of f,
+
+    .. math::
+        Q(x) = \sum_{j \in T_{k_1}(f)} \max(\tilde f_j, 0)
+            + \lambda \sum_{j \in T_{k_2}(f)} |f_j - \tilde f_j|, \qquad
+        p(x) = p_{\min} + \big(1 - F(Q(x))\big)(p_{\max} - p_{\min})
+
+    with F the empirical CDF of Q over the fitting images. Then
+    :math:`r = \sum_j a_j / \sum_{\text{top } n - \mathrm{round}(n p / 100)} a_j` on
+    :math:`a = \max(f, 0)`, and the score is the energy of :math:`W(f e^{r}) + b` (variant
+    ``"a"``) or of :math:`r^2 (W f + b)` (``"l"``). Model-aware: fit and score each take a
+    backward and two forward passes per image.
+
+    Defaults are OpenOOD's configuration (percentiles (75, 85), k1 = 5%, k2 = 1%, λ = 10,
+    o = 0.05, 5,000 fitting images). OpenOOD fits F on a random 5,000 of its ID val split;
+    here on a random ``num_samples`` of the training images (the images model-aware scorers
+    are fitted on). OpenOOD only (no pytorch-ood detector). Paper:
+    https://arxiv.org/abs/2503.08023
+
+    Args:
+        variant: ``"a"`` (activation scaling) or ``"l"`` (logit scaling).
+        percentiles: (p_min, p_max), 0 < p_min <= p_max < 100.
+        k1: percent of the features whose perturbed activations count.
+        k2: percent of the features whose shift counts.
+        lmbda: λ >= 0.
+        o: fraction of input elements perturbed, in (0, 1).
+        num_samples: fitting images drawn (at most the training set).
+        seed: seed of that draw.
+    """
+
+    name = "adascale"
+    description = "SCALE with a per-sample percentile from a perturbation's shift (AdaSCALE)"
+    requires = frozenset({"logits", "model"})
+    parameter_constraints = {
+        "variant": [Options(("a", "l"))],
+        "percentiles": [
+            ListOf([Interval(float, 0, 100, closed="neither")], min_length=2, max_length=2)
+        ],
+        "k1": [Interval(float, 0, 100, closed="right")],
+        "k2": [Interval(float, 0, 100, closed="right")],
+        "lmbda": [Interval(float, 0, None)],
+        "o": [Interval(float, 0, 1, closed="neither")],
+        "num_samples": [Interval(int, 1, None)],
+        "seed": [Interval(int, 0, None)],
+    }
+
+    def __init__(
+        self,
+        variant: str = "a",
+        percentiles: tuple[float, float] = (75.0, 85.0),
+        k1: float = 5.0,
+        k2: float = 1.0,
+        lmbda: float = 10.0,
+        o: float = 0.05,
+        num_samples: int = 5000,
+        seed: int = 0,
+    ) -> None:
+        self.variant = variant
+        self.percentiles = percentiles
+        self.k1 = k1
+        self.k2 = k2
+        self.lmbda = lmbda
+        self.o = o
+        self.num_samples = num_samples
+        self.seed = seed
+
+    def _passes(self, model: ModelInputs, keep: np.ndarray | None = None) -> Iterator[Any]:
+        """Per batch (only the rows ``keep`` selects, when given): the features f and the
+        features of the perturbed images."""
+        import torch
+
+        from oodlens.network import forward_all
+
+        net, start = model.model, 0
+        was_training = net.training
+        try:
+            net.eval()
+            for x, _ in model.batches():
+                rows = np.arange(start, start + len(x))
+                start += len(x)
+                if keep is not None:
+                    chosen = keep[rows]
+                    if not chosen.any():
+                        continue
+                    x = x[torch.as_tensor(chosen)]
+                with torch.inference_mode(False), torch.enable_grad():
+                    x = x.to(model.device).clone().requires_grad_(True)
+                    logits, f = forward_all(net, x)
+                    top = logits.gather(1, logits.detach().argmax(1, keepdim=True)).sum()
+                    (g,) = torch.autograd.grad(top, x)
+                with torch.no_grad():
+                    flat = g.abs().flatten(1)
+                    n = int(flat.shape[1] * self.o)
+                    mask = torch.zeros_like(flat)
+                    if n:
+                        mask.scatter_(1, flat.topk(n, dim=1, largest=False).indices, 1.0)
+                    moved = x.detach() + g.sign() * mask.view_as(x) * 0.5
+                    _, f_moved = forward_all(net, moved)
+                yield f.detach().double(), f_moved.double()
+        finally:
+            net.train(was_training)
+
+    def _q(self, f: Any, f_moved: Any) -> Any:
+        import torch
+
+        d = f.shape[1]
+        k1, k2 = int(d * self.k1 / 100), int(d * self.k2 / 100)
+        top1 = f.topk(k1, dim=1).indices
+        top2 = f.topk(k2, dim=1).indices
+        return torch.relu(f_moved).gather(1, top1).sum(1) + self.lmbda * (
+            (f - f_moved).abs().gather(1, top2).sum(1)
+        )
+
+    def _fit(self, train: oodlens.Outputs, model: ModelInputs | None = None) -> None:
+        rng = np.random.default_rng(int(self.seed))
+        n = model.n_samples
+        keep = np.zeros(n, bool)
+        keep[rng.permutation(n)[: min(int(self.num_samples), n)]] = True
+        q = [self._q(f, fm).cpu().numpy() for f, fm in self._passes(model, keep)]
+        self.reference_ = np.sort(np.concatenate(q))
+
+    def _score(self, outputs: oodlens.Outputs, model: ModelInputs | None = None) -> np.ndarray:
+        import torch
+
+        low, high = (float(p) for p in self.percentiles)
+        head = model.model.get_classifier()
+        out = []
+        for f, f_moved in self._passes(model):
+            q = self._q(f, f_moved).cpu().numpy()
+            below = np.searchsorted(self.reference_, q, side="right") / len(self.reference_)
+            p = torch.as_tensor(low + (1.0 - below) * (high - low), device=f.device)
+            a = torch.relu(f)
+            d = a.shape[1]
+            ks = d - torch.round(d * p / 100.0).long()
+            ranked = a.sort(dim=1, descending=True).values
+            kept = torch.arange(d, device=f.device)[None, :] < ks[:, None]
+            r = a.sum(1) / (ranked * kept).sum(1)
+            with torch.no_grad():
+                w = head.weight.double()
+                b = head.bias.double() if head.bias is not None else 0.0
+                if self.variant == "a":
+                    z = (f * torch.exp(r)[:, None]) @ w.T + b
+                else:
+                    z = (f @ w.T + b) * (r**2)[:, None]
+                out.append(torch.logsumexp(z, dim=1).cpu())
+        return torch.cat(out).numpy()
+
+
 class MCM(oodlens.Scorer):
     r"""Maximum concept matching (Ming et al., NeurIPS 2022), for CLIP zero-shot classifiers
     (``--model clip:ARCH``): the largest softmax of the cosine similarities between the
@@ -546,4 +711,4 @@ class MCM(oodlens.Scorer):
 
 def all_scorers() -> tuple[type[oodlens.Scorer], ...]:
     """The scorer classes of this module, for registration."""
-    return (MCD, GradUncertainty, RankFeat, IODIN, NAC, MCM)
+    return (MCD, GradUncertainty, RankFeat, IODIN, NAC, AdaScale, MCM)
