@@ -32,7 +32,7 @@ test: lint
 	$(PY) -m pytest
 
 demo: setup
-	$(VENV)/bin/oodlens bench --out runs/demo
+	$(VENV)/bin/oodlens bench --scorers all+model logit_kde:mode=class_conditional --out runs/demo
 
 # speed benchmarks (ratios against a reference run side by side); see docs/benchmarks.md
 bench: setup
