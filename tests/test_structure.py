@@ -44,6 +44,7 @@ LAYERS: dict[str, int] = {
             "explainers.gradcam",
             "explainers.integrated",
             "openood_models",
+            "clip",
             "conformal",
         ],
         3,
