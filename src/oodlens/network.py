@@ -37,12 +37,15 @@ def gram_statistics(maps: torch.Tensor, powers: tuple[int, ...]) -> torch.Tensor
     without it)."""
     dtype = torch.float32 if maps.device.type == "mps" else torch.float64
     f = maps.flatten(2).to(dtype)
-    out = []
-    for p in powers:
-        fp = f**p
-        g = (fp * fp.sum(1, keepdim=True)).sum(2)
-        out.append(g.sign() * g.abs() ** (1.0 / p))
-    return torch.cat(out, 1)
+    out: dict[int, torch.Tensor] = {}
+    power = f
+    for p in range(1, max(powers) + 1):  # F^p by one product per order, not pow
+        if p > 1:
+            power = power * f
+        if p in powers:
+            g = torch.einsum("bck,bk->bc", power, power.sum(1))
+            out[p] = g.sign() * g.abs() ** (1.0 / p)
+    return torch.cat([out[p] for p in powers], 1)
 
 
 def forward_all(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
