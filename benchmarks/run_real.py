@@ -229,6 +229,67 @@ def cifar10(root: Path, out: Path, device: str, smoke: bool) -> tuple[str, dict]
     return "\n".join(md), info
 
 
+def _pct(x) -> str:
+    return "—" if x is None else f"{100 * x:.1f}"
+
+
+def doc_tables(out: Path) -> list[Path]:
+    """The tables docs/benchmarks.md quotes, from each config's saved ``results.json`` (so a
+    rerun cannot leave them stale: ``benchmarks/sync_docs.py`` copies them into the page):
+    ``catsdogs/docs_table.md`` (far-OOD means, by AUROC) and ``cifar10/docs_table.md`` (near
+    and far AUROC beside OpenOOD v1.5's published ResNet-18 numbers, by near AUROC)."""
+    written = []
+    path = out / "catsdogs" / "results.json"
+    if path.is_file():
+        rows = [r for r in json.loads(path.read_text())["summary"] if r["ood"] == "far"]
+        lines = [
+            "| scorer | AUROC | FPR@95 | AURC | ID errors rejected | OOD rejected |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for r in sorted(rows, key=lambda r: -r["auroc"]):
+            lines.append(
+                f"| {r['scorer']} | {_pct(r['auroc'])} | {_pct(r['fpr95'])} | {_pct(r['aurc'])} "
+                f"| {_pct(r['id_errors_rejected'])} | {_pct(r['ood_rejected'])} |"
+            )
+        written.append(out / "catsdogs" / "docs_table.md")
+        written[-1].write_text("\n".join(lines) + "\n")
+    path = out / "cifar10" / "results.json"
+    if path.is_file():
+        summary = json.loads(path.read_text())["summary"]
+        by = {(r["scorer"], r["ood"]): r for r in summary}
+        near_sets = {r["ood"] for r in summary if r["group"] == "near"}
+        published = get_protocol("cifar10").results
+        table = published.networks["ResNet18"]["ood"]
+        names = {
+            parse_scorer_spec(m.ours).text: m.name for m in published.methods.values() if m.ours
+        }
+        lines = [
+            "| scorer | near AUROC [95% CI] | far AUROC | FPR@95 near | AURC "
+            "| FRR @ α=0.05 (near) | power @ α=0.05 (near / far) | OpenOOD near / far |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
+        scorers = sorted({r["scorer"] for r in summary}, key=lambda n: -by[(n, "near")]["auroc"])
+        for name in scorers:
+            near, far = by[(name, "near")], by[(name, "far")]
+            one = by[(name, next(iter(near_sets)))] if len(near_sets) == 1 else near
+            ci = (
+                f" [{_pct(one['auroc_ci_lo'])}, {_pct(one['auroc_ci_hi'])}]"
+                if one.get("auroc_ci_lo") is not None
+                else ""
+            )
+            cells = table.get(names.get(name, ""), {})
+            ref = " / ".join(f"{cells[g].mean:g}" if cells.get(g) else "—" for g in ("near", "far"))
+            lines.append(
+                f"| {name} | {_pct(near['auroc'])}{ci} | {_pct(far['auroc'])} "
+                f"| {_pct(near['fpr95'])} | {_pct(near['aurc'])} | {_pct(near['frr@0.05'])} "
+                f"| {_pct(near['power@0.05'])} / {_pct(far['power@0.05'])} | "
+                f"{ref if ref != '— / —' else '—'} |"
+            )
+        written.append(out / "cifar10" / "docs_table.md")
+        written[-1].write_text("\n".join(lines) + "\n")
+    return written
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -240,7 +301,16 @@ def main() -> int:
     ap.add_argument(
         "--smoke", action="store_true", help="1 epoch and 1 seed: check the pipeline quickly"
     )
+    ap.add_argument(
+        "--tables-only",
+        action="store_true",
+        help="only rewrite the docs' tables from the saved results.json files",
+    )
     args = ap.parse_args()
+    if args.tables_only:
+        for path in doc_tables(Path(args.out)):
+            print(f"wrote {path}")
+        return 0
     root = Path(args.data_root)
     if not (root / "catsdogs").is_dir() or not (root / "cifar10").is_dir():
         print(
@@ -274,6 +344,7 @@ def main() -> int:
         "",
     ]
     (out / "REPORT.md").write_text("\n".join(head + parts) + "\n")
+    doc_tables(out)
     print(f"wrote {out / 'REPORT.md'} ({total / 60:.1f} min)")
     return 0
 
