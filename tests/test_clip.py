@@ -100,8 +100,18 @@ def test_bench_runs_a_zero_shot_model_on_digits(tmp_path, capsys) -> None:
         str(tmp_path / "cache"),
         "--quiet",
     ]
-    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    dets = tmp_path / "detectors"
+    assert main([*args, "--out", str(tmp_path / "a"), "--save-detectors", str(dets)]) == 0
     result = json.loads((tmp_path / "a" / "results.json").read_text())
+    # a saved MCM detector rebuilds the zero-shot classifier (its class names recorded)
+    images = tmp_path / "images"
+    images.mkdir()
+    source = oodlens.load_dataset("digits:0-4@test")
+    for i in range(3):
+        source.loader(i).save(images / f"{i}.png")
+    detector = oodlens.Detector.load(next(dets.glob("*mcm*.oodlens")))
+    verdicts = detector.predict(str(images))
+    assert len(verdicts.ids) == 3 and np.isfinite(verdicts.scores).all()
     assert {r["scorer"] for r in result["summary"]} == {"mcm", "msp", "knn"}
     assert {r["backbone"] for r in result["summary"]} == {TINY}
     assert "train 0.0s" in capsys.readouterr().out  # zero-shot: nothing trained

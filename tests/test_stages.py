@@ -194,10 +194,18 @@ def test_bench_extracts_the_stages_its_scorers_declare(tmp_path, capsys) -> None
         "--quiet",
     ]
     scorers = ["multi_mahalanobis", "gram:stages=[3,4],powers=[1,2]", "msp"]
-    assert main([*args, "--scorers", *scorers, "--out", str(tmp_path / "a")]) == 0
+    dets = tmp_path / "detectors"
+    run = [*args, "--scorers", *scorers, "--out", str(tmp_path / "a")]
+    assert main([*run, "--save-detectors", str(dets)]) == 0
     result = json.loads((tmp_path / "a" / "results.json").read_text())
     rows = {r["scorer"]: r for r in result["summary"]}
     assert set(rows) == set(scorers)
+    # a saved detector extracts the stages its scorer reads
+    source = oodlens.load_dataset("digits:0-2@test")
+    images = [source.loader(i) for i in range(4)]
+    for path in sorted(dets.glob("*.oodlens")):
+        verdicts = oodlens.Detector.load(path).predict(images)
+        assert len(verdicts.ids) == 4 and np.isfinite(verdicts.scores).all(), path.name
     capsys.readouterr()
     # msp alone reads no stage: its outputs are another (the old) cache entry
     assert main([*args, "--scorers", "msp", "--out", str(tmp_path / "b")]) == 0

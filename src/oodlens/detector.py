@@ -287,7 +287,9 @@ class Detector:
             )
             return model
         if self.checkpoint_sha256 is None:  # timm's pretrained weights (the internet)
-            model, _ = create_backbone(b.model, num_classes=b.num_classes, pretrained=True)
+            model, _ = create_backbone(
+                b.model, num_classes=b.num_classes, pretrained=True, class_names=b.class_names
+            )
             return model
         path = checkpoint if checkpoint is not None else self.checkpoint_path
         if path is None or not Path(path).is_file():
@@ -311,7 +313,11 @@ class Detector:
             self.forced, self.forced_sha256 = True, digest
         self.checkpoint_path = str(path)
         model, _ = create_backbone(
-            b.model, num_classes=b.num_classes, checkpoint=str(path), img_size=b.img_size
+            b.model,
+            num_classes=b.num_classes,
+            checkpoint=str(path),
+            img_size=b.img_size,
+            class_names=b.class_names,
         )
         return model
 
