@@ -179,6 +179,10 @@ def test_an_alpha_too_small_for_the_calib_split_is_warned_about_once(
     assert rc == 0 and out.count("alpha [0.0001] is below") == 1
 
 
+def _needs(name: str) -> frozenset[str]:
+    return oodlens_api.create_scorer(name).requirements()
+
+
 def test_the_default_scorers_leave_model_aware_ones_to_all_model(cache_dir, digits_train):
     from oodlens.bench import BenchmarkConfig, expand_scorers
 
@@ -205,9 +209,14 @@ def test_the_default_scorers_leave_model_aware_ones_to_all_model(cache_dir, digi
         oodlens_api.unregister_plugin(name)
     assert not {"odin", "probe_model_aware"} & set(result.table.scorer)
     note = [line for line in result.footnotes() if line.startswith("Not run")]
+    aware = sorted(n for n in oodlens_api.list_scorers() if "model" in _needs(n)) + [
+        "probe_model_aware"
+    ]
     assert note == [
-        "Not run: the model-aware scorer(s) odin, probe_model_aware (own passes over the "
-        "images, slow on large sets); add them with --scorers all+model."
+        "Not run: mcm does not apply to resnet18: it is not a CLIP zero-shot classifier "
+        "(--model clip:ARCH): MCM needs class text embeddings.",
+        f"Not run: the model-aware scorer(s) {', '.join(sorted(aware))} (own passes over the "
+        "images, slow on large sets); add them with --scorers all+model.",
     ]
 
 

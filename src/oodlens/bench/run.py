@@ -458,8 +458,9 @@ def _applicable(
     for model in dict.fromkeys(b.model for b in backbones):
         network = meta_network(model)
         size = img_size or network.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
-        for spec in specs:
-            reason = spec.create().applies_to(network, (3, size, size))
+        for spec in specs:  # a spec with a grid: its first candidate stands for it
+            scorer = spec.create(**{k: values[0] for k, values in spec.grid.items()})
+            reason = scorer.applies_to(network, (3, size, size))
             if reason is None or spec.text in reasons:
                 continue
             if spec.text in named:
