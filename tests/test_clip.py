@@ -123,3 +123,34 @@ def test_bench_runs_a_zero_shot_model_on_digits(tmp_path, capsys) -> None:
     # a scorer that needs stages does not apply, and naming it says why
     assert main([*args[:8], "multi_mahalanobis", *args[11:], "--out", str(tmp_path / "d")]) == 2
     assert "does not name its stages" in capsys.readouterr().err
+
+
+def test_gl_mcm_adds_the_best_patch_s_mcm() -> None:
+    from oodlens.scorers import ModelInputs
+
+    model, _ = create_backbone(TINY, class_names=NAMES)
+    x = torch.rand(6, 3, 32, 32)
+    with torch.no_grad():
+        logits, features = forward_all(model, x)
+        # by hand from open_clip: the patch tokens after ln_post, through the projection
+        visual = model.clip.visual
+        visual.output_tokens = True
+        _, tokens = visual(x)
+        visual.output_tokens = False
+        patches = torch.nn.functional.normalize(tokens @ visual.proj, dim=-1).double()
+    weight = model.get_classifier().weight.detach()
+    text = torch.nn.functional.normalize(weight.double(), dim=-1)
+    outputs = oodlens.Outputs(
+        logits=logits.numpy(),
+        features=features.numpy(),
+        head_weight=weight.numpy(),
+        head_bias=np.zeros(3),
+    )
+    inputs = ModelInputs(model, lambda: [(x, torch.zeros(6))], torch.device("cpu"), (1.0,), 6)
+    glmcm = oodlens.create_scorer("gl_mcm").fit(outputs, model=inputs).score(outputs, inputs)
+    mcm = oodlens.create_scorer("mcm").fit(outputs).score(outputs)
+    local = (patches @ text.T).softmax(-1).amax(dim=(1, 2)).numpy()
+    assert patches.shape[1] == 16  # a 4 x 4 grid of 8-px patches
+    np.testing.assert_allclose(glmcm, mcm + local, rtol=1e-6)
+    resnet = oodlens.backbones.meta_network("resnet18")
+    assert "not a CLIP" in oodlens.create_scorer("gl_mcm").applies_to(resnet)

@@ -165,6 +165,37 @@ class ZeroShotClassifier(nn.Module):
             rows.append(F.normalize(emb, dim=0))
         return self.clip.logit_scale.exp().float() * torch.stack(rows)
 
+    @property
+    def has_local_features(self) -> bool:
+        """Whether :meth:`local_features` is defined: a ViT image encoder whose patch
+        tokens come out after its final norm (open_clip's usual CLIP layout)."""
+        visual = self.clip.visual
+        return (
+            hasattr(visual, "output_tokens")
+            and getattr(visual, "attn_pool", None) is None
+            and not getattr(visual, "final_ln_after_pool", False)
+        )
+
+    def local_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, P, D) unit patch embeddings in the joint image-text space: the patch tokens
+        after the encoder's final norm, through its projection (GL-MCM's local features).
+
+        Raises:
+            ValueError: an image encoder without them (see :attr:`has_local_features`).
+        """
+        if not self.has_local_features:
+            raise ValueError("This CLIP image encoder gives no patch embeddings (not a ViT).")
+        visual = self.clip.visual
+        was = visual.output_tokens
+        visual.output_tokens = True
+        try:
+            _, tokens = visual(x)
+        finally:
+            visual.output_tokens = was
+        if visual.proj is not None:
+            tokens = tokens @ visual.proj
+        return F.normalize(tokens.float(), dim=-1)
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.clip.encode_image(x)
 

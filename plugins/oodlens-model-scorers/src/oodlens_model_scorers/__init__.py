@@ -1,7 +1,7 @@
 r"""Scorers that can need the network (the model-aware scorer kind), registered through the
 ``oodlens`` entry point: ODIN, GradNorm, ASH, SCALE, DICE, and (module
 :mod:`oodlens_model_scorers.methods_v2`) Monte-Carlo dropout, GradUncertainty, RankFeat,
-i-ODIN, NAC, AdaScale and MCM.
+i-ODIN, NAC, AdaScale, MCM and GL-MCM.
 
 What each needs can depend on its parameters: ASH, SCALE and GradNorm are output-based
 (cached features and head, one forward pass shared with every scorer) when they act on the
@@ -33,6 +33,7 @@ from oodlens.scorers import ModelInputs
 
 from .layers import Hooked, output_shape
 from .methods_v2 import (
+    GLMCM,
     IODIN,
     MCD,
     MCM,
@@ -56,6 +57,7 @@ __all__ = [
     "NAC",
     "AdaScale",
     "MCM",
+    "GLMCM",
     "ash_shape",
     "scale_shape",
     "register_scorers",

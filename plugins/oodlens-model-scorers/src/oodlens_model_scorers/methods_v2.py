@@ -31,6 +31,7 @@ __all__ = [
     "NAC",
     "AdaScale",
     "MCM",
+    "GLMCM",
     "all_scorers",
 ]
 
@@ -674,9 +675,8 @@ class MCM(oodlens.Scorer):
     with :math:`f` the image embedding (the features) and :math:`t_c` the rows of the head
     (the class text embeddings, scaled by the logit scale, which the cosine removes).
     Output-based; applies only to zero-shot classifiers (a trained head's rows are not
-    concept embeddings). Default :math:`\tau = 1`, the paper's and pytorch-ood's. GL-MCM
-    (adding local, per-patch matches) needs the patch embeddings, which the zero-shot
-    classifier does not extract: not implemented. Paper: https://arxiv.org/abs/2211.13445
+    concept embeddings). Default :math:`\tau = 1`, the paper's and pytorch-ood's. With local
+    (per-patch) matches added: ``gl_mcm``. Paper: https://arxiv.org/abs/2211.13445
 
     Args:
         temperature: :math:`\tau > 0`.
@@ -709,6 +709,55 @@ class MCM(oodlens.Scorer):
         return out
 
 
+def _unit_rows(w: Any) -> np.ndarray:
+    w = np.asarray(w, dtype=np.float64)
+    return w / np.linalg.norm(w, axis=1, keepdims=True)
+
+
+class GLMCM(MCM):
+    r"""GL-MCM (Miyai et al., 2023, "Zero-Shot In-Distribution Detection in Multi-Object
+    Settings Using Vision-Language Foundation Models"): MCM of the image embedding plus MCM
+    of its best-matching patch, for CLIP zero-shot classifiers with a ViT image encoder.
+
+    .. math:: s(x) = \max_c \operatorname{softmax}_c\big(\cos(f, t_c)/\tau\big)
+        + \max_{p} \max_c \operatorname{softmax}_c\big(\cos(f_p, t_c)/\tau\big)
+
+    with :math:`f_p` the patch embeddings (the ViT's patch tokens after its final norm,
+    through its projection: :meth:`oodlens.clip.ZeroShotClassifier.local_features`).
+    Model-aware: the patch embeddings are not cached (P per image), so it makes its own
+    forward pass. Default :math:`\tau = 1` (the paper's). Neither anchor has it. Paper:
+    https://arxiv.org/abs/2304.04521 ; code: https://github.com/AtsuMiyai/GL-MCM
+
+    Args:
+        temperature: :math:`\tau > 0`.
+    """
+
+    name = "gl_mcm"
+    description = "MCM of the image plus MCM of its best patch, CLIP ViT (Miyai et al. 2023)"
+    requires = frozenset({"features", "head", "model"})
+
+    def applies_to(self, model: Any, input_size: tuple[int, int, int] | None = None) -> str | None:
+        reason = super().applies_to(model, input_size)
+        if reason is None and not getattr(model, "has_local_features", False):
+            return "its CLIP image encoder gives no patch embeddings (GL-MCM needs a ViT)"
+        return reason
+
+    def _score(self, outputs: oodlens.Outputs, model: ModelInputs | None = None) -> np.ndarray:
+        import torch
+
+        reason = self.applies_to(model.model)
+        if reason is not None:
+            raise ValueError(f"gl_mcm does not apply to this network: {reason}.")
+        text = torch.as_tensor(_unit_rows(outputs.head_weight), device=model.device)
+        local = []
+        with torch.no_grad():
+            for x, _ in model.batches():
+                patches = model.model.local_features(x.to(model.device)).double()
+                sims = patches @ text.T / self.temperature
+                local.append(sims.softmax(dim=-1).amax(dim=(1, 2)).cpu())
+        return super()._score(outputs) + torch.cat(local).numpy()
+
+
 def all_scorers() -> tuple[type[oodlens.Scorer], ...]:
     """The scorer classes of this module, for registration."""
-    return (MCD, GradUncertainty, RankFeat, IODIN, NAC, AdaScale, MCM)
+    return (MCD, GradUncertainty, RankFeat, IODIN, NAC, AdaScale, MCM, GLMCM)
