@@ -24,6 +24,7 @@ from .backbones import (
     resolve_decode,
     resolve_device,
     resolve_preprocess,
+    with_stages,
 )
 from .cache import Cache, file_sha256
 from .conformal import ConformalRejector
@@ -109,12 +110,15 @@ def explain_source(
     explainer: str = "gradcam",
     sign: str = "foreign",
     n_steps: int = 32,
+    stages: tuple[int, ...] = (),
+    gram_stages: tuple[int, ...] = (),
 ) -> Explanation:
     """Class maps for ``source`` (or the rows ``index`` of it), plus fitted scorers' scores
     and, for calibrated ``rejectors``, each image's conformal p-value (as ``"p(name)"``).
 
     ``outputs`` are the extracted outputs of the same rows, for the scorers; when omitted and
-    scorers are given, they are extracted here (logits, features and head).
+    scorers are given, they are extracted here (logits, features and head, and the
+    ``stages`` / ``gram_stages`` blocks the scorers read).
     ``score_targets``: names of ``scorers`` whose score is explained too (raw maps in
     ``Explanation.score_maps``; ``sign`` as for :class:`GradCAM`). ``explainer``:
     ``"gradcam"`` (on ``layer``) or ``"integrated_gradients"`` (``n_steps``), for both.
@@ -137,6 +141,8 @@ def explain_source(
             tuple(x.shape[1:]),
             device=device,
             progress=False,
+            stages=stages,
+            gram_stages=gram_stages,
         )
     scores = {name: s.score(outputs) for name, s in (scorers or {}).items()}
     for name, rejector in (rejectors or {}).items():
@@ -237,6 +243,8 @@ def explain_images(
         spec.create()  # a search grid is an error here
     if target == "score" and not specs:
         raise ValueError("--target score explains a scorer's score: name it with --scorers.")
+    # the stages the scorers read are extracted with the rest
+    options = with_stages(options, model, [spec.kinds for spec in specs])
     net, mcfg = create_backbone(
         model, checkpoint=checkpoint, img_size=options.img_size, pretrained=pretrained
     )
@@ -284,6 +292,8 @@ def explain_images(
         device=dev,
         rejectors=rejectors,
         score_targets=targets,
+        stages=options.stages,
+        gram_stages=options.gram_stages,
         **maps,
     )
     # the verdict at the operating threshold chosen on the held-out calib images (95% of
