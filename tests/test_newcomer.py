@@ -183,7 +183,7 @@ def _needs(name: str) -> frozenset[str]:
     return oodlens_api.create_scorer(name).requirements()
 
 
-def test_the_default_scorers_leave_model_aware_ones_to_all_model(cache_dir, digits_train):
+def test_the_default_scorers_leave_model_aware_and_stage_ones_to_all_model(cache_dir, digits_train):
     from oodlens.bench import BenchmarkConfig, expand_scorers
 
     class Probe(oodlens_api.Scorer):  # a third party's model-aware scorer
@@ -202,7 +202,7 @@ def test_the_default_scorers_leave_model_aware_ones_to_all_model(cache_dir, digi
     try:
         default = {s.text for s in expand_scorers(BenchmarkConfig().scorers)}
         everything = {s.text for s in expand_scorers(["all+model"])}
-        assert {"odin", "probe_model_aware"} <= everything - default
+        assert {"odin", "probe_model_aware", "gram", "multi_mahalanobis"} <= everything - default
         assert {"knn", "ash", "gradnorm", "logit_kde:mode=class_conditional"} <= default
         result = run_benchmark(cache_dir=str(cache_dir), train=digits_train, progress=False)
     finally:
@@ -215,6 +215,8 @@ def test_the_default_scorers_leave_model_aware_ones_to_all_model(cache_dir, digi
     assert note == [
         "Not run: mcm does not apply to resnet18: it is not a CLIP zero-shot classifier "
         "(--model clip:ARCH): MCM needs class text embeddings.",
+        "Not run: the scorer(s) on earlier stages gram, multi_mahalanobis (they add every "
+        "stage's features to the extraction); add them with --scorers all+model.",
         f"Not run: the model-aware scorer(s) {', '.join(sorted(aware))} (own passes over the "
         "images, slow on large sets); add them with --scorers all+model.",
     ]

@@ -476,6 +476,14 @@ class ScorerSpec:
         return "model" in self.kinds
 
     @property
+    def reads_stages(self) -> bool:
+        """Whether the scorer reads earlier stages of the network (extracted with the rest,
+        at an extra cost: see ``ExtractOptions.stages``)."""
+        from .scorers.base import block_requirement
+
+        return any(block_requirement(kind) is not None for kind in self.kinds)
+
+    @property
     def distribution(self) -> str:
         """The distribution that registered the scorer."""
         return self.entry.distribution

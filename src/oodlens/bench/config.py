@@ -607,14 +607,17 @@ def checkpoint_defaults(
 
 def expand_scorers(specs: Sequence[str | ScorerSpec]) -> list[ScorerSpec]:
     """Scorer specs, each parsed once (:func:`~oodlens.registry.parse_scorer_spec`), with
-    ``"all"`` (or nothing) replaced by every installed output-based scorer, and
-    ``"all+model"`` by every installed scorer including the model-aware ones (which run in
-    their own passes over the images), in order, without duplicates."""
+    ``"all"`` (or nothing) replaced by every installed output-based scorer that reads only
+    the penultimate outputs, and ``"all+model"`` by every installed scorer, including the
+    model-aware ones (which run in their own passes over the images) and those on earlier
+    stages (whose features make the extraction dearer), in order, without duplicates."""
     out: dict[str, ScorerSpec] = {}
     for text in specs or ("all",):
         if text in ("all", "all+model"):
             parsed = [parse_scorer_spec(n) for n in list_scorers()]
-            parsed = [p for p in parsed if text == "all+model" or not p.model_aware]
+            parsed = [
+                p for p in parsed if text == "all+model" or not (p.model_aware or p.reads_stages)
+            ]
         else:
             parsed = [parse_scorer_spec(text)]
         for spec in parsed:

@@ -286,6 +286,12 @@ class BenchmarkResult:
             )
         for text, reason in (self.info.get("not_applicable") or {}).items():
             lines.append(f"Not run: {text} does not apply to {reason}.")
+        stages = self.info.get("stage_scorers_not_run")
+        if stages:
+            lines.append(
+                f"Not run: the scorer(s) on earlier stages {', '.join(stages)} (they add every "
+                "stage's features to the extraction); add them with --scorers all+model."
+            )
         skipped = self.info.get("model_aware_not_run")
         if skipped:
             lines.append(

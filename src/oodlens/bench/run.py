@@ -404,7 +404,8 @@ def _prepare(cfg: BenchmarkConfig, ood: bool = True, progress: bool = False) -> 
                     )
         sources.update({f"ood_val:{o.name}": load_dataset(o.spec) for o in cfg.ood_val})
     info: dict[str, Any] = {
-        "model_aware_not_run": _model_aware_not_run(cfg.scorers, texts),
+        "model_aware_not_run": _not_run_by_all(cfg.scorers, texts, "model_aware"),
+        "stage_scorers_not_run": _not_run_by_all(cfg.scorers, texts, "reads_stages"),
         "corrupt": {},
         "train": {},
         "cache_hits": 0,
@@ -486,13 +487,14 @@ def _check_published(cfg: BenchmarkConfig) -> None:
             parse_scorer_spec(method.ours).create()
 
 
-def _model_aware_not_run(scorers: Sequence[str], texts: Sequence[str]) -> list[str]:
-    """The installed model-aware scorers that ``"all"`` leaves out (``"all+model"`` runs
-    them), whichever distribution they come from; none when ``"all"`` was not asked for."""
+def _not_run_by_all(scorers: Sequence[str], texts: Sequence[str], kind: str) -> list[str]:
+    """The installed scorers of ``kind`` (a :class:`ScorerSpec` property: ``model_aware``
+    or ``reads_stages``) that ``"all"`` leaves out (``"all+model"`` runs them), whichever
+    distribution they come from; none when ``"all"`` was not asked for."""
     if scorers and "all" not in scorers:
         return []
-    aware = [n for n in list_scorers() if parse_scorer_spec(n).model_aware]
-    return [n for n in aware if n not in texts]
+    left = [n for n in list_scorers() if getattr(parse_scorer_spec(n), kind)]
+    return [n for n in left if n not in texts]
 
 
 def _backbones(cfg: BenchmarkConfig) -> list[_Backbone]:
