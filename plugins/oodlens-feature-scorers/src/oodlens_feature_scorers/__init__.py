@@ -36,10 +36,9 @@ from oodlens.compute import (
     to_numpy,
 )
 from oodlens.params import Boolean, Interval, ListOf, Options
-from oodlens.scorers import stage_blocks
 
 from .head_methods import FDBD, GMM, LTS, NCI, PNML, VRA, OpenMax, Relation, all_scorers
-from .stage_methods import Gram, stages_reason
+from .stage_methods import Gram, StageScorer
 
 __all__ = [
     "Mahalanobis",
@@ -756,7 +755,7 @@ class MahalanobisODIN(Mahalanobis):
         return torch.cat(out).numpy()
 
 
-class MultiMahalanobis(oodlens.Scorer):
+class MultiMahalanobis(StageScorer):
     r"""Lee et al.'s feature ensemble (NeurIPS 2018): ``mahalanobis`` on the pooled features
     of several stages of the backbone, averaged.
 
@@ -796,21 +795,11 @@ class MultiMahalanobis(oodlens.Scorer):
         self.stages = stages
         self.reg = reg
 
-    def _stage_list(self) -> list[int] | None:
-        if self.stages is None:
-            return None
-        return sorted({int(i) for i in np.atleast_1d(self.stages)})
-
-    def applies_to(self, model: Any, input_size: tuple[int, int, int] | None = None) -> str | None:
-        return stages_reason(model)
-
     def requirements(self) -> frozenset[str]:
-        stages = self._stage_list()
-        blocks = {"stages"} if stages is None else {f"stage{i}" for i in stages}
-        return frozenset({"labels", *blocks})
+        return frozenset({"labels", *self._block_requirements()})
 
     def _fit(self, train: oodlens.Outputs) -> None:
-        names = stage_blocks(train, "stage", self._stage_list())
+        names = self._block_names(train)
         fitted = [
             _class_gaussians(
                 self.name, self.reg, _GaussianPass.run(self.name, train, train.block(n))

@@ -10,7 +10,7 @@ model-aware), so it is cached, tuned and saved like any output-based scorer.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -20,7 +20,7 @@ from oodlens.options import GRAM_POWERS
 from oodlens.params import Interval, ListOf
 from oodlens.scorers import stage_blocks
 
-__all__ = ["Gram", "stages_reason"]
+__all__ = ["Gram", "StageScorer"]
 
 #: The small constant of the deviation's denominators (as the reference implementations).
 _EPS = 1e-6
@@ -33,16 +33,37 @@ def _deviation(g: np.ndarray, mins: np.ndarray, maxs: np.ndarray) -> np.ndarray:
     return (below + above).sum(axis=1)
 
 
-def stages_reason(model: Any) -> str | None:
-    """Why a scorer on earlier stages does not apply to ``model`` (``None`` when it does):
-    the network must name its stages (timm's ``feature_info`` and
-    ``forward_intermediates``), as extraction reads them."""
-    if getattr(model, "feature_info", None) and hasattr(model, "forward_intermediates"):
-        return None
-    return "it does not name its stages (no timm feature_info / forward_intermediates)"
+class StageScorer(oodlens.Scorer):
+    """What the scorers on earlier stages share: a ``stages`` parameter (indices into the
+    backbone's ``feature_info``; ``None``: every stage the outputs carry) naming blocks of
+    ``block_kind`` (``"stage"`` or ``"gram"``), and the networks they apply to."""
+
+    block_kind: ClassVar[str] = "stage"
+    stages: list[int] | None
+
+    def _stage_list(self) -> list[int] | None:
+        if self.stages is None:
+            return None
+        return sorted({int(i) for i in np.atleast_1d(self.stages)})
+
+    def _block_requirements(self) -> set[str]:
+        """``{"stages"}`` (or ``{"grams"}``) for every stage, else one name per stage."""
+        stages = self._stage_list()
+        kind = self.block_kind
+        return {f"{kind}s"} if stages is None else {f"{kind}{i}" for i in stages}
+
+    def _block_names(self, outputs: oodlens.Outputs) -> list[str]:
+        return stage_blocks(outputs, self.block_kind, self._stage_list())
+
+    def applies_to(self, model: Any, input_size: tuple[int, int, int] | None = None) -> str | None:
+        """The network must name its stages (timm's ``feature_info`` and
+        ``forward_intermediates``), as extraction reads them."""
+        if getattr(model, "feature_info", None) and hasattr(model, "forward_intermediates"):
+            return None
+        return "it does not name its stages (no timm feature_info / forward_intermediates)"
 
 
-class Gram(oodlens.Scorer):
+class Gram(StageScorer):
     r"""Gram-matrix deviations (Sastry & Oore, ICML 2020, "Detecting Out-of-Distribution
     Examples with In-distribution Examples and Gram Matrices").
 
@@ -75,6 +96,7 @@ class Gram(oodlens.Scorer):
     """
 
     name = "gram"
+    block_kind = "gram"
     description = (
         "Gram-matrix deviations of earlier stages, per predicted class (Sastry & Oore 2020)"
     )
@@ -91,18 +113,8 @@ class Gram(oodlens.Scorer):
         self.stages = stages
         self.powers = powers
 
-    def _stage_list(self) -> list[int] | None:
-        if self.stages is None:
-            return None
-        return sorted({int(i) for i in np.atleast_1d(self.stages)})
-
-    def applies_to(self, model: Any, input_size: tuple[int, int, int] | None = None) -> str | None:
-        return stages_reason(model)
-
     def requirements(self) -> frozenset[str]:
-        stages = self._stage_list()
-        blocks = {"grams"} if stages is None else {f"gram{i}" for i in stages}
-        return frozenset({"logits", "val", *blocks})
+        return frozenset({"logits", "val", *self._block_requirements()})
 
     def _columns(self, width: int, name: str) -> np.ndarray:
         """The block's columns of the chosen orders (a block holds every recorded order,
@@ -126,7 +138,7 @@ class Gram(oodlens.Scorer):
             yield start, rows[:, cols].astype(np.float64)
 
     def _fit(self, train: oodlens.Outputs, val: oodlens.Outputs) -> None:
-        names = stage_blocks(train, "gram", self._stage_list())
+        names = self._block_names(train)
         pred = train.predictions
         k = train.n_classes
         mins, maxs, expected = [], [], []
