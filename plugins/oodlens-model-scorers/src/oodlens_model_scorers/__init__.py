@@ -31,7 +31,7 @@ from oodlens.compute import fitted_arrays, row_blocks, row_logsumexp, tensors_li
 from oodlens.params import Interval, Options
 from oodlens.scorers import ModelInputs
 
-from .layers import Hooked, output_shape
+from .layers import Hooked, module_named, output_shape
 from .methods_v2 import (
     GLMCM,
     IODIN,
@@ -277,10 +277,7 @@ class GradNorm(oodlens.Scorer):
         import torch
 
         net = model.model
-        names = dict(net.named_modules())
-        if self.layer not in names:
-            raise ValueError(f"gradnorm: the model has no layer {self.layer!r}.")
-        params = [p for p in names[self.layer].parameters()]
+        params = list(module_named(net, self.layer, "gradnorm").parameters())
         if not params:
             raise ValueError(f"gradnorm: layer {self.layer!r} has no parameters.")
         out = []

@@ -6,23 +6,33 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Hooked", "output_shape"]
+__all__ = ["Hooked", "module_named", "output_shape"]
+
+
+def module_named(model: Any, layer: str, owner: str) -> Any:
+    """The submodule of ``model`` with the dotted name ``layer``.
+
+    Raises:
+        ValueError: naming ``owner``, the layer and the closest names the model has.
+    """
+    names = dict(model.named_modules())
+    if layer not in names:
+        import difflib
+
+        close = difflib.get_close_matches(layer, list(names), n=3)
+        raise ValueError(
+            f"{owner}: the model has no layer {layer!r}"
+            + (f"; close matches: {', '.join(close)}." if close else ".")
+        )
+    return names[layer]
 
 
 class Hooked:
     """Runs ``model`` with the output of its submodule ``layer`` replaced by ``fn(output)``."""
 
     def __init__(self, model: Any, layer: str, fn: Callable[[Any], Any], owner: str) -> None:
-        names = dict(model.named_modules())
-        if layer not in names:
-            import difflib
-
-            close = difflib.get_close_matches(layer, list(names), n=3)
-            raise ValueError(
-                f"{owner}: the model has no layer {layer!r}"
-                + (f"; close matches: {', '.join(close)}." if close else ".")
-            )
-        self.module, self.fn, self.owner, self.layer = names[layer], fn, owner, layer
+        self.module = module_named(model, layer, owner)
+        self.fn, self.owner, self.layer = fn, owner, layer
 
     def __enter__(self) -> Hooked:
         def hook(_module, _inputs, output):

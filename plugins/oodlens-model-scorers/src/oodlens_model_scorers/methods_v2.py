@@ -21,7 +21,7 @@ from oodlens.arrays import iter_row_chunks, rows_per_chunk
 from oodlens.params import Interval, ListOf, Options, Text
 from oodlens.scorers import ModelInputs
 
-from .layers import Hooked, output_shape
+from .layers import Hooked, module_named, output_shape
 
 __all__ = [
     "MCD",
@@ -198,9 +198,7 @@ class GradUncertainty(oodlens.Scorer):
         if self.layer == "all":
             prefix = ""
         else:
-            modules = dict(net.named_modules())
-            if self.layer not in modules:
-                raise ValueError(f"grad_uncertainty: the model has no layer {self.layer!r}.")
+            module_named(net, self.layer, "grad_uncertainty")
             prefix = self.layer + "."
         chosen = {n: p.detach() for n, p in net.named_parameters() if n.startswith(prefix)}
         if not chosen:
@@ -450,16 +448,9 @@ class NAC(oodlens.Scorer):
         reason = self.applies_to(net)
         if reason is not None:
             raise ValueError(f"nac does not apply to this network: {reason}.")
-        modules = dict(net.named_modules())
-        names = self._layer_names(net)
-        missing = [n for n in names if n not in modules]
-        if missing:
-            raise ValueError(f"nac: the model has no layer(s) {missing}.")
+        modules = [module_named(net, n, "nac") for n in self._layer_names(net)]
         captured: list[Any] = []
-        hooks = [
-            modules[n].register_forward_hook(lambda _m, _i, out: captured.append(out))
-            for n in names
-        ]
+        hooks = [m.register_forward_hook(lambda _m, _i, out: captured.append(out)) for m in modules]
         was_training = net.training
         try:
             net.eval()
